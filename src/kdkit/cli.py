@@ -1,0 +1,167 @@
+"""The `kdkit` command line: run, quickstart, train, distill, eval, models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from kdkit.console import make_console
+from kdkit.errors import KdkitError
+
+EPILOG = "Data is looked for in --data-root / data.root, then $KDKIT_DATA, then ~/.cache/kdkit/data."
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", help="directory for this run's artifacts (default: runs/<name>-<timestamp>)")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous kdkit run in --run-dir")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set student.train.epochs=5 (repeatable; values are YAML)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the kdkit CLI."""
+    parser = argparse.ArgumentParser(
+        prog="kdkit",
+        description="Knowledge distillation toolkit: train a teacher, distill a student, measure.",
+        epilog=EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "run",
+        help="whole experiment: teacher, scratch student, distilled student, table",
+        description="Train (or load) the teacher, train the student from scratch as the baseline, "
+        "distill the same student from the teacher, evaluate all and write the run directory.",
+        epilog=EPILOG,
+    )
+    p.add_argument("config", help="experiment YAML (see configs/)")
+    _add_common(p)
+
+    p = sub.add_parser(
+        "quickstart",
+        help="the whole experiment on the embedded MNIST subset (no data needed)",
+        description="Run the packaged quickstart config on the MNIST subset shipped inside kdkit.",
+    )
+    _add_common(p)
+
+    p = sub.add_parser(
+        "train",
+        help="train one network on hard labels (teacher or student-from-scratch phase)",
+        epilog=EPILOG,
+    )
+    p.add_argument("config", help="experiment YAML")
+    p.add_argument("--role", choices=["teacher", "student"], default="teacher", help="which network to train")
+    _add_common(p)
+
+    p = sub.add_parser(
+        "distill",
+        help="distill the student from a teacher checkpoint (or train the teacher first)",
+        epilog=EPILOG,
+    )
+    p.add_argument("config", help="experiment YAML")
+    p.add_argument("--teacher", help="teacher checkpoint (.safetensors/.json pair written by kdkit)")
+    _add_common(p)
+
+    p = sub.add_parser("eval", help="evaluate a kdkit model checkpoint on a data set", epilog=EPILOG)
+    p.add_argument("checkpoint", help="model checkpoint (.safetensors/.json pair written by kdkit)")
+    p.add_argument("--dataset", default=None, help="data set name (default: the one the run used)")
+    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    p.add_argument(
+        "--data-root", default=None, help="data directory (default: $KDKIT_DATA or ~/.cache/kdkit/data)"
+    )
+    p.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
+
+    sub.add_parser("models", help="list the registered model names")
+    return parser
+
+
+def quickstart_config_path() -> Path:
+    """Return the path of the packaged quickstart config."""
+    return Path(str(resources.files("kdkit") / "configs" / "quickstart.yaml"))
+
+
+def _run(args: argparse.Namespace, console: Console) -> int:
+    from kdkit.config import load_config
+    from kdkit.experiment import run_experiment
+
+    overrides = list(args.overrides)
+    path = quickstart_config_path() if args.command == "quickstart" else Path(args.config)
+    if args.command == "train":
+        overrides.append("phases=[teacher]" if args.role == "teacher" else "phases=[scratch]")
+    elif args.command == "distill":
+        if args.teacher:
+            overrides += [f"teacher.checkpoint={json.dumps(args.teacher)}", "phases=[distill]"]
+        else:
+            overrides.append("phases=[teacher, distill]")
+    cfg = load_config(path, overrides)
+    run_experiment(cfg, args.run_dir, overwrite=args.overwrite, console=console)
+    return 0
+
+
+def _eval(args: argparse.Namespace, console: Console) -> int:
+    from kdkit import data as kdata
+    from kdkit.data.loader import InMemoryLoader
+    from kdkit.engine import Engine
+    from kdkit.experiment import load_model
+    from kdkit.runtime import resolve_runtime
+
+    model, meta = load_model(args.checkpoint)
+    dataset = args.dataset or meta.get("dataset")
+    if not dataset:
+        raise KdkitError(f"{args.checkpoint}: the checkpoint does not name its data set; pass --dataset")
+    ds = kdata.load_dataset(dataset, args.split, root=args.data_root)
+    if len(ds.classes) != meta["num_classes"]:
+        raise KdkitError(
+            f"{dataset} has {len(ds.classes)} classes but the model predicts {meta['num_classes']}"
+        )
+    norm = meta["normalize"]
+    loader = InMemoryLoader(ds.images, ds.labels, args.batch_size, mean=norm["mean"], std=norm["std"])
+    engine = Engine(resolve_runtime("fp32"), console=console)
+    res = engine.evaluate(engine.prepare(model), loader)
+    out = {
+        "checkpoint": str(args.checkpoint),
+        "dataset": dataset,
+        "split": args.split,
+        "accuracy": res.accuracy,
+        "errors": res.errors,
+        "total": res.total,
+    }
+    print(json.dumps(out))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `kdkit` command; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    console = make_console()
+    try:
+        if args.command == "models":
+            from kdkit.models import list_models
+
+            print("\n".join(list_models()))
+            return 0
+        if args.command == "eval":
+            return _eval(args, console)
+        return _run(args, console)
+    except KdkitError as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

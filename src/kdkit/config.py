@@ -1,0 +1,264 @@
+"""Experiment configuration: YAML validated with pydantic, `--set a.b=c` overrides, readable errors."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kdkit.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo must never be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(BaseModel):
+    """A model by registry name; every other key is passed to its factory and checked there."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1)
+
+    def options(self) -> dict[str, Any]:
+        """Return the factory keyword arguments (every key but `name`)."""
+        return dict(self.model_extra or {})
+
+
+class AugmentConfig(_Strict):
+    """Batch-level augmentation of uint8 images (no per-sample Python)."""
+
+    crop_padding: int = Field(
+        0, ge=0, le=64, description="random crop after zero-padding by this many pixels"
+    )
+    jitter: int = Field(0, ge=0, le=64, description="random translation by up to this many pixels each way")
+    flip: bool = Field(False, description="random horizontal flip")
+
+    @property
+    def enabled(self) -> bool:
+        """Return True when any augmentation is active."""
+        return bool(self.crop_padding or self.jitter or self.flip)
+
+
+class TrainConfig(_Strict):
+    """Optimisation of one phase (teacher, scratch student or distilled student)."""
+
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "step", "cosine", "onecycle"] = "cosine"
+    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75], description="fractions of training")
+    gamma: float = Field(0.1, gt=0)
+    warmup_epochs: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this value")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < m < 1 for m in v) or v != sorted(v):
+            raise ValueError("milestones are increasing fractions of the training run, each in (0, 1)")
+        return v
+
+
+class DataConfig(_Strict):
+    """Where data comes from and how it is split."""
+
+    dataset: str = Field("mnist-small", min_length=1)
+    root: str | None = None
+    download: bool = False
+    val_size: float = Field(
+        0.1, ge=0, description="held-out validation images: a count (>= 1) or a fraction of the training set"
+    )
+    image_size: int | None = Field(None, ge=8)
+    normalize: bool = True
+    train_limit: int | None = Field(
+        None, ge=1, description="use only the first N training images (smoke runs)"
+    )
+
+
+class PhaseModel(_Strict):
+    """A network of the run: its architecture and how it is trained."""
+
+    model: ModelSpec
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    checkpoint: str | None = Field(
+        None, description="load weights from this kdkit checkpoint instead of training"
+    )
+
+
+class DistillConfig(_Strict):
+    """How the distilled student learns from the teacher."""
+
+    loss: Literal["kd", "logit_mse", "kd_mse_mix"] = "kd"
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, description="weight of the soft (teacher) term")
+    beta: float = Field(0.1, ge=0, description="weight of the hard-label cross-entropy")
+    mix: float = Field(0.5, ge=0, le=1, description="kd_mse_mix: 1 = KL soft targets, 0 = logit MSE")
+    train: TrainConfig | None = Field(
+        None, description="optimisation of the distilled student; default: student.train"
+    )
+    teacher_outputs: Literal["auto", "online", "precompute"] = Field(
+        "auto",
+        description="precompute: teacher logits computed once per transfer image (exact when the transfer set "
+        "is not augmented); online: a teacher forward every step; auto: precompute when not augmented",
+    )
+    omit_classes: list[int] = Field(default_factory=list, description="labels removed from the transfer set")
+    class_bias: dict[int, float] = Field(
+        default_factory=dict, description="added to these classes' output biases after distillation"
+    )
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> DistillConfig:
+        if self.alpha == 0 and self.beta == 0:
+            raise ValueError("alpha and beta cannot both be 0: the student would learn nothing")
+        return self
+
+
+class RuntimeConfig(_Strict):
+    """How the run executes: precision, threads, logging."""
+
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    threads: int | None = Field(None, ge=1)
+    channels_last: bool = True
+    log_every: int = Field(50, ge=1, description="steps between loss logs (the only per-step host syncs)")
+    progress: bool = True
+    tensorboard: bool = True
+    eval_batch_size: int = Field(1000, ge=1)
+
+
+Phase = Literal["teacher", "scratch", "distill"]
+
+
+class ExperimentConfig(_Strict):
+    """One whole experiment: teacher, student from scratch, distilled student."""
+
+    name: str = "experiment"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: PhaseModel
+    student: PhaseModel
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    phases: list[Phase] = Field(default_factory=lambda: ["teacher", "scratch", "distill"])
+
+    @field_validator("phases")
+    @classmethod
+    def _phases(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one phase is needed: teacher, scratch, distill")
+        if len(set(v)) != len(v):
+            raise ValueError(f"phases must not repeat, got {v}")
+        return v
+
+    def distill_train(self) -> TrainConfig:
+        """Return the optimisation settings of the distillation phase."""
+        return self.distill.train or self.student.train
+
+    def to_yaml(self) -> str:
+        """Return the fully resolved config as YAML (every default written out)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "<root>"
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """Return one readable line per problem: field path, message, and the value given."""
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        loc = _format_loc(tuple(p for p in e["loc"] if not str(p).startswith("function-")))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see `kdkit run --help` or configs/ for valid keys)"
+        given = e.get("input")
+        shown = "" if e["type"] in ("missing", "extra_forbidden") else f" (got {given!r})"
+        if len(shown) > 80:
+            shown = shown[:77] + "...)"
+        lines.append(f"  {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Return (key path, YAML-parsed value) from a `a.b.c=value` override."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value, e.g. teacher.train.epochs=5")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not key.strip() or any(not p for p in parts):
+        raise ConfigError(f"override {text!r} has an empty key path; expected e.g. student.train.lr=0.05")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"override {text!r}: value {raw!r} is not valid YAML ({exc.__class__.__name__})"
+        ) from None
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of the raw config dict with each `a.b=c` override set (intermediate dicts created)."""
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node: Any = out
+        for i, p in enumerate(parts[:-1]):
+            nxt = node.get(p) if isinstance(node, dict) else None
+            if nxt is None:
+                nxt = {}
+                node[p] = nxt
+            elif not isinstance(nxt, dict):
+                path = ".".join(parts[: i + 1])
+                raise ConfigError(f"override {text!r}: {path} is a value ({nxt!r}), not a section with keys")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Return the mapping in a YAML file, with a ConfigError for missing, unreadable or non-mapping files."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist (expected a YAML file, see configs/)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(
+            f"config file {str(p)!r} is not valid YAML{at}: {getattr(exc, 'problem', exc)}"
+        ) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {str(p)!r} must hold a mapping of sections, got {type(data).__name__}"
+        )
+    return data
+
+
+def build_config(raw: Any, overrides: list[str] | None = None, source: str = "config") -> ExperimentConfig:
+    """Return the validated config from a raw mapping plus overrides, or raise ConfigError."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    merged = apply_overrides(raw, overrides or [])
+    try:
+        return ExperimentConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Return the validated config of a YAML file with `--set` overrides applied."""
+    return build_config(load_yaml(path), overrides, source=str(path))

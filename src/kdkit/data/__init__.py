@@ -1,0 +1,33 @@
+"""Data sources: MNIST (IDX), CIFAR-10/100 (python batches), ImageFolder dirs/archives, all as numpy arrays."""
+
+from kdkit.data.cache import DataCacheWarning
+from kdkit.data.download import download
+from kdkit.data.idx import read_idx, write_idx
+from kdkit.data.sources import (
+    CIFAR10_CLASSES,
+    CIFAR100_CLASSES,
+    DATASET_FILES,
+    KNOWN_NAMES,
+    MNIST_CLASSES,
+    ArrayDataset,
+    data_root,
+    load_dataset,
+)
+from kdkit.data.splits import omit_classes, split_train_val
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "CIFAR100_CLASSES",
+    "DATASET_FILES",
+    "KNOWN_NAMES",
+    "MNIST_CLASSES",
+    "ArrayDataset",
+    "DataCacheWarning",
+    "data_root",
+    "download",
+    "load_dataset",
+    "omit_classes",
+    "read_idx",
+    "split_train_val",
+    "write_idx",
+]

@@ -1,0 +1,193 @@
+"""In-memory batched loader: uint8 images in RAM, shuffling by index, augmentation a batch at a time.
+
+No per-sample Python and no worker processes: on a 2-core CPU the cores are better spent on the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Batch augmentation: zero-pad-and-crop, translation jitter and horizontal flip."""
+
+    crop_padding: int = 0
+    jitter: int = 0
+    flip: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        """Return True when any augmentation is active."""
+        return bool(self.crop_padding or self.jitter or self.flip)
+
+
+@dataclass
+class Batch:
+    """One mini-batch: normalised float images, labels, dataset indices, and per-sample extras."""
+
+    x: Tensor
+    y: Tensor
+    index: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+def channel_stats(images: np.ndarray | Tensor) -> tuple[list[float], list[float]]:
+    """Return per-channel mean and std of uint8 images (N, C, H, W) on the 0..1 scale."""
+    t = torch.as_tensor(images)
+    n, c = t.shape[0], t.shape[1]
+    if n == 0:
+        return [0.0] * c, [1.0] * c
+    mean, sq = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
+    # Chunked so that a 50,000-image set never materialises as float64 at once.
+    for s in range(0, n, 4096):
+        chunk = t[s : s + 4096].to(torch.float64) / 255.0
+        mean += chunk.sum(dim=(0, 2, 3))
+        sq += (chunk * chunk).sum(dim=(0, 2, 3))
+    count = n * t.shape[2] * t.shape[3]
+    mean /= count
+    std = (sq / count - mean * mean).clamp_min(1e-12).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+def _seed_for(*parts: int) -> int:
+    # A stable 63-bit seed per (seed, epoch, batch): resuming mid-epoch needs no saved generator state.
+    h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+def random_translate(x: Tensor, max_shift: int, gen: torch.Generator) -> Tensor:
+    """Return the batch shifted by a random (dy, dx) in [-max_shift, max_shift] per image, zero filled."""
+    if max_shift <= 0:
+        return x
+    b, c, h, w = x.shape
+    p = max_shift
+    padded = torch.nn.functional.pad(x, (p, p, p, p))
+    oy = torch.randint(0, 2 * p + 1, (b,), generator=gen)
+    ox = torch.randint(0, 2 * p + 1, (b,), generator=gen)
+    rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
+    bidx = torch.arange(b)[:, None, None, None]
+    cidx = torch.arange(c)[None, :, None, None]
+    return padded[bidx, cidx, rows, cols]
+
+
+def random_flip(x: Tensor, gen: torch.Generator) -> Tensor:
+    """Return the batch with a random half of the images mirrored left-right."""
+    mask = torch.rand(x.shape[0], generator=gen) < 0.5
+    return torch.where(mask[:, None, None, None], x.flip(3), x)
+
+
+def augment_batch(x: Tensor, aug: Augment, gen: torch.Generator) -> Tensor:
+    """Return an augmented copy of a uint8 batch (N, C, H, W)."""
+    # Pad-and-crop by p and translation by up to p pixels are the same operation on a zero background.
+    shift = max(aug.crop_padding, aug.jitter)
+    x = random_translate(x, shift, gen)
+    if aug.flip:
+        x = random_flip(x, gen)
+    return x
+
+
+class InMemoryLoader:
+    """Iterate over mini-batches of an in-memory uint8 image set.
+
+    ``batch_size`` is the global batch: with ``world_size`` ranks, each rank gets its slice of every
+    global batch, so the optimiser steps and the learning-rate meaning are the same for 1 and N processes.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray | Tensor,
+        labels: np.ndarray | Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        augment: Augment | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        extras: dict[str, Tensor] | None = None,
+    ) -> None:
+        self.images = torch.as_tensor(images)
+        self.labels = torch.as_tensor(labels).long()
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}"
+            )
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.augment = augment or Augment()
+        c = self.images.shape[1]
+        mean = mean if mean is not None else [0.0] * c
+        std = std if std is not None else [1.0] * c
+        if len(mean) != c or len(std) != c:
+            raise ValueError(f"mean/std need {c} channel values, got {len(mean)} and {len(std)}")
+        # x_norm = (x/255 - mean) / std  ==  x * scale + shift, one fused pass over the batch.
+        std_t = torch.tensor(std, dtype=torch.float32)
+        self._scale = (1.0 / (255.0 * std_t)).view(1, c, 1, 1)
+        self._shift = (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, c, 1, 1)
+        self.channels_last = channels_last
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.start_batch = 0
+        # Per-sample tensors served beside each batch (e.g. precomputed teacher logits), indexed like images.
+        self.extras = dict(extras or {})
+        for k, v in self.extras.items():
+            if len(v) != len(self.images):
+                raise ValueError(f"extra {k!r} has {len(v)} rows for {len(self.images)} images")
+
+    def __len__(self) -> int:
+        """Return the number of batches per epoch."""
+        n = len(self.images)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch (it seeds the shuffle) and the batch to start from (for mid-epoch resume)."""
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def order(self) -> Tensor:
+        """Return this epoch's global sample order."""
+        n = len(self.images)
+        if not self.shuffle:
+            return torch.arange(n)
+        g = torch.Generator().manual_seed(_seed_for(self.seed, self.epoch))
+        return torch.randperm(n, generator=g)
+
+    def normalize(self, x_uint8: Tensor) -> Tensor:
+        """Return float32 normalised images from a uint8 batch."""
+        x = x_uint8.float().mul_(self._scale).add_(self._shift)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = self.order()
+        for b in range(self.start_batch, len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            if self.world_size > 1:
+                idx = idx[self.rank :: self.world_size]
+            x = self.images[idx]
+            if self.augment.enabled:
+                gen = torch.Generator().manual_seed(_seed_for(self.seed, self.epoch, b, 1))
+                x = augment_batch(x, self.augment, gen)
+            extras = {k: v[idx] for k, v in self.extras.items()}
+            yield Batch(self.normalize(x), self.labels[idx], idx, extras)
+        self.start_batch = 0

@@ -1,0 +1,73 @@
+"""Deterministic train/validation splits and class removal for ``ArrayDataset``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from kdkit.data.sources import ArrayDataset
+from kdkit.errors import DataError
+
+
+def _val_count(n: int, val_size: int | float, name: str) -> int:
+    """Turn an absolute count or a fraction into a number of validation samples."""
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float, np.integer, np.floating)):
+        raise DataError(
+            f"split of {name!r}: val_size must be an int count or a float fraction, found {val_size!r}"
+        )
+    if isinstance(val_size, (float, np.floating)):
+        if not 0.0 <= val_size < 1.0:
+            raise DataError(f"split of {name!r}: a fractional val_size must lie in [0, 1), found {val_size}")
+        return int(round(val_size * n))
+    if not 0 <= val_size <= n:
+        raise DataError(
+            f"split of {name!r}: val_size must lie in [0, {n}] (the dataset size), found {val_size}"
+        )
+    return int(val_size)
+
+
+def _stratified_quota(counts: np.ndarray, n_val: int) -> np.ndarray:
+    """Per-class validation counts proportional to class sizes, summing exactly to ``n_val``."""
+    total = int(counts.sum())
+    exact = counts * (n_val / total) if total else np.zeros_like(counts, dtype=float)
+    quota = np.floor(exact).astype(np.int64)
+    # Largest-remainder rounding; ties go to the lower class index (stable sort) so it is deterministic.
+    order = np.argsort(-(exact - quota), kind="stable")
+    quota[order[: n_val - int(quota.sum())]] += 1
+    return quota
+
+
+def split_train_val(ds: ArrayDataset, val_size: int | float, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
+    """Split into (train, val), stratified by class, deterministic in ``seed``; samples keep their order."""
+    n = len(ds)
+    n_val = _val_count(n, val_size, ds.name)
+    rng = np.random.default_rng(seed)
+    is_val = np.zeros(n, dtype=bool)
+    if n_val:
+        num = max(ds.num_classes, int(ds.labels.max()) + 1 if n else 0)
+        counts = np.bincount(ds.labels, minlength=num)
+        quota = _stratified_quota(counts, n_val)
+        for c in range(num):
+            if quota[c]:
+                members = np.flatnonzero(ds.labels == c)
+                is_val[rng.choice(members, size=int(quota[c]), replace=False)] = True
+    return (
+        ds.subset(np.flatnonzero(~is_val), name=f"{ds.name}:train"),
+        ds.subset(np.flatnonzero(is_val), name=f"{ds.name}:val"),
+    )
+
+
+def omit_classes(ds: ArrayDataset, classes: Iterable[int]) -> ArrayDataset:
+    """Drop every sample whose label is in ``classes``; labels and class names are kept unchanged."""
+    # Labels are not renumbered: a model trained on the reduced set keeps the full output layer,
+    # which is what "omitted class" distillation experiments compare against.
+    drop = sorted({int(c) for c in classes})
+    bad = [c for c in drop if not 0 <= c < ds.num_classes]
+    if bad:
+        raise DataError(
+            f"omit_classes on {ds.name!r}: class ids {bad} out of range; expected ids in [0, {ds.num_classes - 1}]"
+        )
+    keep = ~np.isin(ds.labels, drop)
+    suffix = ",".join(str(c) for c in drop)
+    return ds.subset(np.flatnonzero(keep), name=f"{ds.name}-omit{suffix}" if drop else ds.name)

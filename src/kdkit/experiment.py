@@ -1,0 +1,453 @@
+"""One whole experiment: teacher, student from scratch, distilled student; evaluation and artifacts."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from kdkit import data as kdata
+from kdkit.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from kdkit.config import DataConfig, ExperimentConfig, ModelSpec
+from kdkit.console import make_console
+from kdkit.data.loader import Augment, InMemoryLoader, channel_stats
+from kdkit.engine import Engine, EvalResult, FitResult
+from kdkit.errors import CheckpointError, ConfigError, ModelError, RunDirError
+from kdkit.losses.objective import Objective
+from kdkit.metrics import MetricsLogger
+from kdkit.models import count_params, create, model_size_mb
+from kdkit.runtime import resolve_runtime, seed_everything
+from kdkit.teacher import FrozenTeacher
+
+# Files and folders kdkit writes into a run directory; --overwrite removes these and nothing else.
+RUN_ARTIFACTS = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "tb")
+
+ROLE_LABELS = {
+    "teacher": "teacher",
+    "student_scratch": "student (scratch)",
+    "student_kd": "student (distilled)",
+}
+
+
+@dataclass
+class DataBundle:
+    """The splits of one data set and what models need to know about it."""
+
+    train: kdata.ArrayDataset
+    val: kdata.ArrayDataset
+    test: kdata.ArrayDataset
+    mean: list[float]
+    std: list[float]
+
+    @property
+    def num_classes(self) -> int:
+        """Return the number of classes."""
+        return len(self.train.classes)
+
+    @property
+    def in_channels(self) -> int:
+        """Return the image channel count."""
+        return int(self.train.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        """Return the image height (images are square)."""
+        return int(self.train.images.shape[2])
+
+
+def load_data(cfg: DataConfig, seed: int) -> DataBundle:
+    """Return train/val/test splits: validation held out of the training set by seed, test untouched."""
+    kwargs: dict[str, Any] = {"root": cfg.root, "download": cfg.download, "image_size": cfg.image_size}
+    full = kdata.load_dataset(cfg.dataset, "train", **kwargs)
+    test = kdata.load_dataset(cfg.dataset, "test", **kwargs)
+    if cfg.train_limit is not None and cfg.train_limit < len(full):
+        full = full.subset(torch.arange(cfg.train_limit).numpy(), name=f"{full.name}[:{cfg.train_limit}]")
+    val_size: int | float = int(cfg.val_size) if cfg.val_size >= 1 else float(cfg.val_size)
+    if isinstance(val_size, int) and val_size >= len(full):
+        raise ConfigError(f"data.val_size: {val_size} leaves no training images (the set has {len(full)})")
+    train, val = kdata.split_train_val(full, val_size, seed)
+    if cfg.normalize:
+        mean, std = channel_stats(train.images)
+    else:
+        mean, std = [0.0] * full.images.shape[1], [1.0] * full.images.shape[1]
+    return DataBundle(train=train, val=val, test=test, mean=mean, std=std)
+
+
+def make_loader(
+    ds: kdata.ArrayDataset,
+    bundle: DataBundle,
+    batch_size: int,
+    *,
+    train: bool,
+    seed: int = 0,
+    augment: Augment | None = None,
+    channels_last: bool = False,
+    extras: dict[str, torch.Tensor] | None = None,
+) -> InMemoryLoader:
+    """Return an in-memory loader over a split with the bundle's normalisation."""
+    return InMemoryLoader(
+        ds.images,
+        ds.labels,
+        batch_size,
+        shuffle=train,
+        seed=seed,
+        augment=augment if train else None,
+        mean=bundle.mean,
+        std=bundle.std,
+        channels_last=channels_last,
+        extras=extras,
+    )
+
+
+def build_model(
+    spec: ModelSpec, num_classes: int, in_channels: int, image_size: int, field: str
+) -> nn.Module:
+    """Return a new model from a spec, turning factory errors into config errors naming the field."""
+    try:
+        return create(
+            spec.name,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            image_size=image_size,
+            **spec.options(),
+        )
+    except ModelError as exc:
+        raise ConfigError(f"{field}: {exc}") from None
+
+
+def save_model(
+    path: Path, model: nn.Module, spec: ModelSpec, bundle: DataBundle, extra: dict[str, Any]
+) -> Path:
+    """Write a model checkpoint with everything needed to rebuild and evaluate it."""
+    meta = {
+        "kind": "model",
+        "model": spec.model_dump(mode="json"),
+        "num_classes": bundle.num_classes,
+        "in_channels": bundle.in_channels,
+        "image_size": bundle.image_size,
+        "classes": list(bundle.train.classes),
+        "normalize": {"mean": bundle.mean, "std": bundle.std},
+        **extra,
+    }
+    return save_checkpoint(path, model.state_dict(), meta)
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Return (model, metadata) rebuilt from a kdkit model checkpoint."""
+    tensors, meta = load_checkpoint(path)
+    if meta.get("kind") != "model" or "model" not in meta:
+        raise CheckpointError(
+            f"{str(path)!r} is a {meta.get('kind', 'unknown')!r} checkpoint, not a model checkpoint"
+        )
+    spec = ModelSpec.model_validate(meta["model"])
+    try:
+        model = create(
+            spec.name,
+            num_classes=meta["num_classes"],
+            in_channels=meta["in_channels"],
+            image_size=meta["image_size"],
+            **spec.options(),
+        )
+    except (ModelError, KeyError) as exc:
+        raise CheckpointError(f"{str(path)!r}: cannot rebuild the model it describes: {exc}") from None
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{str(path)!r} does not match model {spec.name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return model, meta
+
+
+def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
+    """Return the run directory, created empty; never delete anything but kdkit's own artifacts."""
+    run_dir = Path(path)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"run directory {str(run_dir)!r} exists and is a file")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunDirError(
+                f"run directory {str(run_dir)!r} is not empty; pass --overwrite to replace a previous kdkit run "
+                "there, or choose another --run-dir"
+            )
+        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_ARTIFACTS)
+        if foreign:
+            raise RunDirError(
+                f"refusing to overwrite {str(run_dir)!r}: it holds files kdkit did not write ({foreign[:5]}); "
+                "choose another --run-dir"
+            )
+        for name in RUN_ARTIFACTS:
+            p = run_dir / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def default_run_dir(cfg: ExperimentConfig) -> Path:
+    """Return runs/<name>-<timestamp> for a run without --run-dir."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.name}-{stamp}"
+
+
+def _eval_record(
+    model: nn.Module, fit: FitResult | None, val: EvalResult, test: EvalResult
+) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "accuracy": test.accuracy,
+        "errors": test.errors,
+        "test_size": test.total,
+        "val_accuracy": val.accuracy if val.total else None,
+        "val_errors": val.errors if val.total else None,
+        "params": count_params(model),
+        "size_mb": round(model_size_mb(model), 4),
+        "train_seconds": round(fit.train_seconds, 3) if fit else 0.0,
+        "errors_per_class": [int(test.errors_on(c)) for c in range(int(test.labels.max()) + 1)]
+        if test.total
+        else [],
+    }
+    if fit:
+        rec["steps"] = fit.steps
+        rec["samples_per_second"] = round(fit.samples_per_second, 1)
+    return rec
+
+
+def adjust_class_bias(model: nn.Module, class_bias: dict[int, float]) -> None:
+    """Add the given amounts to the output bias of these classes (Hinton et al. 2015, section 3)."""
+    head = getattr(model, "classifier", None)
+    if head is None or getattr(head, "bias", None) is None:
+        raise ModelError(
+            f"class_bias needs a model with a `classifier` layer that has a bias; {type(model).__name__} has none"
+        )
+    with torch.no_grad():
+        for c, v in class_bias.items():
+            if not 0 <= c < head.bias.shape[0]:
+                raise ConfigError(
+                    f"distill.class_bias: class {c} is out of range 0..{head.bias.shape[0] - 1}"
+                )
+            head.bias[c] += v
+
+
+def print_table(summary: dict[str, Any], console: Console) -> None:
+    """Print the accuracy/size table of a run."""
+    table = Table(title=f"kdkit run: {summary['name']} ({summary['dataset']})")
+    for col in ("model", "test acc", "errors", "val acc", "params", "size MB", "train s"):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+    for key, rec in summary["models"].items():
+        va = rec.get("val_accuracy")
+        table.add_row(
+            ROLE_LABELS.get(key, key),
+            f"{rec['accuracy'] * 100:.2f}%",
+            f"{rec['errors']}/{rec['test_size']}",
+            "-" if va is None else f"{va * 100:.2f}%",
+            f"{rec['params']:,}",
+            f"{rec['size_mb']:.2f}",
+            f"{rec['train_seconds']:.1f}",
+        )
+    console.print(table)
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    run_dir: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Run the configured phases, write the run directory, and return the summary dict."""
+    console = console or make_console()
+    run_dir = prepare_run_dir(run_dir or default_run_dir(cfg), overwrite=overwrite)
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    if "distill" in cfg.phases and "teacher" not in cfg.phases and not cfg.teacher.checkpoint:
+        raise ConfigError(
+            "phases: 'distill' needs a teacher: add 'teacher' to phases or set teacher.checkpoint"
+        )
+
+    runtime = resolve_runtime(cfg.runtime.precision, cfg.runtime.threads, cfg.runtime.channels_last)
+    logger = MetricsLogger(run_dir, tensorboard=cfg.runtime.tensorboard)
+    engine = Engine(runtime, logger, console, log_every=cfg.runtime.log_every, progress=cfg.runtime.progress)
+    t_start = time.perf_counter()
+    try:
+        bundle = load_data(cfg.data, cfg.seed)
+        console.print(
+            f"data {cfg.data.dataset}: train {len(bundle.train)}, val {len(bundle.val)}, test {len(bundle.test)}; "
+            f"precision {runtime.precision}, {torch.get_num_threads()} threads, run dir {run_dir}",
+            highlight=False,
+        )
+        dims = (bundle.num_classes, bundle.in_channels, bundle.image_size)
+        ckpt_dir = run_dir / "checkpoints"
+        cl = runtime.channels_last
+        val_loader = make_loader(
+            bundle.val, bundle, cfg.runtime.eval_batch_size, train=False, channels_last=cl
+        )
+        test_loader = make_loader(
+            bundle.test, bundle, cfg.runtime.eval_batch_size, train=False, channels_last=cl
+        )
+        models: dict[str, dict[str, Any]] = {}
+
+        def finish(role: str, model: nn.Module, spec: ModelSpec, fit: FitResult | None, **extra: Any) -> None:
+            val = engine.evaluate(model, val_loader)
+            test = engine.evaluate(model, test_loader)
+            models[role] = {**_eval_record(model, fit, val, test), **extra}
+            save_model(
+                ckpt_dir / role,
+                model,
+                spec,
+                bundle,
+                {"role": role, "dataset": cfg.data.dataset, "metrics": models[role]},
+            )
+
+        # Teacher: trained here, or loaded from a kdkit checkpoint.
+        teacher: nn.Module | None = None
+        if "teacher" in cfg.phases or cfg.teacher.checkpoint:
+            if cfg.teacher.checkpoint:
+                teacher, meta = load_model(cfg.teacher.checkpoint)
+                if meta["num_classes"] != bundle.num_classes:
+                    raise ModelError(
+                        f"teacher.checkpoint {cfg.teacher.checkpoint!r} predicts {meta['num_classes']} classes "
+                        f"but {cfg.data.dataset} has {bundle.num_classes}"
+                    )
+                teacher = engine.prepare(teacher)
+                finish(
+                    "teacher",
+                    teacher,
+                    ModelSpec.model_validate(meta["model"]),
+                    None,
+                    loaded_from=cfg.teacher.checkpoint,
+                )
+            else:
+                seed_everything(cfg.seed)
+                model = build_model(cfg.teacher.model, *dims, field="teacher.model")
+                tcfg = cfg.teacher.train
+                fit = engine.fit(
+                    "teacher",
+                    model,
+                    Objective.hard_labels(tcfg.label_smoothing),
+                    make_loader(
+                        bundle.train,
+                        bundle,
+                        tcfg.batch_size,
+                        train=True,
+                        seed=cfg.seed,
+                        augment=Augment(**tcfg.augment.model_dump()),
+                        channels_last=cl,
+                    ),
+                    tcfg,
+                    val_loader=val_loader,
+                    state_path=ckpt_dir / "teacher-state",
+                )
+                teacher = fit.model
+                finish("teacher", teacher, cfg.teacher.model, fit)
+
+        student_seed = cfg.seed + 1  # scratch and distilled students start from the same weights
+        if "scratch" in cfg.phases:
+            seed_everything(student_seed)
+            model = build_model(cfg.student.model, *dims, field="student.model")
+            scfg = cfg.student.train
+            fit = engine.fit(
+                "student_scratch",
+                model,
+                Objective.hard_labels(scfg.label_smoothing),
+                make_loader(
+                    bundle.train,
+                    bundle,
+                    scfg.batch_size,
+                    train=True,
+                    seed=student_seed,
+                    augment=Augment(**scfg.augment.model_dump()),
+                    channels_last=cl,
+                ),
+                scfg,
+                val_loader=val_loader,
+                state_path=ckpt_dir / "student_scratch-state",
+            )
+            finish("student_scratch", fit.model, cfg.student.model, fit)
+
+        if "distill" in cfg.phases:
+            assert teacher is not None
+            d = cfg.distill
+            dcfg = cfg.distill_train()
+            transfer = kdata.omit_classes(bundle.train, d.omit_classes) if d.omit_classes else bundle.train
+            seed_everything(student_seed)
+            model = build_model(cfg.student.model, *dims, field="student.model")
+            objective = Objective.response(
+                d.loss, d.alpha, d.beta, d.temperature, d.mix, dcfg.label_smoothing
+            )
+            augment = Augment(**dcfg.augment.model_dump())
+            frozen = FrozenTeacher(engine.prepare(teacher))
+            extras = {}
+            mode = d.teacher_outputs
+            if mode == "auto":
+                mode = "online" if augment.enabled else "precompute"
+            if mode == "precompute":
+                if augment.enabled:
+                    raise ConfigError(
+                        "distill.teacher_outputs: 'precompute' gives one teacher output per image, but the transfer "
+                        "set is augmented (distill.train.augment); use 'online' or turn augmentation off"
+                    )
+                plain = make_loader(
+                    transfer, bundle, cfg.runtime.eval_batch_size, train=False, channels_last=cl
+                )
+                extras["teacher.logits"] = engine.predict_logits(frozen, plain)
+            loader = make_loader(
+                transfer,
+                bundle,
+                dcfg.batch_size,
+                train=True,
+                seed=student_seed,
+                augment=augment,
+                channels_last=cl,
+                extras=extras,
+            )
+            fit = engine.fit(
+                "student_kd",
+                model,
+                objective,
+                loader,
+                dcfg,
+                teacher=frozen,
+                val_loader=val_loader,
+                state_path=ckpt_dir / "student_kd-state",
+            )
+            extra: dict[str, Any] = {
+                "transfer_size": len(transfer),
+                "omitted_classes": list(d.omit_classes),
+                "teacher_outputs": mode,
+            }
+            if d.class_bias:
+                before = engine.evaluate(fit.model, test_loader)
+                extra["before_class_bias"] = {
+                    "accuracy": before.accuracy,
+                    "errors": before.errors,
+                    "errors_per_class": [before.errors_on(c) for c in range(bundle.num_classes)],
+                }
+                adjust_class_bias(fit.model, {int(k): v for k, v in d.class_bias.items()})
+                extra["class_bias"] = {str(k): v for k, v in d.class_bias.items()}
+            finish("student_kd", fit.model, cfg.student.model, fit, **extra)
+
+        summary = {
+            "name": cfg.name,
+            "dataset": cfg.data.dataset,
+            "seed": cfg.seed,
+            "precision": runtime.precision,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "wall_seconds": round(time.perf_counter() - t_start, 2),
+            "run_dir": str(run_dir),
+            "models": models,
+        }
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+        print_table(summary, console)
+        return summary
+    finally:
+        logger.close()

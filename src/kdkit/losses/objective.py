@@ -1,0 +1,103 @@
+"""An objective is a weighted sum of loss terms, each reading named tensors of one training step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from kdkit.losses import response
+
+# Each loss of the response family with the named tensors it reads, in argument order.
+RESPONSE_LOSSES: dict[str, tuple[Callable[..., Tensor], tuple[str, ...]]] = {
+    "kd": (response.kd, ("student.logits", "teacher.logits")),
+    "logit_mse": (response.logit_mse, ("student.logits", "teacher.logits")),
+    "kd_mse_mix": (response.kd_mse_mix, ("student.logits", "teacher.logits")),
+    "soft_target_kd": (response.soft_target_kd, ("student.logits", "teacher.probs")),
+    "ce": (response.cross_entropy, ("student.logits", "labels")),
+}
+
+
+@dataclass
+class Term:
+    """One weighted loss over named tensors, e.g. kd(student.logits, teacher.logits, temperature=4)."""
+
+    name: str
+    fn: Callable[..., Tensor]
+    inputs: tuple[str, ...]
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_name(cls, loss: str, weight: float = 1.0, **kwargs: Any) -> Term:
+        """Return the term of a registered loss name with its default inputs."""
+        if loss not in RESPONSE_LOSSES:
+            raise KeyError(f"unknown loss {loss!r}; known: {sorted(RESPONSE_LOSSES)}")
+        fn, inputs = RESPONSE_LOSSES[loss]
+        return cls(name=loss, fn=fn, inputs=inputs, weight=weight, kwargs=kwargs)
+
+    def __call__(self, tensors: Mapping[str, Tensor]) -> Tensor:
+        """Return the unweighted value of this term on the step's named tensors."""
+        missing = [k for k in self.inputs if k not in tensors]
+        if missing:
+            raise KeyError(f"loss term {self.name!r} needs {missing}; this step has {sorted(tensors)}")
+        return self.fn(*(tensors[k] for k in self.inputs), **self.kwargs)
+
+
+class Objective(nn.Module):
+    """Weighted sum of terms; a module so that terms with parameters (adapters) train with the student."""
+
+    def __init__(self, terms: list[Term], modules: Mapping[str, nn.Module] | None = None) -> None:
+        super().__init__()
+        if not terms:
+            raise ValueError("an objective needs at least one term")
+        self.terms = terms
+        # Trainable parts (regressors, adapters) registered here are saved and optimised with the student.
+        self.adapters = nn.ModuleDict(dict(modules or {}))
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Return True when any term reads a teacher tensor."""
+        return any(k.startswith("teacher") for t in self.terms for k in t.inputs)
+
+    def forward(self, tensors: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Return the weighted total and each term's unweighted value (detached tensors, no host sync)."""
+        total: Tensor | None = None
+        parts: dict[str, Tensor] = {}
+        for term in self.terms:
+            value = term(tensors)
+            key = term.name if term.name not in parts else f"{term.name}.{len(parts)}"
+            parts[key] = value.detach()
+            weighted = value * term.weight
+            total = weighted if total is None else total + weighted
+        assert total is not None
+        return total, parts
+
+    @staticmethod
+    def hard_labels(label_smoothing: float = 0.0) -> Objective:
+        """Return the plain supervised objective: cross-entropy on the labels."""
+        return Objective([Term.from_name("ce", 1.0, label_smoothing=label_smoothing)])
+
+    @staticmethod
+    def response(
+        loss: str = "kd",
+        alpha: float = 0.9,
+        beta: float = 0.1,
+        temperature: float = 4.0,
+        mix: float = 0.5,
+        label_smoothing: float = 0.0,
+    ) -> Objective:
+        """Return alpha * <soft loss>(student, teacher) + beta * CE(labels), the Hinton et al. recipe."""
+        kwargs: dict[str, Any] = {}
+        if loss in ("kd", "kd_mse_mix", "soft_target_kd"):
+            kwargs["temperature"] = temperature
+        if loss == "kd_mse_mix":
+            kwargs["mix"] = mix
+        terms = []
+        if alpha:
+            terms.append(Term.from_name(loss, alpha, **kwargs))
+        if beta:
+            terms.append(Term.from_name("ce", beta, label_smoothing=label_smoothing))
+        return Objective(terms)

@@ -1,0 +1,70 @@
+"""Response-based distillation losses: they compare the networks' outputs (logits) only."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _check_pair(student_logits: Tensor, teacher_logits: Tensor) -> None:
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} must have the same shape (batch, classes)"
+        )
+
+
+def kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
+    """Return T^2 * KL(softmax(teacher/T) || softmax(student/T)), averaged over the batch.
+
+    Hinton, Vinyals & Dean (2015), section 2: the T^2 factor keeps the gradient magnitude of the soft
+    term roughly independent of T, so that alpha/beta weights mean the same at every temperature.
+    """
+    _check_pair(student_logits, teacher_logits)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    # Both sides as log-probabilities in fp32: KLDivLoss fed probabilities is a classic silent bug,
+    # and bf16 log-softmax loses the small soft-target differences distillation lives on.
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    return kl * (temperature**2)
+
+
+def soft_target_kd(student_logits: Tensor, teacher_probs: Tensor, temperature: float = 4.0) -> Tensor:
+    """Return T^2 * KL(teacher_probs || softmax(student/T)) for teachers given as probabilities (ensembles)."""
+    _check_pair(student_logits, teacher_probs)
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    p = teacher_probs.float()
+    # xlogy gives 0 * log 0 = 0 for classes a teacher rules out completely.
+    kl = (torch.xlogy(p, p) - p * log_p_student).sum(dim=-1).mean()
+    return kl * (temperature**2)
+
+
+def logit_mse(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """Return the mean squared difference of logits (Ba & Caruana 2014), averaged over batch and classes."""
+    _check_pair(student_logits, teacher_logits)
+    return F.mse_loss(student_logits.float(), teacher_logits.float())
+
+
+def kd_mse_mix(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0, mix: float = 0.5
+) -> Tensor:
+    """Return mix * kd + (1 - mix) * logit_mse: the interpolation between soft targets and logit matching.
+
+    mix=1 is Hinton's soft-target loss, mix=0 is Caruana's logit regression used by Tang et al. (2019).
+    """
+    if not 0.0 <= mix <= 1.0:
+        raise ValueError(f"mix must lie in [0, 1], got {mix}")
+    out = student_logits.new_zeros((), dtype=torch.float32)
+    if mix > 0:
+        out = out + mix * kd(student_logits, teacher_logits, temperature)
+    if mix < 1:
+        out = out + (1.0 - mix) * logit_mse(student_logits, teacher_logits)
+    return out
+
+
+def cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Return the hard-label cross-entropy averaged over the batch, computed in fp32."""
+    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)

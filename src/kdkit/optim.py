@@ -1,0 +1,54 @@
+"""Optimisers and learning-rate schedules built from a TrainConfig."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from kdkit.config import TrainConfig
+
+
+def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Return SGD (momentum, optional Nesterov) or AdamW with the configured lr and weight decay."""
+    params = [p for p in params if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, total: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """Return the multiplier of the base lr at an optimizer step (warm-up times the schedule)."""
+    warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+    f = min(1.0, (step + 1) / warm) if warm > 0 else 1.0
+    t = min(step, total) / max(total, 1)
+    if cfg.schedule == "step":
+        f *= cfg.gamma ** bisect.bisect_right(cfg.milestones, t)
+    elif cfg.schedule == "cosine":
+        f *= 0.5 * (1.0 + math.cos(math.pi * t))
+    elif cfg.schedule == "onecycle":
+        # Linear ramp to the peak over the first 30%, then cosine down to 1/1000 of it (Smith & Topin).
+        if t < 0.3:
+            f *= 0.04 + 0.96 * t / 0.3
+        else:
+            f *= 1e-3 + (1 - 1e-3) * 0.5 * (1.0 + math.cos(math.pi * (t - 0.3) / 0.7))
+    return f
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Return a per-step LambdaLR implementing the configured schedule (its state is just the step count)."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total, cfg, steps_per_epoch)
+    )

@@ -1,0 +1,134 @@
+"""The training loop: schedules, constraints, the non-finite guard, precomputed teacher outputs."""
+
+import math
+
+import pytest
+import torch
+
+from kdkit.checkpoint import load_checkpoint
+from kdkit.config import TrainConfig
+from kdkit.data.loader import InMemoryLoader
+from kdkit.engine import Engine, NonFiniteLossError
+from kdkit.losses import Objective, Term
+from kdkit.models import create
+from kdkit.optim import lr_factor
+from kdkit.runtime import resolve_runtime
+from kdkit.teacher import FrozenTeacher
+
+
+def _blobs(n=512, seed=0):
+    """Return a learnable toy image set: the class decides which quadrant is bright."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = torch.randint(0, 60, (n, 1, 8, 8), generator=g).to(torch.uint8)
+    for c in range(4):
+        r, q = divmod(c, 2)
+        x[y == c, :, r * 4 : r * 4 + 4, q * 4 : q * 4 + 4] += 150
+    return x, y
+
+
+def _engine(precision="fp32"):
+    return Engine(resolve_runtime(precision), progress=False, log_every=4)
+
+
+def _mlp(**kw):
+    return create("mlp", num_classes=4, in_channels=1, image_size=8, hidden=[32], **kw)
+
+
+def test_lr_schedules():
+    cfg = TrainConfig(epochs=10, schedule="step", milestones=[0.5, 0.75], gamma=0.1)
+    assert lr_factor(0, 100, cfg, 10) == 1.0
+    assert lr_factor(49, 100, cfg, 10) == 1.0
+    assert lr_factor(50, 100, cfg, 10) == pytest.approx(0.1)
+    assert lr_factor(80, 100, cfg, 10) == pytest.approx(0.01)
+    cos = TrainConfig(epochs=10, schedule="cosine", warmup_epochs=1)
+    assert lr_factor(4, 100, cos, 10) == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * 0.04)))
+    assert lr_factor(50, 100, cos, 10) == pytest.approx(0.5)
+    assert lr_factor(100, 100, cos, 10) == pytest.approx(0.0, abs=1e-12)
+    one = TrainConfig(epochs=10, schedule="onecycle")
+    peak = max(lr_factor(s, 100, one, 10) for s in range(100))
+    assert peak == pytest.approx(1.0, abs=0.01) and lr_factor(99, 100, one, 10) < 0.01
+
+
+def test_training_learns_and_applies_max_norm(tmp_path):
+    x, y = _blobs()
+    loader = InMemoryLoader(x, y, 32, shuffle=True, seed=0, mean=[0.3], std=[0.3])
+    torch.manual_seed(0)
+    model = _mlp(max_norm=0.5)
+    eng = _engine()
+    res = eng.fit(
+        "t",
+        model,
+        Objective.hard_labels(),
+        loader,
+        TrainConfig(epochs=5, lr=0.1),
+        state_path=tmp_path / "state",
+    )
+    assert res.steps == 5 * 16 and res.samples == 5 * 512
+    assert eng.evaluate(res.model, InMemoryLoader(x, y, 100, mean=[0.3], std=[0.3])).accuracy > 0.95
+    norms = res.model.features.fc1.weight.norm(dim=1)
+    assert norms.max() <= 0.5 + 1e-5 and norms.max() > 0.45  # the constraint was active and holds
+    tensors, meta = load_checkpoint(tmp_path / "state")
+    assert meta["epoch"] == 5 and meta["step"] == 80
+    assert any(k.startswith("optimizer.") and k.endswith("momentum_buffer") for k in tensors)
+    assert len(res.history) == 5 and res.history[-1]["loss"] < res.history[0]["loss"]
+
+
+def test_non_finite_loss_stops_with_phase_step_and_term():
+    x, y = _blobs(64)
+    loader = InMemoryLoader(x, y, 16)
+
+    def explode(logits):
+        return logits.sum() * float("nan")
+
+    obj = Objective([Term.from_name("ce"), Term("explode", explode, ("student.logits",))])
+    with pytest.raises(NonFiniteLossError) as e:
+        _engine().fit("student_kd", _mlp(), obj, loader, TrainConfig(epochs=1))
+    msg = str(e.value)
+    assert "student_kd" in msg and "explode" in msg and "at step 1" in msg and "'ce'" not in msg
+
+
+def test_gradient_clipping_bounds_the_update():
+    x, y = _blobs(64)
+    loader = InMemoryLoader(x, y, 64)
+    torch.manual_seed(0)
+    m = _mlp()
+    before = [p.detach().clone() for p in m.parameters()]
+    # SGD without momentum, lr 1: the parameter change is exactly the clipped gradient.
+    _engine().fit(
+        "t",
+        m,
+        Objective.hard_labels(),
+        loader,
+        TrainConfig(epochs=1, lr=1.0, momentum=0.0, schedule="constant", grad_clip=0.01),
+    )
+    delta = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(m.parameters(), before)))
+    assert delta.item() == pytest.approx(0.01, rel=1e-3)
+
+
+def test_precomputed_teacher_outputs_train_identically_to_online_teacher():
+    x, y = _blobs(256)
+    eng = _engine()
+    torch.manual_seed(1)
+    teacher = _mlp()
+    eng.fit(
+        "t", teacher, Objective.hard_labels(), InMemoryLoader(x, y, 32, shuffle=True), TrainConfig(epochs=2)
+    )
+    frozen = FrozenTeacher(teacher)
+    logits = eng.predict_logits(frozen, InMemoryLoader(x, y, 100))
+    obj = Objective.response("kd", alpha=0.9, beta=0.1, temperature=4.0)
+    cfg = TrainConfig(epochs=2, lr=0.05)
+    results = []
+    for extras in ({}, {"teacher.logits": logits}):
+        torch.manual_seed(2)
+        loader = InMemoryLoader(x, y, 32, shuffle=True, seed=3, extras=extras)
+        results.append(eng.fit("s", _mlp(), obj, loader, cfg, teacher=None if extras else frozen).model)
+    for a, b in zip(results[0].parameters(), results[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert all(not p.requires_grad for p in frozen.parameters()) and not frozen.model.training
+
+
+def test_objective_needing_a_teacher_without_one_is_refused():
+    x, y = _blobs(32)
+    with pytest.raises(Exception, match="teacher"):
+        _engine().fit("s", _mlp(), Objective.response(), InMemoryLoader(x, y, 8), TrainConfig(epochs=1))

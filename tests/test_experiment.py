@@ -1,0 +1,169 @@
+"""End to end: the CLI on real MNIST, run-directory safety, class omission and bias adjustment."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from kdkit.cli import main
+from kdkit.config import build_config
+from kdkit.errors import ConfigError, RunDirError
+from kdkit.experiment import adjust_class_bias, load_model, prepare_run_dir, run_experiment
+from kdkit.models import create
+
+SMALL = {
+    "name": "tiny",
+    "data": {"dataset": "mnist", "val_size": 2000, "train_limit": 12000},
+    "teacher": {
+        "model": {"name": "mlp", "hidden": [256, 256], "dropout": 0.2},
+        "train": {"epochs": 6, "batch_size": 128, "lr": 0.1},
+    },
+    "student": {
+        "model": {"name": "mlp", "hidden": [64]},
+        "train": {"epochs": 3, "batch_size": 128, "lr": 0.1},
+    },
+    "distill": {"temperature": 4.0, "alpha": 0.9, "beta": 0.1},
+    "runtime": {"progress": False, "log_every": 20},
+}
+
+
+def test_cli_run_on_real_mnist_writes_a_complete_run_dir(tmp_path, data_root, monkeypatch, capsys):
+    monkeypatch.setenv("KDKIT_DATA", str(data_root))
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(SMALL))
+    run = tmp_path / "run"
+    assert main(["run", str(cfg), "--run-dir", str(run), "--set", "seed=1"]) == 0
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary["models"]) == {"teacher", "student_scratch", "student_kd"}
+    for rec in summary["models"].values():
+        for key in ("accuracy", "errors", "val_accuracy", "params", "size_mb", "train_seconds"):
+            assert key in rec
+        assert rec["test_size"] == 10000
+        assert rec["errors"] == round((1 - rec["accuracy"]) * 10000)
+        assert sum(rec["errors_per_class"]) == rec["errors"]
+    t = summary["models"]["teacher"]
+    assert t["accuracy"] > 0.95, t  # 6 epochs of a 256-256 MLP on 10k real images: ~96%
+    assert summary["models"]["student_kd"]["accuracy"] > 0.90
+    assert t["params"] == 784 * 256 + 256 + 256 * 256 + 256 + 2570
+    # The resolved config (every default, plus the override) is saved with the run.
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (
+        saved["seed"] == 1
+        and saved["distill"]["temperature"] == 4.0
+        and saved["runtime"]["precision"] == "auto"
+    )
+    # Metrics: per-log and per-epoch records for each phase, and TensorBoard event files.
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["phase"] for r in recs} == {"teacher", "student_scratch", "student_kd"}
+    assert any("val_accuracy" in r for r in recs) and any("samples_per_second" in r for r in recs)
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    # The table is printed.
+    err = capsys.readouterr().err
+    assert "student (distilled)" in err and "errors" in err
+
+    # A saved checkpoint evaluates to exactly the summary's numbers through `kdkit eval`.
+    ckpt = run / "checkpoints" / "student_kd.safetensors"
+    assert main(["eval", str(ckpt)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["errors"] == summary["models"]["student_kd"]["errors"] and out["total"] == 10000
+    model, meta = load_model(ckpt)
+    assert meta["role"] == "student_kd" and meta["classes"][3] == "3"
+
+    # Re-running into the same directory is refused without --overwrite, and nothing is touched.
+    before = (run / "summary.json").read_bytes()
+    assert main(["run", str(cfg), "--run-dir", str(run)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (run / "summary.json").read_bytes() == before
+
+    # Distilling from the saved teacher checkpoint (single phase) reproduces the teacher's numbers.
+    run2 = tmp_path / "run2"
+    teacher_ckpt = run / "checkpoints" / "teacher.safetensors"
+    assert (
+        main(
+            [
+                "distill",
+                str(cfg),
+                "--teacher",
+                str(teacher_ckpt),
+                "--run-dir",
+                str(run2),
+                "--set",
+                "student.train.epochs=1",
+            ]
+        )
+        == 0
+    )
+    s2 = json.loads((run2 / "summary.json").read_text())
+    assert s2["models"]["teacher"]["errors"] == t["errors"]
+    assert set(s2["models"]) == {"teacher", "student_kd"}
+
+
+def test_cli_errors_exit_2_with_field_path(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump({**SMALL, "distill": {"temprature": 2}}))
+    assert main(["run", str(cfg), "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "distill.temprature" in err and "Traceback" not in err
+    assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    cfg.write_text(yaml.safe_dump({**SMALL, "student": {"model": {"name": "mlp", "hiden": [3]}}}))
+    assert (
+        main(["run", str(cfg), "--run-dir", str(tmp_path / "r2"), "--set", "data.dataset=mnist-small"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "student.model" in err and "hiden" in err
+    with pytest.raises(SystemExit) as e:
+        main(["run"])
+    assert e.value.code == 2
+
+
+def test_run_dir_safety(tmp_path):
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="not empty"):
+        prepare_run_dir(d)
+    with pytest.raises(RunDirError, match="did not write"):
+        prepare_run_dir(d, overwrite=True)
+    assert (d / "notes.txt").read_text() == "mine"
+    k = tmp_path / "k"
+    (k / "checkpoints").mkdir(parents=True)
+    (k / "summary.json").write_text("{}")
+    prepare_run_dir(k, overwrite=True)
+    assert k.is_dir() and not any(k.iterdir())
+
+
+def test_omit_classes_and_class_bias_on_embedded_data(tmp_path):
+    raw = {
+        **SMALL,
+        "data": {"dataset": "mnist-small", "val_size": 500},
+        "distill": {"omit_classes": [3], "class_bias": {3: 2.5}},
+        "phases": ["teacher", "distill"],
+    }
+    raw["teacher"] = {**raw["teacher"], "train": {"epochs": 1, "batch_size": 128}}
+    raw["student"] = {**raw["student"], "train": {"epochs": 1, "batch_size": 128}}
+    summary = run_experiment(build_config(raw), tmp_path / "run")
+    kd = summary["models"]["student_kd"]
+    assert kd["omitted_classes"] == [3]
+    # mnist-small is class-balanced (about 1,000 per class): omitting the 3s drops about a tenth.
+    assert 9500 - 1000 <= kd["transfer_size"] <= 9500 - 900
+    assert kd["before_class_bias"]["errors_per_class"][3] >= kd["errors_per_class"][3]
+    model, meta = load_model(tmp_path / "run" / "checkpoints" / "student_kd")
+    assert meta["metrics"]["class_bias"] == {"3": 2.5}
+
+
+def test_adjust_class_bias_adds_exactly():
+    m = create("mlp", num_classes=4, in_channels=1, image_size=4, hidden=[3])
+    before = m.classifier.bias.detach().clone()
+    adjust_class_bias(m, {1: 3.5})
+    torch.testing.assert_close(m.classifier.bias.detach(), before + torch.tensor([0, 3.5, 0, 0]))
+    with pytest.raises(ConfigError, match="out of range"):
+        adjust_class_bias(m, {7: 1.0})
+
+
+def test_distill_without_teacher_is_refused(tmp_path):
+    cfg = build_config({**SMALL, "phases": ["distill"]})
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        run_experiment(cfg, tmp_path / "r")

@@ -1,0 +1,32 @@
+"""The README's promises: its Python example runs, its commands match .ci/run."""
+
+import re
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_python_api_example_runs_and_distills():
+    block = re.search(r"## Python API\n\n```python\n(.*?)```", README, re.S).group(1)
+    assert len(block.strip().splitlines()) <= 12
+    ns: dict = {}
+    exec(compile(block, "README.md", "exec"), ns)  # noqa: S102 - our own README
+    student, loader = ns["student"], ns["loader"]
+    correct = total = 0
+    with torch.no_grad():
+        for b in loader:
+            correct += int((student(b.x).argmax(1) == b.y).sum())
+            total += len(b.y)
+    assert total == 10000 and correct / total > 0.9  # two epochs of KD on 10k MNIST images
+
+
+def test_ci_runs_the_readme_test_command():
+    cmds = re.findall(r"```bash\n(.*?)\n```", README, re.S)
+    assert len(cmds) >= 2
+    install, test = cmds[0], cmds[1]
+    assert "pip install torch==2.13.0" in install and "kdkit quickstart" in install
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test in ci.splitlines()
