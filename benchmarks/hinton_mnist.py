@@ -1,0 +1,272 @@
+"""Reproduce the MNIST table of Hinton, Vinyals & Dean (2015), section 3, plus its temperature study.
+
+    python benchmarks/hinton_mnist.py            # the full benchmark (resumable)
+    python benchmarks/hinton_mnist.py --quick    # a shortened version for the test suite
+
+Every row is an ordinary `kdkit` run of configs/hinton-mnist.yaml with `--set` overrides. Each finished run
+writes one JSON under benchmarks/results/hinton_mnist/ and is skipped when the benchmark runs again, so an
+interrupted benchmark continues where it stopped. The aggregate goes to benchmarks/results/hinton_mnist.json
+and a table to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdkit.checkpoint import atomic_write_text
+from kdkit.config import load_config
+from kdkit.console import make_console
+from kdkit.experiment import run_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "hinton-mnist.yaml"
+PAPER = {"teacher": 67, "scratch": 146, "distilled": 74, "omit3": 206, "omit3_threes": 133,
+         "omit3_bias": 109, "omit3_bias_threes": 14}
+TEMPERATURES = [1, 2, 2.5, 3, 4, 5, 8, 10, 20]
+SWEEP_WIDTHS = [30, 300]
+MARK_START, MARK_END = "<!-- hinton_mnist:start -->", "<!-- hinton_mnist:end -->"
+
+
+@dataclass
+class Run:
+    """One kdkit run of the benchmark: a name, overrides, and the runs whose teacher it needs."""
+
+    name: str
+    overrides: list[str]
+    teacher_from: str | None = None
+    role: str = "student_kd"
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+def plan(seeds: list[int], quick: bool) -> list[Run]:
+    """Return the runs of the benchmark in dependency order."""
+    runs: list[Run] = []
+    quick_over = (
+        ["data.train_limit=10000", "teacher.train.epochs=12", "student.train.epochs=8"] if quick else []
+    )
+    for s in seeds:
+        runs.append(Run(f"teacher-s{s}", [*quick_over, f"seed={s}", "phases=[teacher]"], role="teacher",
+                        tags={"row": "teacher", "seed": s}))
+        runs.append(Run(f"scratch-s{s}", [*quick_over, f"seed={s}", "phases=[scratch]"], role="student_scratch",
+                        tags={"row": "scratch", "seed": s}))
+        runs.append(Run(f"distilled-s{s}", [*quick_over, f"seed={s}", "phases=[distill]"],
+                        teacher_from=f"teacher-s{s}", tags={"row": "distilled", "seed": s}))
+    if quick:
+        return runs
+    s0 = seeds[0]
+    runs.append(Run(f"omit3-s{s0}", [f"seed={s0}", "phases=[distill]", "distill.omit_classes=[3]",
+                                     "distill.class_bias={3: 3.5}"],
+                    teacher_from=f"teacher-s{s0}", tags={"row": "omit3", "seed": s0}))
+    for w in SWEEP_WIDTHS:
+        hidden = f"student.model.hidden=[{w}, {w}]"
+        runs.append(Run(f"sweep-h{w}-scratch-s{s0}", [f"seed={s0}", "phases=[scratch]", hidden],
+                        role="student_scratch", tags={"row": "sweep", "width": w, "temperature": None}))
+        for t in TEMPERATURES:
+            runs.append(Run(f"sweep-h{w}-T{t}-s{s0}", [f"seed={s0}", "phases=[distill]", hidden,
+                                                       f"distill.temperature={t}"],
+                            teacher_from=f"teacher-s{s0}", tags={"row": "sweep", "width": w, "temperature": t}))
+    return runs
+
+
+def machine() -> dict[str, Any]:
+    """Return a description of this machine for the results."""
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": cpu, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def execute(run: Run, out: Path, runs_dir: Path, progress: bool) -> dict[str, Any]:
+    """Run one benchmark entry (or return its stored result) and store its JSON."""
+    res_path = out / f"{run.name}.json"
+    if res_path.exists():
+        return json.loads(res_path.read_text())
+    overrides = list(run.overrides) + [f"runtime.progress={str(progress).lower()}", "runtime.tensorboard=false"]
+    if run.teacher_from:
+        teacher_ckpt = runs_dir / run.teacher_from / "checkpoints" / "teacher.safetensors"
+        overrides.append(f"teacher.checkpoint={json.dumps(str(teacher_ckpt))}")
+    cfg = load_config(CONFIG, overrides)
+    t0 = time.perf_counter()
+    summary = run_experiment(cfg, runs_dir / run.name, overwrite=True, console=make_console())
+    rec = {"name": run.name, "tags": run.tags, "overrides": run.overrides, "wall_seconds": time.perf_counter() - t0,
+           "model": summary["models"][run.role], "precision": summary["precision"], "threads": summary["threads"],
+           "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(res_path, json.dumps(rec, indent=2))
+    return rec
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def aggregate(results: dict[str, dict]) -> dict[str, Any]:
+    """Return the table rows (mean and spread over seeds) and the temperature sweep."""
+    rows: dict[str, Any] = {}
+    for row in ("teacher", "scratch", "distilled"):
+        recs = [r for r in results.values() if r["tags"].get("row") == row]
+        if recs:
+            rows[row] = {"errors": _stats([r["model"]["errors"] for r in recs]),
+                         "per_seed": {r["tags"]["seed"]: r["model"]["errors"] for r in recs},
+                         "paper": PAPER[row]}
+    omit = [r for r in results.values() if r["tags"].get("row") == "omit3"]
+    if omit:
+        m = omit[0]["model"]
+        rows["omit3"] = {"errors": m["before_class_bias"]["errors"],
+                         "errors_on_3": m["before_class_bias"]["errors_per_class"][3],
+                         "paper": PAPER["omit3"], "paper_on_3": PAPER["omit3_threes"]}
+        rows["omit3_bias"] = {"errors": m["errors"], "errors_on_3": m["errors_per_class"][3],
+                              "paper": PAPER["omit3_bias"], "paper_on_3": PAPER["omit3_bias_threes"]}
+    sweep: dict[str, dict[str, int]] = {}
+    for r in results.values():
+        if r["tags"].get("row") == "sweep":
+            t = r["tags"]["temperature"]
+            sweep.setdefault(str(r["tags"]["width"]), {})["scratch" if t is None else str(t)] = r["model"]["errors"]
+    return {"rows": rows, "sweep": sweep}
+
+
+def plot_sweep(sweep: dict[str, dict[str, int]], path: Path) -> bool:
+    """Save the errors-against-temperature plot as a PNG; return False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for width, pts in sorted(sweep.items(), key=lambda kv: int(kv[0])):
+        ts = sorted(float(k) for k in pts if k != "scratch")
+        line = ax.plot(ts, [pts[_tkey(t)] for t in ts], marker="o", label=f"{width}-{width} distilled")
+        if "scratch" in pts:
+            ax.axhline(pts["scratch"], ls="--", color=line[0].get_color(), label=f"{width}-{width} scratch")
+    ax.set_xscale("log")
+    ax.set_xticks(TEMPERATURES, [str(t) for t in TEMPERATURES])
+    ax.set_xlabel("temperature T")
+    ax.set_ylabel("test errors (of 10,000)")
+    ax.set_title("MNIST distillation: errors against temperature")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _tkey(t: float) -> str:
+    return str(int(t)) if float(t).is_integer() else str(t)
+
+
+def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
+    """Return the RESULTS.md section for this benchmark."""
+    rows = agg["rows"]
+    lines = [MARK_START, "## Hinton et al. (2015), MNIST (section 3)", "",
+             f"Command: `{info['command']}`  ",
+             f"Machine: {info['machine']['nproc']} cores, {info['machine']['cpu']}, torch {info['machine']['torch']}, "
+             f"precision {info['precision']}  ",
+             f"Date: {info['date']}; total run time {info['total_minutes']:.1f} min "
+             f"(sum of the runs' wall times; this invocation {info['invocation_minutes']:.1f} min)", "",
+             "| row | kdkit test errors (of 10,000) | seeds | paper | gap |", "|---|---|---|---|---|"]
+    names = {"teacher": "teacher 1200-1200, dropout + max-norm + jitter", "scratch": "student 800-800, scratch",
+             "distilled": "student 800-800, distilled at T=20"}
+    for key in ("teacher", "scratch", "distilled"):
+        if key in rows:
+            r = rows[key]
+            e = r["errors"]
+            per = ", ".join(str(v) for _, v in sorted(r["per_seed"].items()))
+            lines.append(f"| {names[key]} | {e['mean']:.1f} ± {e['std']:.1f} ({per}) | {e['n']} | {r['paper']} | "
+                         f"{e['mean'] - r['paper']:+.1f} |")
+    for key, label in (("omit3", "distilled, every 3 omitted from the transfer set"),
+                       ("omit3_bias", "the same, bias of class 3 raised by 3.5")):
+        if key in rows:
+            r = rows[key]
+            lines.append(f"| {label} | {r['errors']} ({r['errors_on_3']} on the 1,010 threes) | 1 | "
+                         f"{r['paper']} ({r['paper_on_3']} on threes) | {r['errors'] - r['paper']:+d} |")
+    if agg["sweep"]:
+        lines += ["", "Temperature study (test errors, seed 0; `scratch` = the same student without a teacher):", "",
+                  "| student | scratch | " + " | ".join(f"T={_tkey(t)}" for t in TEMPERATURES) + " |",
+                  "|---|---|" + "---|" * len(TEMPERATURES)]
+        for width, pts in sorted(agg["sweep"].items(), key=lambda kv: int(kv[0])):
+            cells = [str(pts.get(_tkey(t), "-")) for t in TEMPERATURES]
+            lines.append(f"| {width}-{width} | {pts.get('scratch', '-')} | " + " | ".join(cells) + " |")
+        lines += ["", "![errors against temperature](results/hinton_mnist_temperature.png)"]
+    lines += ["", MARK_END]
+    return "\n".join(lines)
+
+
+def update_results_md(section: str, path: Path) -> None:
+    """Replace this benchmark's section of RESULTS.md (or append it), leaving the rest untouched."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n\nEvery figure here was measured by the command shown with it.\n"
+    if MARK_START in text and MARK_END in text:
+        head, rest = text.split(MARK_START, 1)
+        tail = rest.split(MARK_END, 1)[1]
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    atomic_write_text(path, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; return the exit status."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the teacher/scratch/distilled rows")
+    ap.add_argument("--quick", action="store_true", help="shortened run (10,000 training images, few epochs)")
+    ap.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results)")
+    ap.add_argument("--runs-dir", type=Path, default=None, help="kdkit run directories (default benchmarks/runs)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+
+    results_root = args.out or ROOT / "benchmarks" / "results"
+    name = "hinton_mnist_quick" if args.quick else "hinton_mnist"
+    out = results_root / name
+    runs_dir = (args.runs_dir or ROOT / "benchmarks" / "runs") / name
+    t0 = time.perf_counter()
+    results: dict[str, dict] = {}
+    runs = plan(args.seeds, args.quick)
+    by_name = {r.name: r for r in runs}
+    for run in runs:
+        done = (out / f"{run.name}.json").exists()
+        teacher_ckpt = runs_dir / str(run.teacher_from) / "checkpoints" / "teacher.safetensors"
+        if run.teacher_from and not done and not teacher_ckpt.exists():
+            # The teacher's result survived (e.g. a new checkout) but its weights did not: train it again.
+            (out / f"{run.teacher_from}.json").unlink(missing_ok=True)
+            results[run.teacher_from] = execute(by_name[run.teacher_from], out, runs_dir, not args.no_progress)
+        results[run.name] = execute(run, out, runs_dir, progress=not args.no_progress)
+    agg = aggregate(results)
+    total = sum(r["wall_seconds"] for r in results.values())
+    info = {
+        "command": "python benchmarks/hinton_mnist.py" + (" --quick" if args.quick else "")
+        + ("" if args.seeds == [0, 1] else " --seeds " + " ".join(map(str, args.seeds))),
+        "machine": machine(),
+        "precision": next(iter(results.values()))["precision"],
+        "date": dt.date.today().isoformat(),
+        "total_minutes": total / 60,
+        "invocation_minutes": (time.perf_counter() - t0) / 60,
+    }
+    doc = {**info, **agg, "runs": results}
+    atomic_write_text(results_root / f"{name}.json", json.dumps(doc, indent=2))
+    if not args.quick:
+        plot_sweep(agg["sweep"], results_root / "hinton_mnist_temperature.png")
+        update_results_md(markdown(agg, info), ROOT / "benchmarks" / "RESULTS.md")
+    print(markdown(agg, info))
+    print(json.dumps({k: v["errors"] for k, v in agg["rows"].items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
