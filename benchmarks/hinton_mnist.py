@@ -32,8 +32,15 @@ from kdkit.experiment import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "hinton-mnist.yaml"
-PAPER = {"teacher": 67, "scratch": 146, "distilled": 74, "omit3": 206, "omit3_threes": 133,
-         "omit3_bias": 109, "omit3_bias_threes": 14}
+PAPER = {
+    "teacher": 67,
+    "scratch": 146,
+    "distilled": 74,
+    "omit3": 206,
+    "omit3_threes": 133,
+    "omit3_bias": 109,
+    "omit3_bias_threes": 14,
+}
 TEMPERATURES = [1, 2, 2.5, 3, 4, 5, 8, 10, 20]
 SWEEP_WIDTHS = [30, 300]
 MARK_START, MARK_END = "<!-- hinton_mnist:start -->", "<!-- hinton_mnist:end -->"
@@ -57,26 +64,60 @@ def plan(seeds: list[int], quick: bool) -> list[Run]:
         ["data.train_limit=10000", "teacher.train.epochs=12", "student.train.epochs=8"] if quick else []
     )
     for s in seeds:
-        runs.append(Run(f"teacher-s{s}", [*quick_over, f"seed={s}", "phases=[teacher]"], role="teacher",
-                        tags={"row": "teacher", "seed": s}))
-        runs.append(Run(f"scratch-s{s}", [*quick_over, f"seed={s}", "phases=[scratch]"], role="student_scratch",
-                        tags={"row": "scratch", "seed": s}))
-        runs.append(Run(f"distilled-s{s}", [*quick_over, f"seed={s}", "phases=[distill]"],
-                        teacher_from=f"teacher-s{s}", tags={"row": "distilled", "seed": s}))
+        runs.append(
+            Run(
+                f"teacher-s{s}",
+                [*quick_over, f"seed={s}", "phases=[teacher]"],
+                role="teacher",
+                tags={"row": "teacher", "seed": s},
+            )
+        )
+        runs.append(
+            Run(
+                f"scratch-s{s}",
+                [*quick_over, f"seed={s}", "phases=[scratch]"],
+                role="student_scratch",
+                tags={"row": "scratch", "seed": s},
+            )
+        )
+        runs.append(
+            Run(
+                f"distilled-s{s}",
+                [*quick_over, f"seed={s}", "phases=[distill]"],
+                teacher_from=f"teacher-s{s}",
+                tags={"row": "distilled", "seed": s},
+            )
+        )
     if quick:
         return runs
     s0 = seeds[0]
-    runs.append(Run(f"omit3-s{s0}", [f"seed={s0}", "phases=[distill]", "distill.omit_classes=[3]",
-                                     "distill.class_bias={3: 3.5}"],
-                    teacher_from=f"teacher-s{s0}", tags={"row": "omit3", "seed": s0}))
+    runs.append(
+        Run(
+            f"omit3-s{s0}",
+            [f"seed={s0}", "phases=[distill]", "distill.omit_classes=[3]", "distill.class_bias={3: 3.5}"],
+            teacher_from=f"teacher-s{s0}",
+            tags={"row": "omit3", "seed": s0},
+        )
+    )
     for w in SWEEP_WIDTHS:
         hidden = f"student.model.hidden=[{w}, {w}]"
-        runs.append(Run(f"sweep-h{w}-scratch-s{s0}", [f"seed={s0}", "phases=[scratch]", hidden],
-                        role="student_scratch", tags={"row": "sweep", "width": w, "temperature": None}))
+        runs.append(
+            Run(
+                f"sweep-h{w}-scratch-s{s0}",
+                [f"seed={s0}", "phases=[scratch]", hidden],
+                role="student_scratch",
+                tags={"row": "sweep", "width": w, "temperature": None},
+            )
+        )
         for t in TEMPERATURES:
-            runs.append(Run(f"sweep-h{w}-T{t}-s{s0}", [f"seed={s0}", "phases=[distill]", hidden,
-                                                       f"distill.temperature={t}"],
-                            teacher_from=f"teacher-s{s0}", tags={"row": "sweep", "width": w, "temperature": t}))
+            runs.append(
+                Run(
+                    f"sweep-h{w}-T{t}-s{s0}",
+                    [f"seed={s0}", "phases=[distill]", hidden, f"distill.temperature={t}"],
+                    teacher_from=f"teacher-s{s0}",
+                    tags={"row": "sweep", "width": w, "temperature": t},
+                )
+            )
     return runs
 
 
@@ -88,7 +129,12 @@ def machine() -> dict[str, Any]:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "torch": torch.__version__, "python": platform.python_version()}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def execute(run: Run, out: Path, runs_dir: Path, progress: bool) -> dict[str, Any]:
@@ -96,24 +142,39 @@ def execute(run: Run, out: Path, runs_dir: Path, progress: bool) -> dict[str, An
     res_path = out / f"{run.name}.json"
     if res_path.exists():
         return json.loads(res_path.read_text())
-    overrides = list(run.overrides) + [f"runtime.progress={str(progress).lower()}", "runtime.tensorboard=false"]
+    overrides = list(run.overrides) + [
+        f"runtime.progress={str(progress).lower()}",
+        "runtime.tensorboard=false",
+    ]
     if run.teacher_from:
         teacher_ckpt = runs_dir / run.teacher_from / "checkpoints" / "teacher.safetensors"
         overrides.append(f"teacher.checkpoint={json.dumps(str(teacher_ckpt))}")
     cfg = load_config(CONFIG, overrides)
     t0 = time.perf_counter()
     summary = run_experiment(cfg, runs_dir / run.name, overwrite=True, console=make_console())
-    rec = {"name": run.name, "tags": run.tags, "overrides": run.overrides, "wall_seconds": time.perf_counter() - t0,
-           "model": summary["models"][run.role], "precision": summary["precision"], "threads": summary["threads"],
-           "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    rec = {
+        "name": run.name,
+        "tags": run.tags,
+        "overrides": run.overrides,
+        "wall_seconds": time.perf_counter() - t0,
+        "model": summary["models"][run.role],
+        "precision": summary["precision"],
+        "threads": summary["threads"],
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(res_path, json.dumps(rec, indent=2))
     return rec
 
 
 def _stats(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "n": len(values)}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
 
 
 def aggregate(results: dict[str, dict]) -> dict[str, Any]:
@@ -122,22 +183,33 @@ def aggregate(results: dict[str, dict]) -> dict[str, Any]:
     for row in ("teacher", "scratch", "distilled"):
         recs = [r for r in results.values() if r["tags"].get("row") == row]
         if recs:
-            rows[row] = {"errors": _stats([r["model"]["errors"] for r in recs]),
-                         "per_seed": {r["tags"]["seed"]: r["model"]["errors"] for r in recs},
-                         "paper": PAPER[row]}
+            rows[row] = {
+                "errors": _stats([r["model"]["errors"] for r in recs]),
+                "per_seed": {r["tags"]["seed"]: r["model"]["errors"] for r in recs},
+                "paper": PAPER[row],
+            }
     omit = [r for r in results.values() if r["tags"].get("row") == "omit3"]
     if omit:
         m = omit[0]["model"]
-        rows["omit3"] = {"errors": m["before_class_bias"]["errors"],
-                         "errors_on_3": m["before_class_bias"]["errors_per_class"][3],
-                         "paper": PAPER["omit3"], "paper_on_3": PAPER["omit3_threes"]}
-        rows["omit3_bias"] = {"errors": m["errors"], "errors_on_3": m["errors_per_class"][3],
-                              "paper": PAPER["omit3_bias"], "paper_on_3": PAPER["omit3_bias_threes"]}
+        rows["omit3"] = {
+            "errors": m["before_class_bias"]["errors"],
+            "errors_on_3": m["before_class_bias"]["errors_per_class"][3],
+            "paper": PAPER["omit3"],
+            "paper_on_3": PAPER["omit3_threes"],
+        }
+        rows["omit3_bias"] = {
+            "errors": m["errors"],
+            "errors_on_3": m["errors_per_class"][3],
+            "paper": PAPER["omit3_bias"],
+            "paper_on_3": PAPER["omit3_bias_threes"],
+        }
     sweep: dict[str, dict[str, int]] = {}
     for r in results.values():
         if r["tags"].get("row") == "sweep":
             t = r["tags"]["temperature"]
-            sweep.setdefault(str(r["tags"]["width"]), {})["scratch" if t is None else str(t)] = r["model"]["errors"]
+            sweep.setdefault(str(r["tags"]["width"]), {})["scratch" if t is None else str(t)] = r["model"][
+                "errors"
+            ]
     return {"rows": rows, "sweep": sweep}
 
 
@@ -175,32 +247,51 @@ def _tkey(t: float) -> str:
 def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
     """Return the RESULTS.md section for this benchmark."""
     rows = agg["rows"]
-    lines = [MARK_START, "## Hinton et al. (2015), MNIST (section 3)", "",
-             f"Command: `{info['command']}`  ",
-             f"Machine: {info['machine']['nproc']} cores, {info['machine']['cpu']}, torch {info['machine']['torch']}, "
-             f"precision {info['precision']}  ",
-             f"Date: {info['date']}; total run time {info['total_minutes']:.1f} min "
-             f"(sum of the runs' wall times; this invocation {info['invocation_minutes']:.1f} min)", "",
-             "| row | kdkit test errors (of 10,000) | seeds | paper | gap |", "|---|---|---|---|---|"]
-    names = {"teacher": "teacher 1200-1200, dropout + max-norm + jitter", "scratch": "student 800-800, scratch",
-             "distilled": "student 800-800, distilled at T=20"}
+    lines = [
+        MARK_START,
+        "## Hinton et al. (2015), MNIST (section 3)",
+        "",
+        f"Command: `{info['command']}`  ",
+        f"Machine: {info['machine']['nproc']} cores, {info['machine']['cpu']}, torch {info['machine']['torch']}, "
+        f"precision {info['precision']}  ",
+        f"Date: {info['date']}; total run time {info['total_minutes']:.1f} min "
+        f"(sum of the runs' wall times; this invocation {info['invocation_minutes']:.1f} min)",
+        "",
+        "| row | kdkit test errors (of 10,000) | seeds | paper | gap |",
+        "|---|---|---|---|---|",
+    ]
+    names = {
+        "teacher": "teacher 1200-1200, dropout + max-norm + jitter",
+        "scratch": "student 800-800, scratch",
+        "distilled": "student 800-800, distilled at T=20",
+    }
     for key in ("teacher", "scratch", "distilled"):
         if key in rows:
             r = rows[key]
             e = r["errors"]
             per = ", ".join(str(v) for _, v in sorted(r["per_seed"].items()))
-            lines.append(f"| {names[key]} | {e['mean']:.1f} ± {e['std']:.1f} ({per}) | {e['n']} | {r['paper']} | "
-                         f"{e['mean'] - r['paper']:+.1f} |")
-    for key, label in (("omit3", "distilled, every 3 omitted from the transfer set"),
-                       ("omit3_bias", "the same, bias of class 3 raised by 3.5")):
+            lines.append(
+                f"| {names[key]} | {e['mean']:.1f} ± {e['std']:.1f} ({per}) | {e['n']} | {r['paper']} | "
+                f"{e['mean'] - r['paper']:+.1f} |"
+            )
+    for key, label in (
+        ("omit3", "distilled, every 3 omitted from the transfer set"),
+        ("omit3_bias", "the same, bias of class 3 raised by 3.5"),
+    ):
         if key in rows:
             r = rows[key]
-            lines.append(f"| {label} | {r['errors']} ({r['errors_on_3']} on the 1,010 threes) | 1 | "
-                         f"{r['paper']} ({r['paper_on_3']} on threes) | {r['errors'] - r['paper']:+d} |")
+            lines.append(
+                f"| {label} | {r['errors']} ({r['errors_on_3']} on the 1,010 threes) | 1 | "
+                f"{r['paper']} ({r['paper_on_3']} on threes) | {r['errors'] - r['paper']:+d} |"
+            )
     if agg["sweep"]:
-        lines += ["", "Temperature study (test errors, seed 0; `scratch` = the same student without a teacher):", "",
-                  "| student | scratch | " + " | ".join(f"T={_tkey(t)}" for t in TEMPERATURES) + " |",
-                  "|---|---|" + "---|" * len(TEMPERATURES)]
+        lines += [
+            "",
+            "Temperature study (test errors, seed 0; `scratch` = the same student without a teacher):",
+            "",
+            "| student | scratch | " + " | ".join(f"T={_tkey(t)}" for t in TEMPERATURES) + " |",
+            "|---|---|" + "---|" * len(TEMPERATURES),
+        ]
         for width, pts in sorted(agg["sweep"].items(), key=lambda kv: int(kv[0])):
             cells = [str(pts.get(_tkey(t), "-")) for t in TEMPERATURES]
             lines.append(f"| {width}-{width} | {pts.get('scratch', '-')} | " + " | ".join(cells) + " |")
@@ -211,7 +302,11 @@ def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
 
 def update_results_md(section: str, path: Path) -> None:
     """Replace this benchmark's section of RESULTS.md (or append it), leaving the rest untouched."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n\nEvery figure here was measured by the command shown with it.\n"
+    text = (
+        path.read_text()
+        if path.exists()
+        else "# Benchmark results\n\nEvery figure here was measured by the command shown with it.\n"
+    )
     if MARK_START in text and MARK_END in text:
         head, rest = text.split(MARK_START, 1)
         tail = rest.split(MARK_END, 1)[1]
@@ -224,10 +319,14 @@ def update_results_md(section: str, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return the exit status."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the teacher/scratch/distilled rows")
+    ap.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the teacher/scratch/distilled rows"
+    )
     ap.add_argument("--quick", action="store_true", help="shortened run (10,000 training images, few epochs)")
     ap.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results)")
-    ap.add_argument("--runs-dir", type=Path, default=None, help="kdkit run directories (default benchmarks/runs)")
+    ap.add_argument(
+        "--runs-dir", type=Path, default=None, help="kdkit run directories (default benchmarks/runs)"
+    )
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
 
@@ -245,12 +344,15 @@ def main(argv: list[str] | None = None) -> int:
         if run.teacher_from and not done and not teacher_ckpt.exists():
             # The teacher's result survived (e.g. a new checkout) but its weights did not: train it again.
             (out / f"{run.teacher_from}.json").unlink(missing_ok=True)
-            results[run.teacher_from] = execute(by_name[run.teacher_from], out, runs_dir, not args.no_progress)
+            results[run.teacher_from] = execute(
+                by_name[run.teacher_from], out, runs_dir, not args.no_progress
+            )
         results[run.name] = execute(run, out, runs_dir, progress=not args.no_progress)
     agg = aggregate(results)
     total = sum(r["wall_seconds"] for r in results.values())
     info = {
-        "command": "python benchmarks/hinton_mnist.py" + (" --quick" if args.quick else "")
+        "command": "python benchmarks/hinton_mnist.py"
+        + (" --quick" if args.quick else "")
         + ("" if args.seeds == [0, 1] else " --seeds " + " ".join(map(str, args.seeds))),
         "machine": machine(),
         "precision": next(iter(results.values()))["precision"],

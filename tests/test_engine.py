@@ -12,6 +12,7 @@ from kdkit.engine import Engine, NonFiniteLossError
 from kdkit.losses import Objective, Term
 from kdkit.models import create
 from kdkit.optim import lr_factor
+from kdkit.resume import CheckpointPolicy, list_states
 from kdkit.runtime import resolve_runtime
 from kdkit.teacher import FrozenTeacher
 
@@ -62,14 +63,16 @@ def test_training_learns_and_applies_max_norm(tmp_path):
         Objective.hard_labels(),
         loader,
         TrainConfig(epochs=5, lr=0.1),
-        state_path=tmp_path / "state",
+        checkpoint=CheckpointPolicy(tmp_path, keep=2),
     )
     assert res.steps == 5 * 16 and res.samples == 5 * 512
     assert eng.evaluate(res.model, InMemoryLoader(x, y, 100, mean=[0.3], std=[0.3])).accuracy > 0.95
     norms = res.model.features.fc1.weight.norm(dim=1)
     assert norms.max() <= 0.5 + 1e-5 and norms.max() > 0.45  # the constraint was active and holds
-    tensors, meta = load_checkpoint(tmp_path / "state")
-    assert meta["epoch"] == 5 and meta["step"] == 80
+    states = list_states(tmp_path, "t")
+    assert [s for s, _ in states] == [64, 80]  # one per epoch end, the newest two kept
+    tensors, meta = load_checkpoint(states[-1][1])
+    assert meta["epoch"] == 5 and meta["step"] == 80 and meta["batch"] == 0
     assert any(k.startswith("optimizer.") and k.endswith("momentum_buffer") for k in tensors)
     assert len(res.history) == 5 and res.history[-1]["loss"] < res.history[0]["loss"]
 

@@ -10,8 +10,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_quick_hinton_benchmark_distilled_beats_scratch(tmp_path, data_root):
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "hinton_mnist.py"), "--quick", "--seeds", "0",
-           "--out", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"), "--no-progress"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "hinton_mnist.py"),
+        "--quick",
+        "--seeds",
+        "0",
+        "--out",
+        str(tmp_path / "results"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--no-progress",
+    ]
     env = {**os.environ, "KDKIT_DATA": str(data_root)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from kdkit import faults
 from kdkit.errors import CheckpointError
 
 FORMAT = "kdkit-checkpoint"
@@ -66,6 +67,7 @@ def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata:
         save_file(clean, tmp, metadata=metadata)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        faults.hit("checkpoint-write")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from importlib import resources
 from pathlib import Path
@@ -20,6 +21,11 @@ EPILOG = "Data is looked for in --data-root / data.root, then $KDKIT_DATA, then 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", help="directory for this run's artifacts (default: runs/<name>-<timestamp>)")
     p.add_argument("--overwrite", action="store_true", help="replace a previous kdkit run in --run-dir")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --run-dir from its last checkpoint (same config and --set)",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -92,9 +98,19 @@ def quickstart_config_path() -> Path:
     return Path(str(resources.files("kdkit") / "configs" / "quickstart.yaml"))
 
 
+def resume_command(run_dir: Path) -> str:
+    """Return the exact command that resumes this invocation's run."""
+    argv = [a for a in sys.argv[1:] if a not in ("--resume", "--overwrite")]
+    if "--run-dir" not in argv and not any(a.startswith("--run-dir=") for a in argv):
+        argv += ["--run-dir", str(run_dir)]
+    return shlex.join(["kdkit", *argv, "--resume"])
+
+
 def _run(args: argparse.Namespace, console: Console) -> int:
     from kdkit.config import load_config
-    from kdkit.experiment import run_experiment
+    from kdkit.engine import RunInterrupted
+    from kdkit.experiment import default_run_dir, run_experiment
+    from kdkit.signals import graceful_stop
 
     overrides = list(args.overrides)
     path = quickstart_config_path() if args.command == "quickstart" else Path(args.config)
@@ -106,7 +122,20 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         else:
             overrides.append("phases=[teacher, distill]")
     cfg = load_config(path, overrides)
-    run_experiment(cfg, args.run_dir, overwrite=args.overwrite, console=console)
+    if args.resume and args.overwrite:
+        raise KdkitError("--resume and --overwrite contradict each other: choose one")
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
+    with graceful_stop():
+        try:
+            run_experiment(cfg, run_dir, overwrite=args.overwrite, resume=args.resume, console=console)
+        except RunInterrupted as exc:
+            console.print(
+                f"{exc}\nresume with:\n  {resume_command(run_dir)}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+            return 128 + exc.signum
     return 0
 
 

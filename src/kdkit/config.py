@@ -59,6 +59,9 @@ class TrainConfig(_Strict):
     warmup_epochs: float = Field(0.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this value")
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="stop: end the run naming the step and term; skip: drop such batches (counted)"
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     @field_validator("milestones")
@@ -133,6 +136,12 @@ class RuntimeConfig(_Strict):
     progress: bool = True
     tensorboard: bool = True
     eval_batch_size: int = Field(1000, ge=1)
+    checkpoint_every_steps: int | None = Field(
+        None,
+        ge=1,
+        description="also write the training state every N steps (it is always written at epoch ends)",
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="training states kept per phase (the newest ones)")
 
 
 Phase = Literal["teacher", "scratch", "distill"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
-from kdkit.checkpoint import prefixed, save_checkpoint
+from kdkit import faults
+from kdkit.checkpoint import prefixed, unprefixed
 from kdkit.config import TrainConfig
 from kdkit.console import make_console
 from kdkit.data.loader import InMemoryLoader
@@ -25,7 +25,16 @@ from kdkit.losses.objective import Objective
 from kdkit.metrics import MetricsLogger
 from kdkit.models import apply_constraints
 from kdkit.optim import build_optimizer, build_scheduler
+from kdkit.resume import (
+    CheckpointPolicy,
+    load_latest_state,
+    load_optimizer_state,
+    optimizer_state,
+    save_state,
+    set_rng_state,
+)
 from kdkit.runtime import Runtime
+from kdkit.signals import STOP
 
 
 class NonFiniteLossError(KdkitError):
@@ -75,18 +84,47 @@ class FitResult:
         return self.samples / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
-def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Split an optimizer state dict into tensors (for safetensors) and JSON-able values."""
-    sd = opt.state_dict()
-    tensors: dict[str, Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for idx, st in sd["state"].items():
-        for name, v in st.items():
-            if isinstance(v, Tensor):
-                tensors[f"{idx}.{name}"] = v
-            else:
-                scalars.setdefault(str(idx), {})[name] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+class RunInterrupted(KdkitError):
+    """A stop signal arrived; the phase finished its step and wrote a checkpoint."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+@dataclass
+class _EpochSums:
+    """Running sums of one epoch, kept on the device (no host sync per step)."""
+
+    loss: Tensor
+    correct: Tensor
+    parts: dict[str, Tensor]
+    seen: int = 0
+    skipped: int = 0
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> _EpochSums:
+        return cls(torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device), {})
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {
+            "sums.loss": self.loss,
+            "sums.correct": self.correct,
+            **{f"sums.part.{k}": v for k, v in self.parts.items()},
+        }
+
+    @classmethod
+    def restore(cls, tensors: dict[str, Tensor], meta: dict[str, Any], device: torch.device) -> _EpochSums:
+        parts = {
+            k[len("sums.part.") :]: v.to(device) for k, v in tensors.items() if k.startswith("sums.part.")
+        }
+        return cls(
+            tensors["sums.loss"].to(device),
+            tensors["sums.correct"].to(device),
+            parts,
+            meta["seen"],
+            meta.get("skipped", 0),
+        )
 
 
 class Engine:
@@ -185,9 +223,13 @@ class Engine:
         *,
         teacher: nn.Module | None = None,
         val_loader: InMemoryLoader | None = None,
-        state_path: Path | None = None,
+        checkpoint: CheckpointPolicy | None = None,
     ) -> FitResult:
-        """Train `model` to minimise `objective` over `loader` for cfg.epochs; return the trained model."""
+        """Train `model` to minimise `objective` over `loader` for cfg.epochs; return the trained model.
+
+        With a checkpoint policy the training state is written every `every_steps` steps and at each epoch
+        end; with `resume` the phase continues from its newest state, bit for bit as if never stopped.
+        """
         if objective.needs_teacher and teacher is None and "teacher.logits" not in loader.extras:
             raise KdkitError(f"phase {phase!r}: the objective reads teacher outputs but no teacher was given")
         dev = self.runtime.device
@@ -201,10 +243,52 @@ class Engine:
         sched = build_scheduler(opt, cfg, steps_per_epoch)
         total_steps = cfg.epochs * steps_per_epoch
         history: list[dict[str, Any]] = []
-        step = 0
-        samples = 0
+        epoch0 = batch0 = step = samples = 0
+        seconds_before = 0.0
+        sums: _EpochSums | None = None
         val_result: EvalResult | None = None
-        t0 = time.perf_counter()
+
+        loaded = load_latest_state(checkpoint, phase) if checkpoint and checkpoint.resume else None
+        if loaded is not None:
+            tensors, meta = loaded
+            model.load_state_dict(unprefixed("model.", tensors))
+            objective.load_state_dict(unprefixed("objective.", tensors))
+            load_optimizer_state(opt, unprefixed("optimizer.", tensors), meta["optimizer"])
+            sched.load_state_dict(meta["scheduler"])
+            epoch0, batch0, step, samples = meta["epoch"], meta["batch"], meta["step"], meta["samples"]
+            history, seconds_before = meta["history"], meta["train_seconds"]
+            if batch0:
+                sums = _EpochSums.restore(tensors, meta, dev)
+            set_rng_state(unprefixed("rng.", tensors), meta["rng"])
+            self.logger.log(phase, step, event="resumed", epoch=epoch0, batch=batch0)
+            self.console.print(
+                f"[{phase}] resumed at epoch {epoch0 + 1}, batch {batch0}, step {step}",
+                highlight=False,
+                markup=False,
+            )
+
+        def save(epoch: int, batch: int, current: _EpochSums | None) -> None:
+            assert checkpoint is not None
+            self._check_finite(phase, first_bad)  # never checkpoint a diverged model
+            opt_t, opt_m = optimizer_state(opt)
+            tensors = {
+                **prefixed("model.", model.state_dict()),
+                **prefixed("objective.", objective.state_dict()),
+                **prefixed("optimizer.", opt_t),
+                **(current.tensors() if current else {}),
+            }
+            meta = {
+                "epoch": epoch,
+                "batch": batch,
+                "samples": samples,
+                "seen": current.seen if current else 0,
+                "skipped": current.skipped if current else 0,
+                "history": history,
+                "optimizer": opt_m,
+                "scheduler": sched.state_dict(),
+                "train_seconds": seconds_before + time.perf_counter() - t0,
+            }
+            save_state(checkpoint, phase, step, tensors, meta)
 
         bar = (
             Progress(
@@ -219,22 +303,22 @@ class Engine:
             if self.progress
             else None
         )
-        task = bar.add_task(phase, total=total_steps, info="") if bar else None
+        task = bar.add_task(phase, total=total_steps, completed=step, info="") if bar else None
         if bar:
             bar.start()
+        every = checkpoint.every_steps if checkpoint else None
+        first_bad: dict[str, Tensor] = {}
+        t0 = time.perf_counter()
         try:
-            for epoch in range(cfg.epochs):
+            for epoch in range(epoch0, cfg.epochs):
                 model.train()
                 objective.train()
-                loader.set_epoch(epoch)
-                # Running sums stay on the device: no host synchronisation except at log points.
-                loss_sum = torch.zeros((), device=dev)
-                correct = torch.zeros((), dtype=torch.long, device=dev)
-                part_sums: dict[str, Tensor] = {}
-                first_bad: dict[str, Tensor] = {}
-                seen = 0
+                start_batch = batch0 if epoch == epoch0 else 0
+                loader.set_epoch(epoch, start_batch)
+                if sums is None or start_batch == 0:
+                    sums = _EpochSums.zeros(dev)
                 window_t, window_n = time.perf_counter(), 0
-                for batch in loader:
+                for i, batch in enumerate(loader):
                     x = batch.x.to(dev, non_blocking=True)
                     y = batch.y.to(dev, non_blocking=True)
                     with self.runtime.autocast():
@@ -249,27 +333,38 @@ class Engine:
                         loss, parts = objective(tensors)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
-                    if cfg.grad_clip is not None:
+                    if cfg.on_nonfinite == "skip":
+                        # Skipping needs a host sync per step to decide; the default (stop) needs none.
+                        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
+                        if not bool(torch.isfinite(loss) & torch.isfinite(norm)):
+                            opt.zero_grad(set_to_none=True)
+                            sched.step()
+                            step += 1
+                            sums.skipped += 1
+                            continue
+                    elif cfg.grad_clip is not None:
                         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                     opt.step()
                     sched.step()
                     apply_constraints(model)
                     step += 1
-                    self._track_non_finite(first_bad, parts, step)
+                    if cfg.on_nonfinite == "stop":
+                        self._track_non_finite(first_bad, parts, step)
                     n = len(y)
-                    seen += n
+                    sums.seen += n
                     window_n += n
-                    loss_sum += loss.detach() * n
-                    correct += (logits.detach().argmax(dim=1) == y).sum()
+                    sums.loss += loss.detach() * n
+                    sums.correct += (logits.detach().argmax(dim=1) == y).sum()
                     for k, v in parts.items():
-                        part_sums[k] = part_sums.get(k, 0) + v * n
+                        sums.parts[k] = sums.parts.get(k, 0) + v * n
+                    faults.hit("step")
                     if step % self.log_every == 0 or step == total_steps:
                         self._check_finite(phase, first_bad)
                         now = time.perf_counter()
                         rate = window_n / max(now - window_t, 1e-9)
                         window_t, window_n = now, 0
-                        avg = float(loss_sum) / seen
-                        acc = float(correct) / seen
+                        avg = float(sums.loss) / max(sums.seen, 1)
+                        acc = float(sums.correct) / max(sums.seen, 1)
                         self.logger.log(
                             phase,
                             step,
@@ -285,23 +380,35 @@ class Engine:
                                 completed=step,
                                 info=f"loss {avg:.4f}  acc {acc:.4f}  {rate:,.0f} samples/s",
                             )
-                samples += seen
+                    if checkpoint and (STOP.requested or (every and step % every == 0)):
+                        save(epoch, start_batch + i + 1, sums)
+                    if STOP.requested:
+                        raise RunInterrupted(
+                            f"phase {phase!r} stopped by signal {STOP.signum} after step {step}; "
+                            + ("its training state is saved" if checkpoint else "nothing was saved"),
+                            STOP.signum or 0,
+                        )
+                samples += sums.seen
+                seen = max(sums.seen, 1)
                 rec: dict[str, Any] = {
                     "epoch": epoch + 1,
-                    "loss": float(loss_sum) / max(seen, 1),
-                    "train_accuracy": float(correct) / max(seen, 1),
-                    **{f"loss.{k}": float(v) / max(seen, 1) for k, v in part_sums.items()},
+                    "loss": float(sums.loss) / seen,
+                    "train_accuracy": float(sums.correct) / seen,
+                    **{f"loss.{k}": float(v) / seen for k, v in sums.parts.items()},
                 }
+                if cfg.on_nonfinite == "skip":
+                    rec["skipped_batches"] = sums.skipped
                 self._check_finite(phase, first_bad)
                 if val_loader is not None and len(val_loader.images):
                     val_result = self.evaluate(model, val_loader)
                     rec["val_accuracy"] = val_result.accuracy
                     rec["val_loss"] = val_result.loss
-                rec["elapsed_seconds"] = time.perf_counter() - t0
+                rec["elapsed_seconds"] = seconds_before + time.perf_counter() - t0
                 history.append(rec)
                 self.logger.log(phase, step, **rec)
-                if state_path is not None:
-                    self.save_state(state_path, model, objective, opt, epoch + 1, step)
+                sums = None
+                if checkpoint:
+                    save(epoch + 1, 0, None)
                 val_txt = f"  val acc {rec['val_accuracy']:.4f}" if "val_accuracy" in rec else ""
                 self.console.print(
                     f"[{phase}] epoch {epoch + 1}/{cfg.epochs}  loss {rec['loss']:.4f}  "
@@ -312,27 +419,13 @@ class Engine:
         finally:
             if bar:
                 bar.stop()
-        seconds = time.perf_counter() - t0
+        if val_result is None and val_loader is not None and len(val_loader.images) and history:
+            val_result = self.evaluate(model, val_loader)
         return FitResult(
-            model=model, train_seconds=seconds, steps=step, samples=samples, history=history, val=val_result
-        )
-
-    def save_state(
-        self,
-        path: Path,
-        model: nn.Module,
-        objective: Objective,
-        opt: torch.optim.Optimizer,
-        epoch: int,
-        step: int,
-    ) -> None:
-        """Write the training state (weights, adapters, optimizer) atomically at an epoch boundary."""
-        opt_tensors, opt_meta = optimizer_tensors(opt)
-        tensors = {
-            **prefixed("model.", model.state_dict()),
-            **prefixed("objective.", objective.state_dict()),
-            **prefixed("optimizer.", opt_tensors),
-        }
-        save_checkpoint(
-            path, tensors, {"kind": "train-state", "epoch": epoch, "step": step, "optimizer": opt_meta}
+            model=model,
+            train_seconds=seconds_before + time.perf_counter() - t0,
+            steps=step,
+            samples=samples,
+            history=history,
+            val=val_result,
         )

@@ -6,18 +6,20 @@ import datetime as _dt
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from rich.console import Console
 from rich.table import Table
 from torch import nn
 
 from kdkit import data as kdata
 from kdkit.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from kdkit.config import DataConfig, ExperimentConfig, ModelSpec
+from kdkit.config import DataConfig, ExperimentConfig, ModelSpec, TrainConfig
 from kdkit.console import make_console
 from kdkit.data.loader import Augment, InMemoryLoader, channel_stats
 from kdkit.engine import Engine, EvalResult, FitResult
@@ -25,6 +27,7 @@ from kdkit.errors import CheckpointError, ConfigError, ModelError, RunDirError
 from kdkit.losses.objective import Objective
 from kdkit.metrics import MetricsLogger
 from kdkit.models import count_params, create, model_size_mb
+from kdkit.resume import CheckpointPolicy
 from kdkit.runtime import resolve_runtime, seed_everything
 from kdkit.teacher import FrozenTeacher
 
@@ -257,21 +260,48 @@ def print_table(summary: dict[str, Any], console: Console) -> None:
     console.print(table)
 
 
+def check_resumable(run_dir: Path, cfg: ExperimentConfig) -> None:
+    """Refuse to resume a run dir that holds no run, or one made with a different config (runtime aside)."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        raise RunDirError(f"nothing to resume in {str(run_dir)!r}: it holds no kdkit run (no config.yaml)")
+    saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+    now = cfg.model_dump(mode="json")
+    # Runtime settings (progress bars, logging, checkpoint cadence) may change on resume; the experiment may not.
+    diffs = sorted(k for k in set(saved) | set(now) if k != "runtime" and saved.get(k) != now.get(k))
+    if diffs:
+        raise ConfigError(
+            f"--resume: the config differs from the one {str(run_dir)!r} was started with, in section(s) {diffs}; "
+            "resume with the same config and --set overrides (the original is saved in config.yaml)"
+        )
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     run_dir: str | Path | None = None,
     *,
     overwrite: bool = False,
+    resume: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Run the configured phases, write the run directory, and return the summary dict."""
+    """Run the configured phases, write the run directory, and return the summary dict.
+
+    With `resume`, phases that finished are loaded from their checkpoints and the interrupted one continues
+    from its newest training state.
+    """
     console = console or make_console()
-    run_dir = prepare_run_dir(run_dir or default_run_dir(cfg), overwrite=overwrite)
-    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     if "distill" in cfg.phases and "teacher" not in cfg.phases and not cfg.teacher.checkpoint:
         raise ConfigError(
             "phases: 'distill' needs a teacher: add 'teacher' to phases or set teacher.checkpoint"
         )
+    if resume:
+        run_dir = Path(run_dir) if run_dir else None
+        if run_dir is None:
+            raise RunDirError("--resume needs --run-dir: the directory of the run to continue")
+        check_resumable(run_dir, cfg)
+    else:
+        run_dir = prepare_run_dir(run_dir or default_run_dir(cfg), overwrite=overwrite)
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
 
     runtime = resolve_runtime(cfg.runtime.precision, cfg.runtime.threads, cfg.runtime.channels_last)
     logger = MetricsLogger(run_dir, tensorboard=cfg.runtime.tensorboard)
@@ -284,156 +314,37 @@ def run_experiment(
             f"precision {runtime.precision}, {torch.get_num_threads()} threads, run dir {run_dir}",
             highlight=False,
         )
-        dims = (bundle.num_classes, bundle.in_channels, bundle.image_size)
-        ckpt_dir = run_dir / "checkpoints"
-        cl = runtime.channels_last
-        val_loader = make_loader(
-            bundle.val, bundle, cfg.runtime.eval_batch_size, train=False, channels_last=cl
-        )
-        test_loader = make_loader(
-            bundle.test, bundle, cfg.runtime.eval_batch_size, train=False, channels_last=cl
-        )
-        models: dict[str, dict[str, Any]] = {}
-
-        def finish(role: str, model: nn.Module, spec: ModelSpec, fit: FitResult | None, **extra: Any) -> None:
-            val = engine.evaluate(model, val_loader)
-            test = engine.evaluate(model, test_loader)
-            models[role] = {**_eval_record(model, fit, val, test), **extra}
-            save_model(
-                ckpt_dir / role,
-                model,
-                spec,
-                bundle,
-                {"role": role, "dataset": cfg.data.dataset, "metrics": models[role]},
-            )
-
-        # Teacher: trained here, or loaded from a kdkit checkpoint.
+        runner = _PhaseRunner(cfg, bundle, engine, run_dir / "checkpoints", resume)
         teacher: nn.Module | None = None
-        if "teacher" in cfg.phases or cfg.teacher.checkpoint:
-            if cfg.teacher.checkpoint:
-                teacher, meta = load_model(cfg.teacher.checkpoint)
-                if meta["num_classes"] != bundle.num_classes:
-                    raise ModelError(
-                        f"teacher.checkpoint {cfg.teacher.checkpoint!r} predicts {meta['num_classes']} classes "
-                        f"but {cfg.data.dataset} has {bundle.num_classes}"
-                    )
-                teacher = engine.prepare(teacher)
-                finish(
-                    "teacher",
-                    teacher,
-                    ModelSpec.model_validate(meta["model"]),
-                    None,
-                    loaded_from=cfg.teacher.checkpoint,
-                )
-            else:
-                seed_everything(cfg.seed)
-                model = build_model(cfg.teacher.model, *dims, field="teacher.model")
-                tcfg = cfg.teacher.train
-                fit = engine.fit(
-                    "teacher",
-                    model,
-                    Objective.hard_labels(tcfg.label_smoothing),
-                    make_loader(
-                        bundle.train,
-                        bundle,
-                        tcfg.batch_size,
-                        train=True,
-                        seed=cfg.seed,
-                        augment=Augment(**tcfg.augment.model_dump()),
-                        channels_last=cl,
-                    ),
-                    tcfg,
-                    val_loader=val_loader,
-                    state_path=ckpt_dir / "teacher-state",
-                )
-                teacher = fit.model
-                finish("teacher", teacher, cfg.teacher.model, fit)
+        if cfg.teacher.checkpoint:
+            teacher = runner.load_teacher(cfg.teacher.checkpoint)
+        elif "teacher" in cfg.phases:
+            tcfg = cfg.teacher.train
+            teacher = runner.train(
+                "teacher",
+                cfg.teacher.model,
+                "teacher.model",
+                Objective.hard_labels(tcfg.label_smoothing),
+                tcfg,
+                bundle.train,
+                seed=cfg.seed,
+            )
 
         student_seed = cfg.seed + 1  # scratch and distilled students start from the same weights
         if "scratch" in cfg.phases:
-            seed_everything(student_seed)
-            model = build_model(cfg.student.model, *dims, field="student.model")
             scfg = cfg.student.train
-            fit = engine.fit(
+            runner.train(
                 "student_scratch",
-                model,
+                cfg.student.model,
+                "student.model",
                 Objective.hard_labels(scfg.label_smoothing),
-                make_loader(
-                    bundle.train,
-                    bundle,
-                    scfg.batch_size,
-                    train=True,
-                    seed=student_seed,
-                    augment=Augment(**scfg.augment.model_dump()),
-                    channels_last=cl,
-                ),
                 scfg,
-                val_loader=val_loader,
-                state_path=ckpt_dir / "student_scratch-state",
+                bundle.train,
+                seed=student_seed,
             )
-            finish("student_scratch", fit.model, cfg.student.model, fit)
-
         if "distill" in cfg.phases:
             assert teacher is not None
-            d = cfg.distill
-            dcfg = cfg.distill_train()
-            transfer = kdata.omit_classes(bundle.train, d.omit_classes) if d.omit_classes else bundle.train
-            seed_everything(student_seed)
-            model = build_model(cfg.student.model, *dims, field="student.model")
-            objective = Objective.response(
-                d.loss, d.alpha, d.beta, d.temperature, d.mix, dcfg.label_smoothing
-            )
-            augment = Augment(**dcfg.augment.model_dump())
-            frozen = FrozenTeacher(engine.prepare(teacher))
-            extras = {}
-            mode = d.teacher_outputs
-            if mode == "auto":
-                mode = "online" if augment.enabled else "precompute"
-            if mode == "precompute":
-                if augment.enabled:
-                    raise ConfigError(
-                        "distill.teacher_outputs: 'precompute' gives one teacher output per image, but the transfer "
-                        "set is augmented (distill.train.augment); use 'online' or turn augmentation off"
-                    )
-                plain = make_loader(
-                    transfer, bundle, cfg.runtime.eval_batch_size, train=False, channels_last=cl
-                )
-                extras["teacher.logits"] = engine.predict_logits(frozen, plain)
-            loader = make_loader(
-                transfer,
-                bundle,
-                dcfg.batch_size,
-                train=True,
-                seed=student_seed,
-                augment=augment,
-                channels_last=cl,
-                extras=extras,
-            )
-            fit = engine.fit(
-                "student_kd",
-                model,
-                objective,
-                loader,
-                dcfg,
-                teacher=frozen,
-                val_loader=val_loader,
-                state_path=ckpt_dir / "student_kd-state",
-            )
-            extra: dict[str, Any] = {
-                "transfer_size": len(transfer),
-                "omitted_classes": list(d.omit_classes),
-                "teacher_outputs": mode,
-            }
-            if d.class_bias:
-                before = engine.evaluate(fit.model, test_loader)
-                extra["before_class_bias"] = {
-                    "accuracy": before.accuracy,
-                    "errors": before.errors,
-                    "errors_per_class": [before.errors_on(c) for c in range(bundle.num_classes)],
-                }
-                adjust_class_bias(fit.model, {int(k): v for k, v in d.class_bias.items()})
-                extra["class_bias"] = {str(k): v for k, v in d.class_bias.items()}
-            finish("student_kd", fit.model, cfg.student.model, fit, **extra)
+            runner.distill(teacher, seed=student_seed)
 
         summary = {
             "name": cfg.name,
@@ -444,10 +355,175 @@ def run_experiment(
             "torch": torch.__version__,
             "wall_seconds": round(time.perf_counter() - t_start, 2),
             "run_dir": str(run_dir),
-            "models": models,
+            "models": runner.records,
         }
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
         print_table(summary, console)
         return summary
     finally:
         logger.close()
+
+
+class _PhaseRunner:
+    """Train, evaluate and checkpoint the phases of one experiment; skip those a resumed run finished."""
+
+    def __init__(
+        self, cfg: ExperimentConfig, bundle: DataBundle, engine: Engine, ckpt_dir: Path, resume: bool
+    ) -> None:
+        self.cfg, self.bundle, self.engine, self.ckpt_dir, self.resume = cfg, bundle, engine, ckpt_dir, resume
+        self.dims = (bundle.num_classes, bundle.in_channels, bundle.image_size)
+        self.cl = engine.runtime.channels_last
+        bs = cfg.runtime.eval_batch_size
+        self.val_loader = make_loader(bundle.val, bundle, bs, train=False, channels_last=self.cl)
+        self.test_loader = make_loader(bundle.test, bundle, bs, train=False, channels_last=self.cl)
+        self.records: dict[str, dict[str, Any]] = {}
+
+    def policy(self) -> CheckpointPolicy:
+        """Return the checkpoint policy of a training phase."""
+        rt = self.cfg.runtime
+        return CheckpointPolicy(self.ckpt_dir, rt.checkpoint_every_steps, rt.keep_checkpoints, self.resume)
+
+    def finished(self, role: str) -> nn.Module | None:
+        """Return the model of a phase a resumed run already finished (its record restored), else None."""
+        if not (self.resume and (self.ckpt_dir / f"{role}.json").is_file()):
+            return None
+        model, meta = load_model(self.ckpt_dir / role)
+        self.records[role] = meta["metrics"]
+        self.engine.console.print(
+            f"[{role}] finished earlier: loaded from {self.ckpt_dir / role}.safetensors",
+            highlight=False,
+            markup=False,
+        )
+        return self.engine.prepare(model)
+
+    def finish(
+        self, role: str, model: nn.Module, spec: ModelSpec, fit: FitResult | None, **extra: Any
+    ) -> None:
+        """Evaluate a trained model on validation and test, record it, and save its checkpoint."""
+        val = self.engine.evaluate(model, self.val_loader)
+        test = self.engine.evaluate(model, self.test_loader)
+        self.records[role] = {**_eval_record(model, fit, val, test), **extra}
+        save_model(
+            self.ckpt_dir / role,
+            model,
+            spec,
+            self.bundle,
+            {"role": role, "dataset": self.cfg.data.dataset, "metrics": self.records[role]},
+        )
+
+    def load_teacher(self, path: str) -> nn.Module:
+        """Return the teacher loaded from a kdkit checkpoint, checked against the data set."""
+        teacher, meta = load_model(path)
+        if meta["num_classes"] != self.bundle.num_classes:
+            raise ModelError(
+                f"teacher.checkpoint {path!r} predicts {meta['num_classes']} classes "
+                f"but {self.cfg.data.dataset} has {self.bundle.num_classes}"
+            )
+        teacher = self.engine.prepare(teacher)
+        self.finish("teacher", teacher, ModelSpec.model_validate(meta["model"]), None, loaded_from=path)
+        return teacher
+
+    def train(
+        self,
+        role: str,
+        spec: ModelSpec,
+        field: str,
+        objective: Objective,
+        tcfg: TrainConfig,
+        transfer: kdata.ArrayDataset,
+        *,
+        seed: int,
+        teacher: nn.Module | None = None,
+        extras: dict[str, torch.Tensor] | None = None,
+        before_finish: Callable[[nn.Module], dict[str, Any]] | None = None,
+        record: dict[str, Any] | None = None,
+    ) -> nn.Module:
+        """Train one model (or load it when a resumed run finished it already) and record its results."""
+        done = self.finished(role)
+        if done is not None:
+            return done
+        seed_everything(seed)
+        model = build_model(spec, *self.dims, field=field)
+        loader = make_loader(
+            transfer,
+            self.bundle,
+            tcfg.batch_size,
+            train=True,
+            seed=seed,
+            augment=Augment(**tcfg.augment.model_dump()),
+            channels_last=self.cl,
+            extras=extras,
+        )
+        fit = self.engine.fit(
+            role,
+            model,
+            objective,
+            loader,
+            tcfg,
+            teacher=teacher,
+            val_loader=self.val_loader,
+            checkpoint=self.policy(),
+        )
+        extra = dict(record or {})
+        if before_finish is not None:
+            extra.update(before_finish(fit.model))
+        self.finish(role, fit.model, spec, fit, **extra)
+        return fit.model
+
+    def distill(self, teacher: nn.Module, *, seed: int) -> nn.Module:
+        """Distill the student from the teacher: response objective, class omission, bias adjustment."""
+        if (done := self.finished("student_kd")) is not None:
+            return done
+        d, dcfg = self.cfg.distill, self.cfg.distill_train()
+        transfer = (
+            kdata.omit_classes(self.bundle.train, d.omit_classes) if d.omit_classes else self.bundle.train
+        )
+        augment = Augment(**dcfg.augment.model_dump())
+        frozen = FrozenTeacher(self.engine.prepare(teacher))
+        mode = d.teacher_outputs
+        if mode == "auto":
+            mode = "online" if augment.enabled else "precompute"
+        extras = {}
+        if mode == "precompute":
+            if augment.enabled:
+                raise ConfigError(
+                    "distill.teacher_outputs: 'precompute' gives one teacher output per image, but the transfer "
+                    "set is augmented (distill.train.augment); use 'online' or turn augmentation off"
+                )
+            plain = make_loader(
+                transfer, self.bundle, self.cfg.runtime.eval_batch_size, train=False, channels_last=self.cl
+            )
+            extras["teacher.logits"] = self.engine.predict_logits(frozen, plain)
+
+        def adjust_bias(model: nn.Module) -> dict[str, Any]:
+            if not d.class_bias:
+                return {}
+            before = self.engine.evaluate(model, self.test_loader)
+            adjust_class_bias(model, {int(k): v for k, v in d.class_bias.items()})
+            return {
+                "before_class_bias": {
+                    "accuracy": before.accuracy,
+                    "errors": before.errors,
+                    "errors_per_class": [before.errors_on(c) for c in range(self.bundle.num_classes)],
+                },
+                "class_bias": {str(k): v for k, v in d.class_bias.items()},
+            }
+
+        objective = Objective.response(d.loss, d.alpha, d.beta, d.temperature, d.mix, dcfg.label_smoothing)
+        return self.train(
+            "student_kd",
+            self.cfg.student.model,
+            "student.model",
+            objective,
+            dcfg,
+            transfer,
+            seed=seed,
+            teacher=frozen,
+            extras=extras,
+            before_finish=adjust_bias,
+            record={
+                "transfer_size": len(transfer),
+                "omitted_classes": list(d.omit_classes),
+                "teacher_outputs": mode,
+            },
+        )

@@ -1,15 +1,55 @@
 """Distillation losses as plain functions (the reference definitions) and an objective that sums them."""
 
+from kdkit.losses.contrastive import ContrastLoss, ContrastMemory, Embed, contrast_loss
+from kdkit.losses.feature import (
+    attention_transfer,
+    attention_transfer_multi,
+    factor_transfer,
+    fitnet,
+    fsp,
+    nst,
+)
+from kdkit.losses.modules import CRDLoss, Paraphraser, Translator, VIDLoss
 from kdkit.losses.objective import RESPONSE_LOSSES, Objective, Term
+from kdkit.losses.relation import (
+    correlation_congruence,
+    dkd,
+    dkd_parts,
+    dkd_warmup,
+    pkt,
+    rkd,
+    similarity_preserving,
+)
 from kdkit.losses.response import cross_entropy, kd, kd_mse_mix, logit_mse, soft_target_kd
 
 __all__ = [
     "RESPONSE_LOSSES",
+    "CRDLoss",
+    "ContrastLoss",
+    "ContrastMemory",
+    "Embed",
     "Objective",
+    "Paraphraser",
     "Term",
+    "Translator",
+    "VIDLoss",
+    "attention_transfer",
+    "attention_transfer_multi",
+    "contrast_loss",
+    "correlation_congruence",
     "cross_entropy",
+    "dkd",
+    "dkd_parts",
+    "dkd_warmup",
+    "factor_transfer",
+    "fitnet",
+    "fsp",
     "kd",
     "kd_mse_mix",
     "logit_mse",
+    "nst",
+    "pkt",
+    "rkd",
+    "similarity_preserving",
     "soft_target_kd",
 ]

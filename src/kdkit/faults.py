@@ -1,0 +1,23 @@
+"""Fault injection for the crash-resume tests: `KDKIT_FAULT=point:N` kills the process the N-th time `point` is hit.
+
+Points: `step` (after an optimizer step) and `checkpoint-write` (between writing a checkpoint's temporary file
+and renaming it into place). Unset in normal use; costs one dictionary lookup per hit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_counts: dict[str, int] = {}
+
+
+def hit(point: str) -> None:
+    """Count a hit of `point` and SIGKILL this process if KDKIT_FAULT names this hit."""
+    spec = os.environ.get("KDKIT_FAULT")
+    if not spec:
+        return
+    _counts[point] = _counts.get(point, 0) + 1
+    name, _, n = spec.partition(":")
+    if name == point and n.isdigit() and _counts[point] == int(n):
+        os.kill(os.getpid(), signal.SIGKILL)
