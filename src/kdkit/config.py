@@ -98,6 +98,26 @@ class PhaseModel(_Strict):
     )
 
 
+class TermConfig(_Strict):
+    """One loss term of a custom objective: a loss name, its weight, and (for features) module paths."""
+
+    loss: str = Field(
+        min_length=1, description="kd, logit_mse, kd_mse_mix, dkd, ce, fitnet, attention_transfer, ..."
+    )
+    weight: float = Field(1.0, ge=0)
+    student: str | None = Field(None, description="student module path for feature losses, e.g. layer3")
+    teacher: str | None = Field(None, description="teacher module path for feature losses")
+    adapter: Literal["auto", "none", "conv", "linear"] = Field(
+        "auto", description="regressor from student to teacher features; auto builds one where shapes differ"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the loss function"
+    )
+    start_epoch: float = Field(0.0, ge=0, description="first (fractional) epoch the term is active")
+    stop_epoch: float | None = Field(None, gt=0, description="epoch from which the term is off")
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up of the weight (DKD uses 20)")
+
+
 class DistillConfig(_Strict):
     """How the distilled student learns from the teacher."""
 
@@ -106,6 +126,9 @@ class DistillConfig(_Strict):
     alpha: float = Field(0.9, ge=0, description="weight of the soft (teacher) term")
     beta: float = Field(0.1, ge=0, description="weight of the hard-label cross-entropy")
     mix: float = Field(0.5, ge=0, le=1, description="kd_mse_mix: 1 = KL soft targets, 0 = logit MSE")
+    terms: list[TermConfig] | None = Field(
+        None, description="a custom objective (feature, relation, DKD terms...); replaces loss/alpha/beta"
+    )
     train: TrainConfig | None = Field(
         None, description="optimisation of the distilled student; default: student.train"
     )
@@ -144,6 +167,53 @@ class RuntimeConfig(_Strict):
     keep_checkpoints: int = Field(2, ge=1, description="training states kept per phase (the newest ones)")
 
 
+class CompressDistillConfig(_Strict):
+    """How a pruned student is distilled again from the teacher (response-based KD)."""
+
+    loss: Literal["kd", "logit_mse", "kd_mse_mix"] = "kd"
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, description="weight of the soft (teacher) term")
+    beta: float = Field(0.1, ge=0, description="weight of the hard-label cross-entropy")
+    mix: float = Field(0.5, ge=0, le=1, description="kd_mse_mix: 1 = KL soft targets, 0 = logit MSE")
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> CompressDistillConfig:
+        if self.alpha == 0 and self.beta == 0:
+            raise ValueError("alpha and beta cannot both be 0: the pruned student would learn nothing")
+        return self
+
+
+class CompressConfig(_Strict):
+    """Compression of a distilled student: structured pruning, distillation again, int8, ONNX, latency."""
+
+    prune_target: float = Field(
+        0.5, ge=0, le=0.95, description="fraction of the student's FLOPs (or params) to remove"
+    )
+    prune_by: Literal["flops", "params"] = "flops"
+    iterative_steps: int = Field(
+        1, ge=1, le=50, description="prune a little, distill, repeat: this many prune+distill rounds"
+    )
+    finetune: TrainConfig | None = Field(
+        None, description="optimisation of each distillation round; default: the run's distill settings"
+    )
+    distill: CompressDistillConfig | None = Field(
+        None, description="loss of the distillation rounds; default: the run's distill section"
+    )
+    quantize: bool = Field(True, description="also write and evaluate an int8 (ONNX Runtime QDQ) model")
+    calibration_batches: int = Field(10, ge=1, description="training batches that calibrate int8 ranges")
+    latency_runs: int = Field(50, ge=1, description="timed runs per (model, backend, batch, threads)")
+    latency_warmup: int = Field(10, ge=0, description="untimed runs before timing")
+    threads: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], min_length=1)
+
+    @field_validator("threads", "batch_sizes")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(n < 1 for n in v) or len(set(v)) != len(v):
+            raise ValueError(f"expected distinct positive integers, got {v}")
+        return v
+
+
 Phase = Literal["teacher", "scratch", "distill"]
 
 
@@ -158,6 +228,9 @@ class ExperimentConfig(_Strict):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     phases: list[Phase] = Field(default_factory=lambda: ["teacher", "scratch", "distill"])
+    compress: CompressConfig | None = Field(
+        None, description="compress the distilled student after the run (kdkit compress RUN_DIR)"
+    )
 
     @field_validator("phases")
     @classmethod

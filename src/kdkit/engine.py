@@ -35,6 +35,8 @@ from kdkit.resume import (
 )
 from kdkit.runtime import Runtime
 from kdkit.signals import STOP
+from kdkit.taps import Tap
+from kdkit.teacher import FrozenTeacher
 
 
 class NonFiniteLossError(KdkitError):
@@ -307,6 +309,16 @@ class Engine:
         if bar:
             bar.start()
         every = checkpoint.every_steps if checkpoint else None
+        # Intermediate outputs the objective reads, by module path (hooks; forward is never rewritten).
+        s_tap = Tap(model, objective.student_paths(), what="student") if objective.student_paths() else None
+        t_tap = None
+        if objective.teacher_paths():
+            if teacher is None:
+                raise KdkitError(
+                    f"phase {phase!r}: the objective reads teacher features but no teacher was given"
+                )
+            inner = teacher.model if isinstance(teacher, FrozenTeacher) else teacher
+            t_tap = Tap(inner, objective.teacher_paths(), what="teacher")
         first_bad: dict[str, Tensor] = {}
         t0 = time.perf_counter()
         try:
@@ -321,15 +333,21 @@ class Engine:
                 for i, batch in enumerate(loader):
                     x = batch.x.to(dev, non_blocking=True)
                     y = batch.y.to(dev, non_blocking=True)
+                    objective.epoch = epoch + (start_batch + i) / max(steps_per_epoch, 1)
                     with self.runtime.autocast():
                         logits = model(x)
                         tensors = {"student.logits": logits, "labels": y}
+                        if s_tap is not None:
+                            tensors.update({f"student:{k}": v for k, v in s_tap.outputs.items()})
                         if "teacher.logits" in batch.extras:
                             tensors["teacher.logits"] = batch.extras["teacher.logits"].to(
                                 dev, non_blocking=True
                             )
                         elif teacher is not None:
                             tensors["teacher.logits"] = teacher(x)
+                            if t_tap is not None:
+                                # Outputs made under inference mode must be cloned to enter the student's graph.
+                                tensors.update({f"teacher:{k}": v.clone() for k, v in t_tap.outputs.items()})
                         loss, parts = objective(tensors)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -419,6 +437,9 @@ class Engine:
         finally:
             if bar:
                 bar.stop()
+            for tap in (s_tap, t_tap):
+                if tap is not None:
+                    tap.remove()
         if val_result is None and val_loader is not None and len(val_loader.images) and history:
             val_result = self.evaluate(model, val_loader)
         return FitResult(

@@ -30,6 +30,7 @@ from kdkit.models import count_params, create, model_size_mb
 from kdkit.resume import CheckpointPolicy
 from kdkit.runtime import resolve_runtime, seed_everything
 from kdkit.teacher import FrozenTeacher
+from kdkit.terms import LOSSES, build_objective
 
 # Files and folders kdkit writes into a run directory; --overwrite removes these and nothing else.
 RUN_ARTIFACTS = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "tb")
@@ -428,7 +429,7 @@ class _PhaseRunner:
         role: str,
         spec: ModelSpec,
         field: str,
-        objective: Objective,
+        objective: Objective | Callable[[nn.Module], Objective],
         tcfg: TrainConfig,
         transfer: kdata.ArrayDataset,
         *,
@@ -444,6 +445,8 @@ class _PhaseRunner:
             return done
         seed_everything(seed)
         model = build_model(spec, *self.dims, field=field)
+        if not isinstance(objective, Objective):
+            objective = objective(model)  # built from the model's observed shapes (adapters)
         loader = make_loader(
             transfer,
             self.bundle,
@@ -464,6 +467,11 @@ class _PhaseRunner:
             val_loader=self.val_loader,
             checkpoint=self.policy(),
         )
+        if any(True for _ in objective.state_dict()):
+            # Adapters and other trained parts of the objective are kept with the run, apart from the student.
+            save_checkpoint(
+                self.ckpt_dir / f"{role}-objective", objective.state_dict(), {"kind": "objective"}
+            )
         extra = dict(record or {})
         if before_finish is not None:
             extra.update(before_finish(fit.model))
@@ -480,15 +488,18 @@ class _PhaseRunner:
         )
         augment = Augment(**dcfg.augment.model_dump())
         frozen = FrozenTeacher(self.engine.prepare(teacher))
+        needs_features = bool(d.terms) and any(
+            LOSSES[t.loss].kind in ("feature", "embedding") for t in d.terms if t.loss in LOSSES
+        )
         mode = d.teacher_outputs
         if mode == "auto":
-            mode = "online" if augment.enabled else "precompute"
+            mode = "online" if augment.enabled or needs_features else "precompute"
         extras = {}
         if mode == "precompute":
-            if augment.enabled:
+            if augment.enabled or needs_features:
                 raise ConfigError(
-                    "distill.teacher_outputs: 'precompute' gives one teacher output per image, but the transfer "
-                    "set is augmented (distill.train.augment); use 'online' or turn augmentation off"
+                    "distill.teacher_outputs: 'precompute' keeps one teacher logit vector per image, but the transfer "
+                    "set is augmented or the terms read teacher features; use 'online'"
                 )
             plain = make_loader(
                 transfer, self.bundle, self.cfg.runtime.eval_batch_size, train=False, channels_last=self.cl
@@ -509,7 +520,20 @@ class _PhaseRunner:
                 "class_bias": {str(k): v for k, v in d.class_bias.items()},
             }
 
-        objective = Objective.response(d.loss, d.alpha, d.beta, d.temperature, d.mix, dcfg.label_smoothing)
+        objective: Objective | Callable[[nn.Module], Objective]
+        if d.terms:
+            plain = make_loader(transfer, self.bundle, 64, train=False, channels_last=self.cl)
+            first = next(iter(plain))
+            dev = self.engine.runtime.device
+
+            def objective(student: nn.Module) -> Objective:
+                return build_objective(
+                    d.terms, self.engine.prepare(student), frozen.model, first.x.to(dev), first.y.to(dev)
+                )
+        else:
+            objective = Objective.response(
+                d.loss, d.alpha, d.beta, d.temperature, d.mix, dcfg.label_smoothing
+            )
         return self.train(
             "student_kd",
             self.cfg.student.model,

@@ -29,6 +29,18 @@ class Term:
     inputs: tuple[str, ...]
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
+    adapter: str | None = None  # key of an adapter in the objective, applied to the first input
+    start_epoch: float = 0.0  # active from this (fractional) epoch ...
+    stop_epoch: float | None = None  # ... until this one (FitNets' two stages, for instance)
+    warmup_epochs: float = 0.0  # weight ramps linearly from 0 over these epochs (DKD)
+
+    def factor(self, epoch: float) -> float:
+        """Return the multiplier of the weight at a (fractional) epoch: 0 outside its window, ramped in warm-up."""
+        if epoch < self.start_epoch or (self.stop_epoch is not None and epoch >= self.stop_epoch):
+            return 0.0
+        if self.warmup_epochs > 0:
+            return min(1.0, (epoch - self.start_epoch) / self.warmup_epochs)
+        return 1.0
 
     @classmethod
     def from_name(cls, loss: str, weight: float = 1.0, **kwargs: Any) -> Term:
@@ -38,12 +50,15 @@ class Term:
         fn, inputs = RESPONSE_LOSSES[loss]
         return cls(name=loss, fn=fn, inputs=inputs, weight=weight, kwargs=kwargs)
 
-    def __call__(self, tensors: Mapping[str, Tensor]) -> Tensor:
+    def __call__(self, tensors: Mapping[str, Tensor], adapter: nn.Module | None = None) -> Tensor:
         """Return the unweighted value of this term on the step's named tensors."""
         missing = [k for k in self.inputs if k not in tensors]
         if missing:
             raise KeyError(f"loss term {self.name!r} needs {missing}; this step has {sorted(tensors)}")
-        return self.fn(*(tensors[k] for k in self.inputs), **self.kwargs)
+        args = [tensors[k] for k in self.inputs]
+        if adapter is not None:
+            args[0] = adapter(args[0])
+        return self.fn(*args, **self.kwargs)
 
 
 class Objective(nn.Module):
@@ -56,23 +71,51 @@ class Objective(nn.Module):
         self.terms = terms
         # Trainable parts (regressors, adapters) registered here are saved and optimised with the student.
         self.adapters = nn.ModuleDict(dict(modules or {}))
+        missing = [t.adapter for t in terms if t.adapter is not None and t.adapter not in self.adapters]
+        if missing:
+            raise ValueError(f"terms name adapters {missing} that the objective does not hold")
+        self.epoch = 0.0  # set by the engine before each step; drives term windows and warm-up
+
+    def _paths(self, prefix: str) -> list[str]:
+        return list(
+            dict.fromkeys(k[len(prefix) :] for t in self.terms for k in t.inputs if k.startswith(prefix))
+        )
+
+    def student_paths(self) -> list[str]:
+        """Return the student module paths whose outputs the terms read."""
+        return self._paths("student:")
+
+    def teacher_paths(self) -> list[str]:
+        """Return the teacher module paths whose outputs the terms read."""
+        return self._paths("teacher:")
 
     @property
     def needs_teacher(self) -> bool:
         """Return True when any term reads a teacher tensor."""
         return any(k.startswith("teacher") for t in self.terms for k in t.inputs)
 
+    @property
+    def needs_teacher_features(self) -> bool:
+        """Return True when any term reads an intermediate teacher output (so logits alone cannot be cached)."""
+        return bool(self.teacher_paths())
+
     def forward(self, tensors: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Return the weighted total and each term's unweighted value (detached tensors, no host sync)."""
         total: Tensor | None = None
         parts: dict[str, Tensor] = {}
         for term in self.terms:
-            value = term(tensors)
+            factor = term.factor(self.epoch)
+            if factor == 0.0:
+                continue
+            value = term(tensors, self.adapters[term.adapter] if term.adapter else None)
             key = term.name if term.name not in parts else f"{term.name}.{len(parts)}"
             parts[key] = value.detach()
-            weighted = value * term.weight
+            weighted = value * (term.weight * factor)
             total = weighted if total is None else total + weighted
-        assert total is not None
+        if total is None:
+            raise ValueError(
+                f"no loss term is active at epoch {self.epoch:.2f}: check the terms' epoch windows"
+            )
         return total, parts
 
     @staticmethod

@@ -1,0 +1,73 @@
+"""Taps: read intermediate outputs of any nn.Module by module path with forward hooks.
+
+A tap never rewrites a model's `forward`, so kdkit's zoo, torchvision, timm and a user's own models are all
+distillable as they are. Removing the tap leaves the model exactly as it was.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from kdkit.errors import ModelError
+
+
+def resolve_module(model: nn.Module, path: str, what: str = "model") -> nn.Module:
+    """Return the submodule at `path`, or raise ModelError listing the nearest valid paths."""
+    names = [n for n, _ in model.named_modules() if n]
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        close = difflib.get_close_matches(path, names, n=5, cutoff=0.4)
+        hint = f"; nearest: {close}" if close else ""
+        shown = names if len(names) <= 30 else names[:30] + ["..."]
+        raise ModelError(
+            f"{what} ({type(model).__name__}) has no module {path!r}{hint}; valid paths include {shown}"
+        ) from None
+
+
+def _first_tensor(out: Any) -> Tensor:
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    if isinstance(out, dict):
+        for v in out.values():
+            if isinstance(v, Tensor):
+                return v
+    raise ModelError(f"tapped module returned {type(out).__name__}, not a tensor")
+
+
+class Tap:
+    """Record the outputs of named submodules on every forward pass; use as a context manager or `remove()`."""
+
+    def __init__(self, model: nn.Module, paths: Iterable[str], what: str = "model") -> None:
+        self.paths = list(dict.fromkeys(paths))
+        self.outputs: dict[str, Tensor] = {}
+        self._handles: list[RemovableHandle] = []
+        modules = {p: resolve_module(model, p, what) for p in self.paths}  # validate all before hooking any
+        for path, module in modules.items():
+            self._handles.append(module.register_forward_hook(self._hook(path)))
+
+    def _hook(self, path: str):
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            self.outputs[path] = _first_tensor(output)
+
+        return hook
+
+    def remove(self) -> None:
+        """Detach every hook; the model is left as it was."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self.outputs.clear()
+
+    def __enter__(self) -> Tap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()

@@ -1,0 +1,165 @@
+"""Taps by module path, adapters from observed shapes, objectives built from `distill.terms`."""
+
+import pytest
+import torch
+
+from kdkit.adapters import ConvAdapter, LinearAdapter
+from kdkit.config import TermConfig, build_config
+from kdkit.errors import ConfigError, ModelError
+from kdkit.experiment import load_model, run_experiment
+from kdkit.losses import Term, fitnet, kd
+from kdkit.models import create
+from kdkit.taps import Tap
+
+
+def test_tap_reads_outputs_by_path_and_removes_cleanly():
+    m = create("resnet8", num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    with Tap(m, ["layer2", "layer3.0"]) as tap:
+        out = m(x)
+        assert tap.outputs["layer2"].shape == (2, 32, 16, 16)
+        assert tap.outputs["layer3.0"].shape == (2, 64, 8, 8)
+    assert all(not mod._forward_hooks for mod in m.modules())
+    torch.testing.assert_close(m(x), out)
+
+
+def test_wrong_path_lists_nearest_names():
+    m = create("resnet8", num_classes=10)
+    with pytest.raises(ModelError) as e:
+        Tap(m, ["layer3.0", "layr2"])
+    assert "'layr2'" in str(e.value) and "layer2" in str(e.value)
+    assert all(not mod._forward_hooks for mod in m.modules())  # nothing half-hooked
+
+
+def test_term_windows_and_warmup():
+    t = Term("x", kd, ("a", "b"), start_epoch=1, stop_epoch=3, warmup_epochs=2)
+    assert [t.factor(e) for e in (0.5, 1.0, 2.0, 2.99, 3.0)] == [0.0, 0.0, 0.5, pytest.approx(0.995), 0.0]
+
+
+def _terms_objective(terms, student, teacher, n=8):
+    from kdkit.terms import build_objective
+
+    x = torch.randn(n, 3, 32, 32)
+    return build_objective(
+        [TermConfig(**t) for t in terms], student, teacher, x, torch.randint(0, 10, (n,))
+    ), x
+
+
+def test_fitnet_builds_a_conv_adapter_from_observed_shapes_and_trains_it():
+    torch.manual_seed(0)
+    student, teacher = create("resnet8", num_classes=10), create("resnet8x4", num_classes=10)
+    obj, x = _terms_objective(
+        [
+            {"loss": "fitnet", "student": "layer2", "teacher": "layer3"},
+            {"loss": "kd", "weight": 0.5, "options": {"temperature": 4}},
+        ],
+        student,
+        teacher,
+    )
+    adapter = obj.adapters["term0"]
+    assert isinstance(adapter, ConvAdapter)
+    assert adapter.conv.in_channels == 32 and adapter.conv.out_channels == 256 and adapter.out_size == (8, 8)
+    assert obj.student_paths() == ["layer2"] and obj.teacher_paths() == ["layer3"]
+    # The objective's value equals the hand-assembled terms.
+    with Tap(student, ["layer2"]) as st, Tap(teacher, ["layer3"]) as tt:
+        s_logits, t_logits = student(x), teacher(x).detach()
+        tensors = {
+            "student.logits": s_logits,
+            "teacher.logits": t_logits,
+            "student:layer2": st.outputs["layer2"],
+            "teacher:layer3": tt.outputs["layer3"].detach(),
+        }
+    total, parts = obj(tensors)
+    expect = fitnet(adapter(st_out := tensors["student:layer2"]), tensors["teacher:layer3"]) + 0.5 * kd(
+        s_logits, t_logits, 4
+    )
+    torch.testing.assert_close(total, expect)
+    total.backward()
+    assert adapter.conv.weight.grad is not None and st_out.requires_grad
+
+
+def test_linear_adapter_for_flat_features_and_none_is_refused():
+    s = create("mlp", in_channels=3, image_size=32, hidden=[32])
+    t = create("mlp", in_channels=3, image_size=32, hidden=[64])
+    obj, _ = _terms_objective(
+        [{"loss": "fitnet", "student": "features.fc1", "teacher": "features.fc1"}], s, t
+    )
+    assert isinstance(obj.adapters["term0"], LinearAdapter)
+    with pytest.raises(ConfigError) as e:
+        _terms_objective(
+            [{"loss": "fitnet", "student": "features.fc1", "teacher": "features.fc1", "adapter": "none"}],
+            s,
+            t,
+        )
+    assert "distill.terms[0]" in str(e.value) and "(8, 32)" in str(e.value) and "(8, 64)" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "term, fragment",
+    [
+        ({"loss": "fitnet", "student": "layer9", "teacher": "layer3"}, "nearest"),
+        ({"loss": "fitnet", "student": "layer2"}, "set both `student` and `teacher`"),
+        ({"loss": "kd", "student": "layer2"}, "reads logits"),
+        ({"loss": "nope"}, "unknown loss 'nope'"),
+    ],
+)
+def test_bad_terms_fail_before_training(term, fragment):
+    with pytest.raises(ConfigError) as e:
+        _terms_objective([term], create("resnet8"), create("resnet8x4"))
+    assert fragment in str(e.value)
+
+
+def test_attention_transfer_across_different_spatial_sizes_needs_no_adapter():
+    obj, _ = _terms_objective(
+        [{"loss": "attention_transfer", "student": "layer2", "teacher": "layer3"}],
+        create("resnet8"),
+        create("resnet8x4"),
+    )
+    assert len(obj.adapters) == 0
+
+
+def test_class_count_mismatch_is_reported_before_training():
+    with pytest.raises(ModelError, match="same classes"):
+        _terms_objective(
+            [{"loss": "kd"}], create("resnet8", num_classes=10), create("resnet8", num_classes=100)
+        )
+
+
+def test_run_with_feature_terms_saves_adapters_apart_from_the_student(tmp_path):
+    raw = {
+        "data": {"dataset": "mnist-small", "val_size": 500, "train_limit": 2000},
+        "teacher": {"model": {"name": "mlp", "hidden": [64, 64]}, "train": {"epochs": 1}},
+        "student": {"model": {"name": "mlp", "hidden": [32]}, "train": {"epochs": 2}},
+        "distill": {
+            "terms": [
+                {"loss": "ce", "weight": 0.1},
+                {"loss": "kd", "weight": 0.9, "options": {"temperature": 4}},
+                {
+                    "loss": "fitnet",
+                    "weight": 1.0,
+                    "student": "features.fc1",
+                    "teacher": "features.fc2",
+                    "stop_epoch": 1,
+                },
+                {"loss": "rkd", "weight": 0.1, "student": "features.act1", "teacher": "features.act2"},
+            ]
+        },
+        "phases": ["teacher", "distill"],
+        "runtime": {"progress": False, "tensorboard": False},
+    }
+    summary = run_experiment(build_config(raw), tmp_path / "run")
+    kd_rec = summary["models"]["student_kd"]
+    assert kd_rec["teacher_outputs"] == "online" and kd_rec["accuracy"] > 0.5
+    ckpt = tmp_path / "run" / "checkpoints"
+    student, _ = load_model(ckpt / "student_kd")
+    assert not any(isinstance(m, (ConvAdapter, LinearAdapter)) for m in student.modules())
+    from kdkit.checkpoint import load_checkpoint
+
+    adapters, meta = load_checkpoint(ckpt / "student_kd-objective")
+    assert meta["kind"] == "objective" and adapters["adapters.term2.proj.weight"].shape == (64, 32)
+    # The FitNets hint term is active in epoch 1 only (stop_epoch: 1), as in its two-stage schedule.
+    import json
+
+    epochs = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    ends = [r for r in epochs if r["phase"] == "student_kd" and "train_accuracy" in r and "lr" not in r]
+    assert "loss.fitnet" in ends[0] and "loss.fitnet" not in ends[1] and "loss.rkd" in ends[1]
