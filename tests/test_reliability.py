@@ -164,3 +164,28 @@ def test_skip_non_finite_batches_counts_them():
     res = eng.fit("s", m, obj, InMemoryLoader(x, y, 8), TrainConfig(epochs=1, on_nonfinite="skip"))
     assert res.history[-1]["skipped_batches"] == 2
     assert all(torch.isfinite(p).all() for p in res.model.parameters())
+
+
+def test_teacher_checkpoint_with_other_classes_is_refused_before_training(tmp_path, capsys):
+    from kdkit.checkpoint import save_checkpoint
+
+    t = create("mlp", num_classes=5, in_channels=1, image_size=28, hidden=[16])
+    meta = {
+        "kind": "model",
+        "model": {"name": "mlp", "hidden": [16]},
+        "num_classes": 5,
+        "in_channels": 1,
+        "image_size": 28,
+        "classes": list("abcde"),
+        "normalize": {"mean": [0.1], "std": [0.3]},
+    }
+    save_checkpoint(tmp_path / "t5", t.state_dict(), meta)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(CFG))
+    code = main(
+        ["distill", str(cfg), "--teacher", str(tmp_path / "t5.safetensors"), "--run-dir", str(tmp_path / "r")]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "predicts 5 classes" in err and "mnist-small has 10" in err
+    assert not (tmp_path / "r" / "metrics.jsonl").read_text().strip()  # nothing was trained

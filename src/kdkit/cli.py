@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             return _eval(args, console)
         return _run(args, console)
     except KdkitError as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted")
