@@ -301,15 +301,18 @@ def test_unwritable_cache_dir_warns_and_loads(tmp_path, monkeypatch):
     with pytest.warns(DataCacheWarning, match="continuing without caching"):
         ds = load_dataset(f"imagefolder:{src}")
     assert ds.images.shape == (1, 3, 8, 8)
-    # read-only data root and no KDKIT_CACHE: no cache written beside the data
+    # read-only data root and no KDKIT_CACHE: nothing beside the data; the user's own cache is used instead
     monkeypatch.delenv("KDKIT_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     ro = tmp_path / "ro"
     _write_tree(ro, {"f/a/1.png": _jpeg(0, fmt="PNG")})
     ro.chmod(0o555)
     try:
-        with pytest.warns(DataCacheWarning, match="not writable"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
             load_dataset("imagefolder:f", root=ro)
         assert not (ro / ".kdkit-cache").exists()
+        assert len(list((tmp_path / "xdg" / "kdkit" / "decoded").glob("*.npz"))) == 1
     finally:
         ro.chmod(0o755)
 

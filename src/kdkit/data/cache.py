@@ -22,10 +22,32 @@ class DataCacheWarning(UserWarning):
     """The dataset cache could not be read or written; loading continues without it."""
 
 
+def user_cache_dir() -> Path:
+    """Return the per-user cache for decoded data: $XDG_CACHE_HOME/kdkit/decoded or ~/.cache/kdkit/decoded."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kdkit" / "decoded"
+
+
 def cache_dir(root: Path) -> Path:
-    """Cache directory: ``$KDKIT_CACHE`` if set, else ``<root>/.kdkit-cache``."""
+    """Cache directory: ``$KDKIT_CACHE`` if set, else ``<root>/.kdkit-cache``, else a per-user cache.
+
+    A read-only data directory (a shared copy, a mounted volume) still gets a cache: the user's own.
+    """
     env = os.environ.get("KDKIT_CACHE")
-    return Path(env).expanduser() if env else Path(root) / CACHE_DIRNAME
+    if env:
+        return Path(env).expanduser()
+    local = Path(root) / CACHE_DIRNAME
+    if local.is_dir() or _writable_dir_no_create(Path(root)):
+        return local
+    return user_cache_dir()
+
+
+def _writable_dir_no_create(directory: Path) -> bool:
+    with contextlib.suppress(OSError):
+        if not directory.is_dir() or not directory.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+            return False
+        return os.access(directory, os.W_OK)
+    return False
 
 
 def file_signature(paths: Iterable[Path]) -> list[list]:
