@@ -57,7 +57,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write tensors to a safetensors file atomically (temp file, fsync, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -84,7 +85,7 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
     if base.suffix in (".safetensors", ".json"):
         base = base.with_suffix("")
     st = base.with_suffix(".safetensors")
-    _atomic_save_tensors(st, tensors, {"format": FORMAT})
+    atomic_save_tensors(st, tensors, {"format": FORMAT})
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "tensors": st.name, **meta}
     atomic_write_text(base.with_suffix(".json"), json.dumps(doc, indent=2, sort_keys=True))
     return st

@@ -1,4 +1,4 @@
-"""The `kdkit` command line: run, quickstart, train, distill, eval, models."""
+"""The `kdkit` command line: run, quickstart, train, distill, eval, compress, models."""
 
 from __future__ import annotations
 
@@ -89,6 +89,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
 
+    p = sub.add_parser(
+        "compress",
+        help="prune, distill again, quantize to int8 and export to ONNX the distilled student of a run",
+        description="Compress the distilled student of a finished run and write RUN_DIR/compress/ "
+        "(ONNX models, pruned checkpoint, summary.json, report.md, accuracy-vs-latency plot).",
+        epilog=EPILOG,
+    )
+    p.add_argument("run_dir", help="directory of a finished kdkit run (holds config.yaml and checkpoints/)")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous RUN_DIR/compress/")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a compress setting, e.g. --set compress.prune_target=0.3 (repeatable; values are YAML)",
+    )
+
+    p = sub.add_parser(
+        "cache",
+        help="compute the teacher's outputs for the transfer set once, on disk",
+        description="Build the teacher output cache of the distillation phase (teacher.checkpoint "
+        "is the teacher; distill.cache sets draws, top-k and the directory).",
+        epilog=EPILOG,
+    )
+    p.add_argument("config", help="experiment YAML")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable)",
+    )
+
     sub.add_parser("models", help="list the registered model names")
     return parser
 
@@ -171,6 +206,20 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _compress(args: argparse.Namespace, console: Console) -> int:
+    from kdkit.config import CompressConfig, load_config
+
+    config_path = Path(args.run_dir) / "config.yaml"
+    if not config_path.is_file():
+        raise KdkitError(f"{args.run_dir!r} holds no kdkit run: {str(config_path)!r} is missing")
+    # Overrides go through the run's config so that `compress.*` keys are validated like any other.
+    cfg = load_config(config_path, args.overrides).compress or CompressConfig()
+    from kdkit.compress import compress_run  # lazy: needs the optional `compress` dependencies
+
+    compress_run(args.run_dir, cfg, console, overwrite=args.overwrite)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `kdkit` command; returns the process exit status."""
     args = build_parser().parse_args(argv)
@@ -183,6 +232,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "eval":
             return _eval(args, console)
+        if args.command == "cache":
+            from kdkit.config import load_config
+            from kdkit.experiment import build_teacher_cache
+
+            build_teacher_cache(load_config(args.config, args.overrides), console)
+            return 0
+        if args.command == "compress":
+            return _compress(args, console)
         return _run(args, console)
     except KdkitError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)

@@ -118,6 +118,19 @@ class TermConfig(_Strict):
     warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up of the weight (DKD uses 20)")
 
 
+class CacheConfig(_Strict):
+    """Teacher outputs cached on disk (distill.teacher_outputs: cache)."""
+
+    draws: int = Field(
+        4, ge=1, le=256, description="fixed augmentation draws per image (augmented transfer sets)"
+    )
+    topk: int | None = Field(
+        None, ge=1, description="store only the k largest logits per view (many classes)"
+    )
+    dir: str | None = Field(None, description="cache root (default $KDKIT_CACHE/teacher-outputs)")
+    shard_size: int = Field(10000, ge=1, description="images per shard file")
+
+
 class DistillConfig(_Strict):
     """How the distilled student learns from the teacher."""
 
@@ -132,11 +145,13 @@ class DistillConfig(_Strict):
     train: TrainConfig | None = Field(
         None, description="optimisation of the distilled student; default: student.train"
     )
-    teacher_outputs: Literal["auto", "online", "precompute"] = Field(
+    teacher_outputs: Literal["auto", "online", "precompute", "cache"] = Field(
         "auto",
-        description="precompute: teacher logits computed once per transfer image (exact when the transfer set "
-        "is not augmented); online: a teacher forward every step; auto: precompute when not augmented",
+        description="online: a teacher forward every step; precompute: logits once per image in memory (exact "
+        "without augmentation); cache: on disk, keyed by teacher/data/augmentation, K fixed augmentation draws per "
+        "image; auto: precompute without augmentation, else online",
     )
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     omit_classes: list[int] = Field(default_factory=list, description="labels removed from the transfer set")
     class_bias: dict[int, float] = Field(
         default_factory=dict, description="added to these classes' output biases after distillation"

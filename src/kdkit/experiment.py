@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from kdkit import data as kdata
 from kdkit.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from kdkit.config import DataConfig, ExperimentConfig, ModelSpec, TrainConfig
 from kdkit.console import make_console
-from kdkit.data.loader import Augment, InMemoryLoader, channel_stats
+from kdkit.data.loader import Augment, AugParams, InMemoryLoader, channel_stats
 from kdkit.engine import Engine, EvalResult, FitResult
 from kdkit.errors import CheckpointError, ConfigError, ModelError, RunDirError
 from kdkit.losses.objective import Objective
@@ -30,6 +31,7 @@ from kdkit.models import count_params, create, model_size_mb
 from kdkit.resume import CheckpointPolicy
 from kdkit.runtime import resolve_runtime, seed_everything
 from kdkit.teacher import FrozenTeacher
+from kdkit.teacher_cache import CacheSpec, TeacherCache, cache_key, disk_bytes, draws_for
 from kdkit.terms import LOSSES, build_objective
 
 # Files and folders kdkit writes into a run directory; --overwrite removes these and nothing else.
@@ -96,6 +98,8 @@ def make_loader(
     augment: Augment | None = None,
     channels_last: bool = False,
     extras: dict[str, torch.Tensor] | None = None,
+    draws: AugParams | None = None,
+    draw_extras: dict[str, torch.Tensor] | None = None,
 ) -> InMemoryLoader:
     """Return an in-memory loader over a split with the bundle's normalisation."""
     return InMemoryLoader(
@@ -109,6 +113,8 @@ def make_loader(
         std=bundle.std,
         channels_last=channels_last,
         extras=extras,
+        draws=draws,
+        draw_extras=draw_extras,
     )
 
 
@@ -436,6 +442,8 @@ class _PhaseRunner:
         seed: int,
         teacher: nn.Module | None = None,
         extras: dict[str, torch.Tensor] | None = None,
+        draws: AugParams | None = None,
+        draw_extras: dict[str, torch.Tensor] | None = None,
         before_finish: Callable[[nn.Module], dict[str, Any]] | None = None,
         record: dict[str, Any] | None = None,
     ) -> nn.Module:
@@ -456,6 +464,8 @@ class _PhaseRunner:
             augment=Augment(**tcfg.augment.model_dump()),
             channels_last=self.cl,
             extras=extras,
+            draws=draws,
+            draw_extras=draw_extras,
         )
         fit = self.engine.fit(
             role,
@@ -487,24 +497,37 @@ class _PhaseRunner:
             kdata.omit_classes(self.bundle.train, d.omit_classes) if d.omit_classes else self.bundle.train
         )
         augment = Augment(**dcfg.augment.model_dump())
-        frozen = FrozenTeacher(self.engine.prepare(teacher))
+        frozen = FrozenTeacher(self.engine.prepare(teacher), dtype=self.engine.runtime.amp_dtype)
         needs_features = bool(d.terms) and any(
             LOSSES[t.loss].kind in ("feature", "embedding") for t in d.terms if t.loss in LOSSES
         )
         mode = d.teacher_outputs
         if mode == "auto":
             mode = "online" if augment.enabled or needs_features else "precompute"
-        extras = {}
+        if mode in ("precompute", "cache") and needs_features:
+            raise ConfigError(
+                f"distill.teacher_outputs: {mode!r} keeps teacher logits only, but distill.terms read teacher "
+                "features; use 'online'"
+            )
+        extras: dict[str, torch.Tensor] = {}
+        draws: AugParams | None = None
+        draw_extras: dict[str, torch.Tensor] = {}
         if mode == "precompute":
-            if augment.enabled or needs_features:
+            if augment.enabled:
                 raise ConfigError(
-                    "distill.teacher_outputs: 'precompute' keeps one teacher logit vector per image, but the transfer "
-                    "set is augmented or the terms read teacher features; use 'online'"
+                    "distill.teacher_outputs: 'precompute' keeps one teacher output per image, but the transfer "
+                    "set is augmented; use 'cache' (K fixed augmentation draws) or 'online'"
                 )
             plain = make_loader(
                 transfer, self.bundle, self.cfg.runtime.eval_batch_size, train=False, channels_last=self.cl
             )
             extras["teacher.logits"] = self.engine.predict_logits(frozen, plain)
+        elif mode == "cache":
+            logits, draws = self.teacher_cache(frozen, transfer, augment, seed)
+            if draws is None:
+                extras["teacher.logits"] = logits[:, 0]
+            else:
+                draw_extras["teacher.logits"] = logits
 
         def adjust_bias(model: nn.Module) -> dict[str, Any]:
             if not d.class_bias:
@@ -544,6 +567,8 @@ class _PhaseRunner:
             seed=seed,
             teacher=frozen,
             extras=extras,
+            draws=draws,
+            draw_extras=draw_extras,
             before_finish=adjust_bias,
             record={
                 "transfer_size": len(transfer),
@@ -551,3 +576,78 @@ class _PhaseRunner:
                 "teacher_outputs": mode,
             },
         )
+
+    def teacher_cache(
+        self, frozen: FrozenTeacher, transfer: kdata.ArrayDataset, augment: Augment, seed: int
+    ) -> tuple[torch.Tensor, AugParams | None]:
+        """Return cached teacher logits (N, K, C) for the transfer set and its draws, building them if needed."""
+        c = self.cfg.distill.cache
+        spec = CacheSpec(draws=c.draws if augment.enabled else 1, topk=c.topk, shard_size=c.shard_size)
+        images, labels = torch.as_tensor(transfer.images), torch.as_tensor(transfer.labels)
+        key = cache_key(
+            frozen.model,
+            images,
+            labels,
+            augment,
+            spec,
+            seed,
+            self.engine.runtime.precision,
+            (self.bundle.mean, self.bundle.std),
+        )
+        root = Path(c.dir).expanduser() if c.dir else default_cache_root()
+        cache = TeacherCache(root / key, key, spec)
+        draws = draws_for(len(images), augment, spec, seed)
+        if not cache.complete():
+            t0 = time.perf_counter()
+            norm = make_loader(transfer, self.bundle, 1, train=False, channels_last=self.cl).normalize
+            dev = self.engine.runtime.device
+
+            def teacher_fn(x: torch.Tensor) -> torch.Tensor:
+                with self.engine.runtime.autocast():
+                    return frozen(x.to(dev))
+
+            cache.build(teacher_fn, images, draws, augment, norm, batch_size=self.cfg.runtime.eval_batch_size)
+            mb = disk_bytes(len(images), spec.draws, self.bundle.num_classes, spec.topk) / 2**20
+            self.engine.console.print(
+                f"teacher cache built in {time.perf_counter() - t0:.1f}s: {len(images)} images x {spec.draws} "
+                f"draws, {mb:.1f} MB at {cache.directory}",
+                highlight=False,
+                markup=False,
+            )
+        return cache.load(self.bundle.num_classes), draws
+
+
+def default_cache_root() -> Path:
+    """Return where teacher caches live by default: $KDKIT_CACHE/teacher-outputs or ~/.cache/kdkit/teacher-outputs."""
+    base = os.environ.get("KDKIT_CACHE") or str(Path.home() / ".cache" / "kdkit")
+    return Path(base).expanduser() / "teacher-outputs"
+
+
+def build_teacher_cache(cfg: ExperimentConfig, console: Console | None = None) -> Path:
+    """Build (or verify) the on-disk teacher cache of a config's distillation phase; return its directory."""
+    if not cfg.teacher.checkpoint:
+        raise ConfigError("kdkit cache needs teacher.checkpoint: the teacher whose outputs are cached")
+    console = console or make_console()
+    runtime = resolve_runtime(cfg.runtime.precision, cfg.runtime.threads, cfg.runtime.channels_last)
+    engine = Engine(runtime, MetricsLogger(None), console, progress=False)
+    bundle = load_data(cfg.data, cfg.seed)
+    runner = _PhaseRunner(cfg, bundle, engine, Path(cfg.teacher.checkpoint).parent, resume=False)
+    teacher, meta = load_model(cfg.teacher.checkpoint)
+    if meta["num_classes"] != bundle.num_classes:
+        raise ModelError(
+            f"teacher.checkpoint predicts {meta['num_classes']} classes, {cfg.data.dataset} has "
+            f"{bundle.num_classes}"
+        )
+    d, dcfg = cfg.distill, cfg.distill_train()
+    transfer = kdata.omit_classes(bundle.train, d.omit_classes) if d.omit_classes else bundle.train
+    frozen = FrozenTeacher(engine.prepare(teacher), dtype=runtime.amp_dtype)
+    logits, _ = runner.teacher_cache(frozen, transfer, Augment(**dcfg.augment.model_dump()), cfg.seed + 1)
+    c = cfg.distill.cache
+    spec = CacheSpec(draws=c.draws if dcfg.augment.enabled else 1, topk=c.topk, shard_size=c.shard_size)
+    console.print(
+        f"teacher cache ready: {tuple(logits.shape)} logits "
+        f"({disk_bytes(len(transfer), spec.draws, bundle.num_classes, spec.topk) / 2**20:.1f} MB)",
+        highlight=False,
+        markup=False,
+    )
+    return Path(c.dir).expanduser() if c.dir else default_cache_root()

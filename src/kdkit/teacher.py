@@ -7,14 +7,20 @@ from torch import Tensor, nn
 
 
 class FrozenTeacher(nn.Module):
-    """Wrap a trained model so that it is frozen, in `eval()` mode and run under `torch.inference_mode()`."""
+    """Wrap a trained model so that it is frozen, in `eval()` mode and run under `torch.inference_mode()`.
 
-    def __init__(self, model: nn.Module) -> None:
+    With `dtype=torch.bfloat16` the weights are converted once, so no step pays for casting them again.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.model = model
+        self.dtype = dtype
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        if dtype is not None:
+            self.model.to(dtype)
 
     def train(self, mode: bool = True) -> FrozenTeacher:
         """Keep the teacher in eval mode whatever the caller asks (dropout and BN statistics stay fixed)."""
@@ -22,8 +28,8 @@ class FrozenTeacher(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        """Return the teacher's logits; the result carries no autograd history."""
+        """Return the teacher's logits as float32; the result carries no autograd history."""
         with torch.inference_mode():
-            out = self.model(x)
-        # inference-mode tensors cannot enter autograd graphs; a plain clone can, at negligible cost.
-        return out.clone()
+            out = self.model(x if self.dtype is None else x.to(self.dtype))
+        # inference-mode tensors cannot enter autograd graphs; a plain copy can, at negligible cost.
+        return out.float() if out.dtype != torch.float32 else out.clone()

@@ -63,15 +63,35 @@ def _seed_for(*parts: int) -> int:
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
-def random_translate(x: Tensor, max_shift: int, gen: torch.Generator) -> Tensor:
-    """Return the batch shifted by a random (dy, dx) in [-max_shift, max_shift] per image, zero filled."""
+@dataclass
+class AugParams:
+    """Per-image augmentation parameters: translation offsets in [0, 2p] (p = max shift) and flips."""
+
+    oy: Tensor
+    ox: Tensor
+    flip: Tensor
+
+    def __getitem__(self, idx: Tensor | tuple) -> AugParams:
+        return AugParams(self.oy[idx], self.ox[idx], self.flip[idx])
+
+
+def sample_params(n: int, aug: Augment, gen: torch.Generator) -> AugParams:
+    """Return random augmentation parameters for n images."""
+    p = max(aug.crop_padding, aug.jitter)
+    zeros = torch.zeros(n, dtype=torch.long)
+    oy = torch.randint(0, 2 * p + 1, (n,), generator=gen) if p > 0 else zeros + p
+    ox = torch.randint(0, 2 * p + 1, (n,), generator=gen) if p > 0 else zeros + p
+    flip = torch.rand(n, generator=gen) < 0.5 if aug.flip else torch.zeros(n, dtype=torch.bool)
+    return AugParams(oy, ox, flip)
+
+
+def translate(x: Tensor, oy: Tensor, ox: Tensor, max_shift: int) -> Tensor:
+    """Return the batch shifted by (oy - max_shift, ox - max_shift) per image, zero filled."""
     if max_shift <= 0:
         return x
     b, c, h, w = x.shape
     p = max_shift
     padded = torch.nn.functional.pad(x, (p, p, p, p))
-    oy = torch.randint(0, 2 * p + 1, (b,), generator=gen)
-    ox = torch.randint(0, 2 * p + 1, (b,), generator=gen)
     rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
     cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
     bidx = torch.arange(b)[:, None, None, None]
@@ -79,20 +99,28 @@ def random_translate(x: Tensor, max_shift: int, gen: torch.Generator) -> Tensor:
     return padded[bidx, cidx, rows, cols]
 
 
-def random_flip(x: Tensor, gen: torch.Generator) -> Tensor:
-    """Return the batch with a random half of the images mirrored left-right."""
-    mask = torch.rand(x.shape[0], generator=gen) < 0.5
-    return torch.where(mask[:, None, None, None], x.flip(3), x)
+def apply_params(x: Tensor, aug: Augment, params: AugParams) -> Tensor:
+    """Return a uint8 batch (N, C, H, W) augmented with the given per-image parameters."""
+    # Pad-and-crop by p and translation by up to p pixels are the same operation on a zero background.
+    x = translate(x, params.oy, params.ox, max(aug.crop_padding, aug.jitter))
+    if aug.flip:
+        x = torch.where(params.flip[:, None, None, None], x.flip(3), x)
+    return x
 
 
 def augment_batch(x: Tensor, aug: Augment, gen: torch.Generator) -> Tensor:
     """Return an augmented copy of a uint8 batch (N, C, H, W)."""
-    # Pad-and-crop by p and translation by up to p pixels are the same operation on a zero background.
-    shift = max(aug.crop_padding, aug.jitter)
-    x = random_translate(x, shift, gen)
-    if aug.flip:
-        x = random_flip(x, gen)
-    return x
+    return apply_params(x, aug, sample_params(len(x), aug, gen))
+
+
+def augment_draws(n: int, draws: int, aug: Augment, seed: int) -> AugParams:
+    """Return K fixed augmentation draws per image, (N, K) each, reproducible from the seed.
+
+    Teacher outputs cached for these draws let the student train on exactly the views the teacher labelled.
+    """
+    gen = torch.Generator().manual_seed(_seed_for(seed, -1, draws))
+    p = sample_params(n * draws, aug, gen)
+    return AugParams(p.oy.view(n, draws), p.ox.view(n, draws), p.flip.view(n, draws))
 
 
 class InMemoryLoader:
@@ -118,6 +146,8 @@ class InMemoryLoader:
         rank: int = 0,
         world_size: int = 1,
         extras: dict[str, Tensor] | None = None,
+        draws: AugParams | None = None,
+        draw_extras: dict[str, Tensor] | None = None,
     ) -> None:
         self.images = torch.as_tensor(images)
         self.labels = torch.as_tensor(labels).long()
@@ -152,6 +182,15 @@ class InMemoryLoader:
         for k, v in self.extras.items():
             if len(v) != len(self.images):
                 raise ValueError(f"extra {k!r} has {len(v)} rows for {len(self.images)} images")
+        # Fixed augmentation draws (N, K) and tensors per draw (N, K, ...), e.g. cached teacher logits:
+        # each epoch every image shows one of its K draws, with the matching cached output.
+        self.draws = draws
+        self.draw_extras = dict(draw_extras or {})
+        if draws is not None and (draws.oy.shape[0] != len(self.images) or self.augment.enabled is False):
+            raise ValueError("augmentation draws need one row per image and an enabled augmentation")
+        for k, v in self.draw_extras.items():
+            if draws is None or tuple(v.shape[:2]) != tuple(draws.oy.shape):
+                raise ValueError(f"draw extra {k!r} must be (N, K, ...) matching the draws")
 
     def __len__(self) -> int:
         """Return the number of batches per epoch."""
@@ -185,9 +224,14 @@ class InMemoryLoader:
             if self.world_size > 1:
                 idx = idx[self.rank :: self.world_size]
             x = self.images[idx]
+            extras = {k: v[idx] for k, v in self.extras.items()}
             if self.augment.enabled:
                 gen = torch.Generator().manual_seed(_seed_for(self.seed, self.epoch, b, 1))
-                x = augment_batch(x, self.augment, gen)
-            extras = {k: v[idx] for k, v in self.extras.items()}
+                if self.draws is not None:
+                    k = torch.randint(0, self.draws.oy.shape[1], (len(idx),), generator=gen)
+                    x = apply_params(x, self.augment, self.draws[idx, k])
+                    extras.update({name: v[idx, k] for name, v in self.draw_extras.items()})
+                else:
+                    x = augment_batch(x, self.augment, gen)
             yield Batch(self.normalize(x), self.labels[idx], idx, extras)
         self.start_batch = 0
