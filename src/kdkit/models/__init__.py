@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # Importing the model modules registers their factories.
-from kdkit.models import cnn, mlp, resnet_cifar  # noqa: F401
+from kdkit.models import cnn, mlp, mobilenetv2, resnet_cifar, shufflenet, vgg, wrn  # noqa: F401
 from kdkit.models.cnn import CNN
 from kdkit.models.mlp import MLP
 from kdkit.models.registry import (
