@@ -44,7 +44,9 @@ def cache_dir(root: Path) -> Path:
 
 def _writable_dir_no_create(directory: Path) -> bool:
     with contextlib.suppress(OSError):
-        if not directory.is_dir() or not directory.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        if not directory.is_dir() or not directory.stat().st_mode & (
+            stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+        ):
             return False
         return os.access(directory, os.W_OK)
     return False
