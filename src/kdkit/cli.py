@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", help="experiment YAML (see configs/)")
     _add_common(p)
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run data-parallel on N local processes (torchrun; gloo on CPU, NCCL on GPU)",
+    )
 
     p = sub.add_parser(
         "quickstart",
@@ -141,12 +148,44 @@ def resume_command(run_dir: Path) -> str:
     return shlex.join(["kdkit", *argv, "--resume"])
 
 
+def _launch(nproc: int) -> int:
+    """Re-run this command as N processes under torch's elastic launcher; return its exit status."""
+    import socket
+    import subprocess
+
+    argv = list(sys.argv[1:])
+    for i, a in enumerate(argv):
+        if a == "--nproc":
+            del argv[i : i + 2]
+            break
+        if a.startswith("--nproc="):
+            del argv[i]
+            break
+    with socket.socket() as sock:  # a free port on loopback for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+        "-m",
+        "kdkit",
+        *argv,
+    ]
+    return subprocess.call(cmd)
+
+
 def _run(args: argparse.Namespace, console: Console) -> int:
     from kdkit.config import load_config
-    from kdkit.engine import RunInterrupted
-    from kdkit.experiment import default_run_dir, run_experiment
-    from kdkit.signals import graceful_stop
 
+    nproc = getattr(args, "nproc", None)
+    if nproc is not None and nproc < 1:
+        raise KdkitError(f"--nproc must be >= 1, got {nproc}")
+    if nproc and nproc > 1:
+        return _launch(nproc)
     overrides = list(args.overrides)
     path = quickstart_config_path() if args.command == "quickstart" else Path(args.config)
     if args.command == "train":
@@ -157,6 +196,19 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         else:
             overrides.append("phases=[teacher, distill]")
     cfg = load_config(path, overrides)
+    try:
+        return _run_config(cfg, args, console)
+    finally:
+        from kdkit import distributed
+
+        distributed.shutdown()
+
+
+def _run_config(cfg: object, args: argparse.Namespace, console: Console) -> int:
+    from kdkit.engine import RunInterrupted
+    from kdkit.experiment import default_run_dir, run_experiment
+    from kdkit.signals import graceful_stop
+
     if args.resume and args.overwrite:
         raise KdkitError("--resume and --overwrite contradict each other: choose one")
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)

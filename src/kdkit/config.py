@@ -180,6 +180,9 @@ class RuntimeConfig(_Strict):
         description="also write the training state every N steps (it is always written at epoch ends)",
     )
     keep_checkpoints: int = Field(2, ge=1, description="training states kept per phase (the newest ones)")
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="distributed backend under torchrun: auto = NCCL on GPUs, gloo on CPU"
+    )
 
 
 class CompressDistillConfig(_Strict):

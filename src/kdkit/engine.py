@@ -6,6 +6,7 @@ where needed, a teacher.
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
-from kdkit import faults
+from kdkit import distributed, faults
 from kdkit.checkpoint import prefixed, unprefixed
 from kdkit.config import TrainConfig
 from kdkit.console import make_console
@@ -45,13 +46,13 @@ class NonFiniteLossError(KdkitError):
 
 @dataclass
 class EvalResult:
-    """Accuracy of a model on one data set, with its predictions for later analysis."""
+    """Accuracy of a model on one data set, with per-class counts (exact across ranks)."""
 
     correct: int
     total: int
     loss: float
-    predictions: Tensor
-    labels: Tensor
+    class_counts: Tensor  # samples per true class
+    class_errors: Tensor  # misclassified samples per true class
 
     @property
     def accuracy(self) -> float:
@@ -65,8 +66,12 @@ class EvalResult:
 
     def errors_on(self, label: int) -> int:
         """Return the number of misclassified samples whose true label is `label`."""
-        mask = self.labels == label
-        return int((self.predictions[mask] != label).sum())
+        return int(self.class_errors[label]) if label < len(self.class_errors) else 0
+
+    @property
+    def errors_per_class(self) -> list[int]:
+        """Return the misclassified count of every class."""
+        return [int(v) for v in self.class_errors]
 
 
 @dataclass
@@ -143,6 +148,9 @@ class Engine:
         self.runtime = runtime
         self.logger = logger or MetricsLogger(None)
         self.console = console or make_console()
+        if not distributed.info().is_main:
+            # One voice per job: other ranks compute but do not print.
+            self.console = Console(file=io.StringIO())
         self.log_every = log_every
         self.progress = progress and self.console.is_terminal
 
@@ -154,30 +162,39 @@ class Engine:
         return model
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: InMemoryLoader) -> EvalResult:
-        """Return the accuracy of a model over a loader, computed in fp32 (the precision it ships in)."""
+    def evaluate(
+        self, model: nn.Module, loader: InMemoryLoader, num_classes: int | None = None
+    ) -> EvalResult:
+        """Return the accuracy of a model over a loader, computed in fp32 (the precision it ships in).
+
+        Under data parallelism each rank evaluates its shard and the counts are summed: the result is exact.
+        """
         was_training = model.training
         model.eval()
         dev = self.runtime.device
-        correct = torch.zeros((), dtype=torch.long, device=dev)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-        preds, labels = [], []
-        for batch in loader:
+        if num_classes is None:
+            num_classes = int(loader.labels.max()) + 1 if len(loader.labels) else 1
+        c = num_classes
+        counts = torch.zeros(3 + 2 * c, dtype=torch.float64, device=dev)  # correct, total, loss, per class x2
+        dist = distributed.info()
+        for batch in loader.shard(dist.rank, dist.world_size):
             x, y = batch.x.to(dev, non_blocking=True), batch.y.to(dev, non_blocking=True)
             logits = model(x).float()
-            p = logits.argmax(dim=1)
-            correct += (p == y).sum()
-            loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").double()
-            preds.append(p.cpu())
-            labels.append(y.cpu())
+            wrong = (logits.argmax(dim=1) != y).double()
+            counts[0] += (1 - wrong).sum()
+            counts[1] += len(y)
+            counts[2] += torch.nn.functional.cross_entropy(logits, y, reduction="sum").double()
+            counts[3 : 3 + c].index_add_(0, y, torch.ones_like(wrong))
+            counts[3 + c :].index_add_(0, y, wrong)
+        distributed.all_reduce_sum(counts)
         model.train(was_training)
-        total = sum(len(t) for t in labels)
+        total = int(counts[1])
         return EvalResult(
-            correct=int(correct),
+            correct=int(counts[0]),
             total=total,
-            loss=float(loss_sum) / max(total, 1),
-            predictions=torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long),
-            labels=torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long),
+            loss=float(counts[2]) / max(total, 1),
+            class_counts=counts[3 : 3 + c].long().cpu(),
+            class_errors=counts[3 + c :].long().cpu(),
         )
 
     @torch.no_grad()
@@ -241,6 +258,13 @@ class Engine:
             teacher = self.prepare(teacher)
         params = list(model.parameters()) + list(objective.parameters())
         opt = build_optimizer(params, cfg)
+        dinfo = distributed.info()
+        # The student trains inside DDP (gradients averaged across ranks); teachers never do, they are frozen.
+        # Objective adapters live outside the student: their gradients are averaged explicitly.
+        train_model: nn.Module = model
+        if dinfo.enabled:
+            train_model = nn.parallel.DistributedDataParallel(model)
+            loader = loader.shard(dinfo.rank, dinfo.world_size)
         steps_per_epoch = len(loader)
         sched = build_scheduler(opt, cfg, steps_per_epoch)
         total_steps = cfg.epochs * steps_per_epoch
@@ -272,6 +296,8 @@ class Engine:
         def save(epoch: int, batch: int, current: _EpochSums | None) -> None:
             assert checkpoint is not None
             self._check_finite(phase, first_bad)  # never checkpoint a diverged model
+            if not dinfo.is_main:
+                return  # rank 0 writes; every rank resumes from its files
             opt_t, opt_m = optimizer_state(opt)
             tensors = {
                 **prefixed("model.", model.state_dict()),
@@ -335,7 +361,7 @@ class Engine:
                     y = batch.y.to(dev, non_blocking=True)
                     objective.epoch = epoch + (start_batch + i) / max(steps_per_epoch, 1)
                     with self.runtime.autocast():
-                        logits = model(x)
+                        logits = train_model(x)
                         tensors = {"student.logits": logits, "labels": y}
                         if s_tap is not None:
                             tensors.update({f"student:{k}": v for k, v in s_tap.outputs.items()})
@@ -351,6 +377,8 @@ class Engine:
                         loss, parts = objective(tensors)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    if dinfo.enabled:
+                        distributed.average_gradients(list(objective.parameters()))
                     if cfg.on_nonfinite == "skip":
                         # Skipping needs a host sync per step to decide; the default (stop) needs none.
                         norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
@@ -398,14 +426,32 @@ class Engine:
                                 completed=step,
                                 info=f"loss {avg:.4f}  acc {acc:.4f}  {rate:,.0f} samples/s",
                             )
-                    if checkpoint and (STOP.requested or (every and step % every == 0)):
+                    stop = STOP.requested
+                    if dinfo.enabled:
+                        # Every rank must stop at the same step, whichever rank got the signal first.
+                        stop = bool(distributed.all_reduce_sum(torch.tensor(int(stop))) > 0)
+                    if checkpoint and (stop or (every and step % every == 0)):
                         save(epoch, start_batch + i + 1, sums)
-                    if STOP.requested:
+                    if stop:
                         raise RunInterrupted(
-                            f"phase {phase!r} stopped by signal {STOP.signum} after step {step}; "
+                            f"phase {phase!r} stopped by signal {STOP.signum or 15} after step {step}; "
                             + ("its training state is saved" if checkpoint else "nothing was saved"),
-                            STOP.signum or 0,
+                            STOP.signum or 15,
                         )
+                if dinfo.enabled:
+                    # Epoch metrics over the whole global batch stream: one sync per epoch.
+                    keys = sorted(sums.parts)
+                    agg = torch.stack(
+                        [
+                            sums.loss.double(),
+                            sums.correct.double(),
+                            torch.tensor(float(sums.seen), dtype=torch.float64),
+                        ]
+                        + [torch.as_tensor(sums.parts[k]).double() for k in keys]
+                    )
+                    distributed.all_reduce_sum(agg)
+                    sums.loss, sums.correct, sums.seen = agg[0], agg[1], int(agg[2])
+                    sums.parts = {k: agg[3 + j] for j, k in enumerate(keys)}
                 samples += sums.seen
                 seen = max(sums.seen, 1)
                 rec: dict[str, Any] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from rich.table import Table
 from torch import nn
 
 from kdkit import data as kdata
+from kdkit import distributed
 from kdkit.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from kdkit.config import DataConfig, ExperimentConfig, ModelSpec, TrainConfig
 from kdkit.console import make_console
@@ -35,7 +37,7 @@ from kdkit.teacher_cache import CacheSpec, TeacherCache, cache_key, disk_bytes, 
 from kdkit.terms import LOSSES, build_objective
 
 # Files and folders kdkit writes into a run directory; --overwrite removes these and nothing else.
-RUN_ARTIFACTS = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "tb")
+RUN_ARTIFACTS = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "tb", "compress")
 
 ROLE_LABELS = {
     "teacher": "teacher",
@@ -222,9 +224,7 @@ def _eval_record(
         "params": count_params(model),
         "size_mb": round(model_size_mb(model), 4),
         "train_seconds": round(fit.train_seconds, 3) if fit else 0.0,
-        "errors_per_class": [int(test.errors_on(c)) for c in range(int(test.labels.max()) + 1)]
-        if test.total
-        else [],
+        "errors_per_class": test.errors_per_class,
     }
     if fit:
         rec["steps"] = fit.steps
@@ -301,17 +301,24 @@ def run_experiment(
         raise ConfigError(
             "phases: 'distill' needs a teacher: add 'teacher' to phases or set teacher.checkpoint"
         )
+    dinfo = distributed.init(cfg.runtime.backend)
+    main = dinfo.is_main
+    if not main:
+        console = Console(file=io.StringIO())  # one voice per job
     if resume:
         run_dir = Path(run_dir) if run_dir else None
         if run_dir is None:
             raise RunDirError("--resume needs --run-dir: the directory of the run to continue")
         check_resumable(run_dir, cfg)
-    else:
+    elif main:
         run_dir = prepare_run_dir(run_dir or default_run_dir(cfg), overwrite=overwrite)
-    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    if main:
+        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    # Every rank uses rank 0's directory (a default name carries a timestamp that could differ per rank).
+    run_dir = Path(str(distributed.broadcast_object(str(run_dir) if run_dir else "")) or default_run_dir(cfg))
 
     runtime = resolve_runtime(cfg.runtime.precision, cfg.runtime.threads, cfg.runtime.channels_last)
-    logger = MetricsLogger(run_dir, tensorboard=cfg.runtime.tensorboard)
+    logger = MetricsLogger(run_dir if main else None, tensorboard=cfg.runtime.tensorboard)
     engine = Engine(runtime, logger, console, log_every=cfg.runtime.log_every, progress=cfg.runtime.progress)
     t_start = time.perf_counter()
     try:
@@ -364,8 +371,10 @@ def run_experiment(
             "run_dir": str(run_dir),
             "models": runner.records,
         }
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
-        print_table(summary, console)
+        if main:
+            atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+            print_table(summary, console)
+        distributed.barrier()
         return summary
     finally:
         logger.close()
@@ -407,16 +416,17 @@ class _PhaseRunner:
         self, role: str, model: nn.Module, spec: ModelSpec, fit: FitResult | None, **extra: Any
     ) -> None:
         """Evaluate a trained model on validation and test, record it, and save its checkpoint."""
-        val = self.engine.evaluate(model, self.val_loader)
-        test = self.engine.evaluate(model, self.test_loader)
+        val = self.engine.evaluate(model, self.val_loader, self.bundle.num_classes)
+        test = self.engine.evaluate(model, self.test_loader, self.bundle.num_classes)
         self.records[role] = {**_eval_record(model, fit, val, test), **extra}
-        save_model(
-            self.ckpt_dir / role,
-            model,
-            spec,
-            self.bundle,
-            {"role": role, "dataset": self.cfg.data.dataset, "metrics": self.records[role]},
-        )
+        if distributed.info().is_main:
+            save_model(
+                self.ckpt_dir / role,
+                model,
+                spec,
+                self.bundle,
+                {"role": role, "dataset": self.cfg.data.dataset, "metrics": self.records[role]},
+            )
 
     def load_teacher(self, path: str) -> nn.Module:
         """Return the teacher loaded from a kdkit checkpoint, checked against the data set."""
@@ -477,7 +487,7 @@ class _PhaseRunner:
             val_loader=self.val_loader,
             checkpoint=self.policy(),
         )
-        if any(True for _ in objective.state_dict()):
+        if any(True for _ in objective.state_dict()) and distributed.info().is_main:
             # Adapters and other trained parts of the objective are kept with the run, apart from the student.
             save_checkpoint(
                 self.ckpt_dir / f"{role}-objective", objective.state_dict(), {"kind": "objective"}
@@ -532,13 +542,13 @@ class _PhaseRunner:
         def adjust_bias(model: nn.Module) -> dict[str, Any]:
             if not d.class_bias:
                 return {}
-            before = self.engine.evaluate(model, self.test_loader)
+            before = self.engine.evaluate(model, self.test_loader, self.bundle.num_classes)
             adjust_class_bias(model, {int(k): v for k, v in d.class_bias.items()})
             return {
                 "before_class_bias": {
                     "accuracy": before.accuracy,
                     "errors": before.errors,
-                    "errors_per_class": [before.errors_on(c) for c in range(self.bundle.num_classes)],
+                    "errors_per_class": before.errors_per_class,
                 },
                 "class_bias": {str(k): v for k, v in d.class_bias.items()},
             }
@@ -606,7 +616,24 @@ class _PhaseRunner:
                 with self.engine.runtime.autocast():
                     return frozen(x.to(dev))
 
-            cache.build(teacher_fn, images, draws, augment, norm, batch_size=self.cfg.runtime.eval_batch_size)
+            # Each rank builds its own shards; rank 0 seals the cache with the manifest. The shards are
+            # the same bytes whoever computes them, so the cache equals a single-process build.
+            dinfo = distributed.info()
+            n_shards = -(-len(images) // spec.shard_size)
+            cache.build(
+                teacher_fn,
+                images,
+                draws,
+                augment,
+                norm,
+                batch_size=self.cfg.runtime.eval_batch_size,
+                shards=range(dinfo.rank, n_shards, dinfo.world_size),
+                write_manifest=False,
+            )
+            distributed.barrier()
+            if dinfo.is_main:
+                cache.write_manifest(len(images), n_shards)
+            distributed.barrier()
             mb = disk_bytes(len(images), spec.draws, self.bundle.num_classes, spec.topk) / 2**20
             self.engine.console.print(
                 f"teacher cache built in {time.perf_counter() - t0:.1f}s: {len(images)} images x {spec.draws} "

@@ -1,6 +1,6 @@
 """Fault injection for the crash-resume tests: `KDKIT_FAULT=point:N` kills the process the N-th time `point` is hit.
 
-Points: `step` (after an optimizer step) and `checkpoint-write` (between writing a checkpoint's temporary file
+`KDKIT_FAULT_RANK=R` limits the fault to rank R of a torchrun job. Points: `step` (after an optimizer step) and `checkpoint-write` (between writing a checkpoint's temporary file
 and renaming it into place). Unset in normal use; costs one dictionary lookup per hit.
 """
 
@@ -17,6 +17,9 @@ def hit(point: str) -> None:
     spec = os.environ.get("KDKIT_FAULT")
     if not spec:
         return
+    only = os.environ.get("KDKIT_FAULT_RANK")
+    if only is not None and os.environ.get("RANK", "0") != only:
+        return  # under torchrun, fail just this one rank
     _counts[point] = _counts.get(point, 0) + 1
     name, _, n = spec.partition(":")
     if name == point and n.isdigit() and _counts[point] == int(n):

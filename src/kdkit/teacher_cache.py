@@ -157,7 +157,9 @@ class TeacherCache:
                 tensors = {"values": v.half(), "indices": i.to(torch.int32)}
             else:
                 tensors = {"logits": logits.half()}
-            atomic_save_tensors(path, tensors, {"format": FORMAT, "key": self.key, "start": str(lo)})
+            # One metadata entry: safetensors orders several keys arbitrarily, and shards must be byte-stable.
+            meta = json.dumps({"format": FORMAT, "key": self.key, "start": lo}, sort_keys=True)
+            atomic_save_tensors(path, tensors, {"kdkit": meta})
         if write_manifest:
             self.write_manifest(n, n_shards)
 
@@ -168,8 +170,9 @@ class TeacherCache:
             from safetensors import safe_open
 
             with safe_open(str(path), "pt") as f:
-                return (f.metadata() or {}).get("key") == self.key
-        except (SafetensorError, OSError):
+                meta = json.loads((f.metadata() or {}).get("kdkit", "{}"))
+            return meta.get("key") == self.key and meta.get("format") == FORMAT
+        except (SafetensorError, OSError, json.JSONDecodeError):
             return False
 
     def write_manifest(self, n: int, n_shards: int) -> None:

@@ -210,6 +210,16 @@ class InMemoryLoader:
         g = torch.Generator().manual_seed(_seed_for(self.seed, self.epoch))
         return torch.randperm(n, generator=g)
 
+    def shard(self, rank: int, world_size: int) -> InMemoryLoader:
+        """Return this loader restricted to one rank's slice of every batch (itself for one process)."""
+        if world_size <= 1:
+            return self
+        import copy
+
+        out = copy.copy(self)
+        out.rank, out.world_size = rank, world_size
+        return out
+
     def normalize(self, x_uint8: Tensor) -> Tensor:
         """Return float32 normalised images from a uint8 batch."""
         x = x_uint8.float().mul_(self._scale).add_(self._shift)
@@ -220,18 +230,20 @@ class InMemoryLoader:
     def __iter__(self) -> Iterator[Batch]:
         order = self.order()
         for b in range(self.start_batch, len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            if self.world_size > 1:
-                idx = idx[self.rank :: self.world_size]
+            gidx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            # Each rank takes every world_size-th sample of the global batch; random draws are made for the
+            # whole global batch first, so N ranks see exactly the views one process would.
+            mine = slice(self.rank, None, self.world_size)
+            idx = gidx[mine]
             x = self.images[idx]
             extras = {k: v[idx] for k, v in self.extras.items()}
             if self.augment.enabled:
                 gen = torch.Generator().manual_seed(_seed_for(self.seed, self.epoch, b, 1))
                 if self.draws is not None:
-                    k = torch.randint(0, self.draws.oy.shape[1], (len(idx),), generator=gen)
+                    k = torch.randint(0, self.draws.oy.shape[1], (len(gidx),), generator=gen)[mine]
                     x = apply_params(x, self.augment, self.draws[idx, k])
                     extras.update({name: v[idx, k] for name, v in self.draw_extras.items()})
                 else:
-                    x = augment_batch(x, self.augment, gen)
+                    x = apply_params(x, self.augment, sample_params(len(gidx), self.augment, gen)[mine])
             yield Batch(self.normalize(x), self.labels[idx], idx, extras)
         self.start_batch = 0
