@@ -1,0 +1,525 @@
+"""Compress the distilled student of a finished run: prune, distill again, int8, ONNX, measure.
+
+Reads `run_dir/{config.yaml, checkpoints/teacher.*, checkpoints/student_kd.*}` and writes everything to
+`run_dir/compress/`. The output is built in a hidden temporary folder beside it and renamed into place
+at the end, so an interrupted compression never leaves a half-written `compress/` behind, and an
+existing one is replaced only with `overwrite=True`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import Tensor, nn
+
+from kdkit.checkpoint import atomic_write_bytes, atomic_write_text
+from kdkit.compress.export import check_onnx, evaluate_onnx, export_onnx, onnx_tolerance
+from kdkit.compress.latency import flops, latency_table, ort_latency, torch_latency
+from kdkit.compress.prune import count_macs_params, layer_widths, prune_model, save_pruned_model
+from kdkit.compress.quantize import op_counts, quantize_onnx
+from kdkit.config import CompressConfig, CompressDistillConfig, ExperimentConfig, TrainConfig, load_config
+from kdkit.console import make_console
+from kdkit.data.loader import Augment
+from kdkit.engine import Engine
+from kdkit.errors import CheckpointError, RunDirError
+from kdkit.experiment import DataBundle, load_data, load_model, make_loader
+from kdkit.losses.objective import Objective
+from kdkit.metrics import MetricsLogger
+from kdkit.runtime import resolve_runtime, seed_everything
+from kdkit.teacher import FrozenTeacher
+
+COMPRESS_DIR = "compress"
+ROWS = ("teacher", "student", "pruned_student", "int8_student")
+ROW_LABELS = {
+    "teacher": "teacher",
+    "student": "student (distilled)",
+    "pruned_student": "pruned student",
+    "int8_student": "int8 pruned student",
+}
+# Every row of summary.json carries exactly these keys (None where a field does not apply).
+ROW_FIELDS = (
+    "label",
+    "accuracy",
+    "errors",
+    "test_size",
+    "accuracy_backend",
+    "params",
+    "macs",
+    "flops",
+    "onnx_file",
+    "onnx_mb",
+    "safetensors_mb",
+    "onnx_max_abs_diff",
+    "onnx_tolerance",
+    "latency_ms",
+    "latency",
+)
+# What kdkit writes into compress/; overwrite removes these and refuses if anything else is there.
+ARTIFACTS = (
+    "summary.json",
+    "report.md",
+    "accuracy_vs_latency.png",
+    "metrics.jsonl",
+    "teacher.onnx",
+    "student.onnx",
+    "pruned_student.onnx",
+    "pruned_student_int8.onnx",
+    "pruned_student.safetensors",
+    "pruned_student.json",
+)
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _mb(path: Path) -> float:
+    return round(path.stat().st_size / 2**20, 4)
+
+
+def _require(base: Path, what: str) -> None:
+    """Raise a CheckpointError naming the missing file of a checkpoint pair."""
+    for suffix in (".safetensors", ".json"):
+        p = base.with_suffix(suffix)
+        if not p.is_file():
+            raise CheckpointError(
+                f"cannot compress: the {what} checkpoint {str(p)!r} is missing "
+                f"(kdkit run writes it in the {'distill' if 'student' in what else 'teacher'} phase)"
+            )
+
+
+def _check_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing compress/ without overwrite, or one holding files kdkit did not write."""
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{str(out)!r} exists and is a file; move it away to compress this run")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise RunDirError(
+            f"{str(out)!r} already holds a compression of this run; pass overwrite=True "
+            "(kdkit compress --overwrite) to replace it"
+        )
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in ARTIFACTS)
+    if foreign:
+        raise RunDirError(
+            f"refusing to overwrite {str(out)!r}: it holds files kdkit did not write ({foreign[:5]})"
+        )
+
+
+def _run_config(run_dir: Path) -> ExperimentConfig:
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {str(run_dir)!r} does not exist")
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise RunDirError(f"{str(run_dir)!r} holds no kdkit run: {str(path)!r} is missing")
+    return load_config(path)
+
+
+def _distill_settings(exp: ExperimentConfig, cfg: CompressConfig) -> CompressDistillConfig:
+    if cfg.distill is not None:
+        return cfg.distill
+    d = exp.distill
+    # A run with a custom term list still has response settings; compression distills on logits only.
+    return CompressDistillConfig(
+        loss=d.loss, temperature=d.temperature, alpha=d.alpha, beta=d.beta, mix=d.mix
+    )
+
+
+class _Compressor:
+    """The steps of one compression, sharing the run's data, engine and temporary output folder."""
+
+    def __init__(
+        self, run_dir: Path, exp: ExperimentConfig, cfg: CompressConfig, out: Path, console: Console
+    ) -> None:
+        self.run_dir, self.exp, self.cfg, self.out, self.console = run_dir, exp, cfg, out, console
+        rt = exp.runtime
+        self.runtime = resolve_runtime(rt.precision, rt.threads, rt.channels_last)
+        self.logger = MetricsLogger(out, tensorboard=False)
+        self.engine = Engine(self.runtime, self.logger, console, log_every=rt.log_every, progress=rt.progress)
+        self.bundle: DataBundle = load_data(exp.data, exp.seed)
+        b = self.bundle
+        self.sample_shape = (b.in_channels, b.image_size, b.image_size)
+        self.test_loader = make_loader(b.test, b, rt.eval_batch_size, train=False)
+        self.tcfg: TrainConfig = cfg.finetune or exp.distill_train()
+        # A real, normalised batch: what the ONNX numerical check and pruning's tracing run on.
+        self.example = next(iter(make_loader(b.test, b, 16, train=False))).x
+
+    def say(self, text: str) -> None:
+        self.console.print(text, highlight=False, markup=False)
+
+    def load(self, base: Path, what: str) -> tuple[nn.Module, dict[str, Any]]:
+        model, meta = load_model(base)
+        b = self.bundle
+        if (meta["num_classes"], meta["in_channels"], meta["image_size"]) != (
+            b.num_classes,
+            b.in_channels,
+            b.image_size,
+        ):
+            raise CheckpointError(
+                f"{what} checkpoint {str(base)!r} expects {meta['num_classes']} classes of "
+                f"{meta['in_channels']}x{meta['image_size']}px images but the run's data has {b.num_classes} "
+                f"of {b.in_channels}x{b.image_size}px"
+            )
+        return model, meta
+
+    def prune_and_distill(self, student: nn.Module, teacher: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+        """Prune the student to the target in cfg.iterative_steps rounds, distilling after each round."""
+        cfg, by = self.cfg, self.cfg.prune_by
+        x1 = self.example[:1]
+        macs0, params0 = count_macs_params(student, x1)
+        base = macs0 if by == "flops" else params0
+        widths0 = layer_widths(student)
+        d = _distill_settings(self.exp, cfg)
+        objective = Objective.response(
+            d.loss, d.alpha, d.beta, d.temperature, d.mix, self.tcfg.label_smoothing
+        )
+        frozen = FrozenTeacher(self.engine.prepare(teacher))
+        augment = Augment(**self.tcfg.augment.model_dump())
+        extras: dict[str, Tensor] = {}
+        if not augment.enabled:
+            # One teacher forward per training image serves every round (the images never change).
+            plain = make_loader(self.bundle.train, self.bundle, self.exp.runtime.eval_batch_size, train=False)
+            extras["teacher.logits"] = self.engine.predict_logits(frozen, plain)
+        rounds: list[dict[str, Any]] = []
+        model = student
+        val_loader = make_loader(self.bundle.val, self.bundle, self.exp.runtime.eval_batch_size, train=False)
+        for step in range(1, cfg.iterative_steps + 1):
+            macs, params = count_macs_params(model, x1)
+            current = macs if by == "flops" else params
+            goal = base * (1.0 - cfg.prune_target * step / cfg.iterative_steps)
+            relative = max(0.0, 1.0 - goal / current)
+            if relative <= 0.0:
+                break
+            model, report = prune_model(model, x1, relative, by=by)
+            rec = {"round": step, **report.to_dict()}
+            rec.pop("widths_before")
+            rec.pop("widths_after")
+            self.say(
+                f"[compress] round {step}/{cfg.iterative_steps}: pruned {report.achieved:.1%} of the remaining "
+                f"{by}; {report.params_after:,} params, {report.macs_after:,} MACs"
+            )
+            if self.tcfg.epochs > 0:
+                seed_everything(self.exp.seed + 100 + step)
+                loader = make_loader(
+                    self.bundle.train,
+                    self.bundle,
+                    self.tcfg.batch_size,
+                    train=True,
+                    seed=self.exp.seed + 100 + step,
+                    augment=augment,
+                    channels_last=self.runtime.channels_last,
+                    extras=extras,
+                )
+                fit = self.engine.fit(
+                    f"prune_distill_{step}",
+                    model,
+                    objective,
+                    loader,
+                    self.tcfg,
+                    teacher=frozen,
+                    val_loader=val_loader,
+                )
+                model = fit.model
+                rec["train_seconds"] = round(fit.train_seconds, 3)
+                rec["val_accuracy"] = fit.val.accuracy if fit.val is not None else None
+            rounds.append(rec)
+        macs1, params1 = count_macs_params(model, x1)
+        achieved = 1.0 - (macs1 if by == "flops" else params1) / base
+        info = {
+            "by": by,
+            "target": cfg.prune_target,
+            "achieved": round(achieved, 4),
+            "macs_before": macs0,
+            "macs_after": macs1,
+            "params_before": params0,
+            "params_after": params1,
+            "widths_before": widths0,
+            "widths_after": layer_widths(model),
+            "rounds": rounds,
+            "distill": d.model_dump(mode="json"),
+            "finetune": self.tcfg.model_dump(mode="json"),
+        }
+        return model.cpu().float().to(memory_format=torch.contiguous_format), info
+
+    def row(self, key: str, model: nn.Module | None, onnx_path: Path, st_path: Path | None) -> dict[str, Any]:
+        """Return one table row: accuracy, size, FLOPs, ONNX check and latency of a model."""
+        cfg = self.cfg
+        rec: dict[str, Any] = dict.fromkeys(ROW_FIELDS)
+        rec["label"] = ROW_LABELS[key]
+        rec["onnx_file"] = onnx_path.name
+        rec["onnx_mb"] = _mb(onnx_path)
+        rec["safetensors_mb"] = _mb(st_path) if st_path is not None else None
+        timing = dict(batch_sizes=cfg.batch_sizes, threads=cfg.threads, runs=cfg.latency_runs)
+        timing["warmup"] = cfg.latency_warmup
+        cells = ort_latency(onnx_path, self.sample_shape, **timing)
+        if model is not None:
+            res = self.engine.evaluate(self.engine.prepare(model), self.test_loader)
+            rec["accuracy_backend"] = "pytorch"
+            rec.update(flops(model, self.sample_shape))
+            rec["onnx_max_abs_diff"] = check_onnx(model, onnx_path, self.example)
+            rec["onnx_tolerance"] = onnx_tolerance(model, self.example)
+            if rec["onnx_max_abs_diff"] > rec["onnx_tolerance"]:
+                self.say(
+                    f"[compress] warning: {onnx_path.name} differs from PyTorch by {rec['onnx_max_abs_diff']:.2e} "
+                    f"(tolerance {rec['onnx_tolerance']:.2e})"
+                )
+            cells += torch_latency(model, self.sample_shape, **timing)
+        else:
+            # The int8 model exists only as ONNX: its accuracy is what ONNX Runtime computes over the test set.
+            res = evaluate_onnx(onnx_path, self.test_loader)
+            rec["accuracy_backend"] = "onnxruntime"
+        rec["accuracy"], rec["errors"], rec["test_size"] = res.accuracy, res.errors, res.total
+        rec["latency_ms"] = latency_table(cells)
+        rec["latency"] = [c.to_dict() for c in cells]
+        return rec
+
+
+def compress_run(
+    run_dir: str | Path,
+    cfg: CompressConfig | None = None,
+    console: Console | None = None,
+    *,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Compress a run's distilled student, write run_dir/compress/, and return the summary dict.
+
+    `cfg` defaults to the run's own `compress` section, else CompressConfig() defaults.
+    """
+    run_dir = Path(run_dir)
+    console = console or make_console()
+    exp = _run_config(run_dir)
+    cfg = cfg or exp.compress or CompressConfig()
+    ckpt = run_dir / "checkpoints"
+    _require(ckpt / "teacher", "teacher")
+    _require(ckpt / "student_kd", "distilled student")
+    out = run_dir / COMPRESS_DIR
+    _check_output_dir(out, overwrite)
+
+    t_start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=".compress-", dir=run_dir))
+    threads_before = torch.get_num_threads()
+    try:
+        c = _Compressor(run_dir, exp, cfg, tmp, console)
+        try:
+            summary = _compress(c, ckpt)
+        finally:
+            c.logger.close()
+            torch.set_num_threads(threads_before)
+        summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
+        atomic_write_text(tmp / "summary.json", json.dumps(summary, indent=2))
+        atomic_write_text(tmp / "report.md", report_markdown(summary))
+        if _plot(summary, tmp / "accuracy_vs_latency.png"):
+            summary["plot"] = "accuracy_vs_latency.png"
+        # Re-check just before replacing: another process may have written compress/ meanwhile.
+        _check_output_dir(out, overwrite)
+        if out.is_dir():
+            shutil.rmtree(out)
+        # mkdtemp makes the folder private (0700); the output folder gets the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
+        tmp.replace(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    summary["output_dir"] = str(out)
+    print_compress_table(summary, console)
+    return summary
+
+
+def _compress(c: _Compressor, ckpt: Path) -> dict[str, Any]:
+    """Run every step of a compression into c.out and return the summary (without wall time)."""
+    cfg, out = c.cfg, c.out
+    teacher, _ = c.load(ckpt / "teacher", "teacher")
+    student, smeta = c.load(ckpt / "student_kd", "distilled student")
+    c.say(
+        f"[compress] {c.exp.name}: pruning {cfg.prune_target:.0%} of the student's {cfg.prune_by} "
+        f"in {cfg.iterative_steps} round(s), then distilling again from the teacher"
+    )
+    pruned, prune_info = c.prune_and_distill(student, teacher)
+    pruned_st = save_pruned_model(
+        out / "pruned_student",
+        pruned,
+        smeta,
+        {"prune": {k: v for k, v in prune_info.items() if k != "rounds"}},
+    )
+
+    paths = {}
+    for key, model in (("teacher", teacher), ("student", student), ("pruned_student", pruned)):
+        paths[key] = export_onnx(model, c.example, out / f"{key}.onnx", log=c.say)
+    rows: dict[str, dict[str, Any]] = {
+        "teacher": c.row("teacher", teacher, paths["teacher"], ckpt / "teacher.safetensors"),
+        "student": c.row("student", student, paths["student"], ckpt / "student_kd.safetensors"),
+        "pruned_student": c.row("pruned_student", pruned, paths["pruned_student"], pruned_st),
+    }
+    quant: dict[str, Any] | None = None
+    if cfg.quantize:
+        calib = make_loader(
+            c.bundle.train, c.bundle, c.tcfg.batch_size, train=True, seed=c.exp.seed + 7
+        )  # shuffled, never augmented: calibration should see the data the model will see
+        int8_path = quantize_onnx(
+            paths["pruned_student"],
+            out / "pruned_student_int8.onnx",
+            calib,
+            max_batches=cfg.calibration_batches,
+        )
+        rec = c.row("int8_student", None, int8_path, None)
+        # Same graph, same multiply-accumulates, in int8: counts carried over from the fp32 model.
+        for k in ("params", "macs", "flops"):
+            rec[k] = rows["pruned_student"][k]
+        rows["int8_student"] = rec
+        ops = op_counts(int8_path)
+        quant = {
+            "format": "QDQ",
+            "weights": "int8 per-channel",
+            "activations": "uint8 (MinMax calibration)",
+            "calibration_batches": min(cfg.calibration_batches, len(calib)),
+            "calibration_batch_size": c.tcfg.batch_size,
+            "quantize_linear_nodes": ops.get("QuantizeLinear", 0),
+            "dequantize_linear_nodes": ops.get("DequantizeLinear", 0),
+        }
+    return {
+        "name": c.exp.name,
+        "dataset": c.exp.data.dataset,
+        "run_dir": str(c.run_dir),
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        # Distribution versions: torch_pruning.__version__ lags its releases (1.6.1 reports 1.6.0).
+        "onnxruntime": _version("onnxruntime"),
+        "onnx": _version("onnx"),
+        "torch_pruning": _version("torch-pruning"),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "input": {
+            "name": "input",
+            "shape": ["batch", *c.sample_shape],
+            "normalize": {"mean": c.bundle.mean, "std": c.bundle.std},
+            "note": "ONNX models take (x/255 - mean) / std, channels first",
+        },
+        "config": cfg.model_dump(mode="json"),
+        "prune": prune_info,
+        "quantize": quant,
+        "models": rows,
+    }
+
+
+def _fmt_ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def _fmt_row(rec: dict[str, Any]) -> list[str]:
+    return [
+        rec["label"],
+        f"{rec['accuracy'] * 100:.2f}%",
+        "-" if rec["params"] is None else f"{rec['params']:,}",
+        "-" if rec["flops"] is None else f"{rec['flops'] / 1e6:.3g}",
+        f"{rec['onnx_mb']:.3g}",
+        "-" if rec["safetensors_mb"] is None else f"{rec['safetensors_mb']:.3g}",
+    ]
+
+
+def _grid(summary: dict[str, Any]) -> list[tuple[int, int]]:
+    cfg = summary["config"]
+    return [(b, t) for b in cfg["batch_sizes"] for t in cfg["threads"]]
+
+
+def report_markdown(summary: dict[str, Any]) -> str:
+    """Return the compression report as Markdown: one table of accuracy, size, FLOPs and latency per model."""
+    grid = _grid(summary)
+    lat_cols = [f"{be}_b{b}_t{t}" for be in ("ort", "eager") for b, t in grid]
+    header = ["model", "test acc", "params", "MFLOPs", "ONNX MB", "safetensors MB", *lat_cols]
+    rows = [
+        [*_fmt_row(rec), *(_fmt_ms(rec["latency_ms"].get(c)) for c in lat_cols)]
+        for rec in summary["models"].values()
+    ]
+    p = summary["prune"]
+    lines = [
+        f"# kdkit compress: {summary['name']} ({summary['dataset']})",
+        "",
+        f"Pruned {p['achieved']:.1%} of the student's {p['by']} (target {p['target']:.0%}) in "
+        f"{len(p['rounds'])} round(s), each followed by distillation from the teacher. "
+        f"torch {summary['torch']}, onnxruntime {summary['onnxruntime']}, "
+        f"torch-pruning {summary['torch_pruning']}, {summary['cpu_count']} CPUs.",
+        "",
+        "Latency columns: median milliseconds per batch over "
+        f"{summary['config']['latency_runs']} runs; ort = ONNX Runtime, eager = PyTorch fp32, "
+        "b = batch size, t = threads. The int8 model's accuracy is measured by ONNX Runtime over the test set; "
+        "the others by PyTorch. FLOPs = 2 x multiply-accumulates per sample.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *("| " + " | ".join(r) + " |" for r in rows),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def print_compress_table(summary: dict[str, Any], console: Console) -> None:
+    """Print the compression results: accuracy and size per model, then latency per model and backend."""
+    table = Table(title=f"kdkit compress: {summary['name']} ({summary['dataset']})")
+    for col in ("model", "test acc", "params", "MFLOPs", "ONNX MB", "safetensors MB"):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+    for rec in summary["models"].values():
+        table.add_row(*_fmt_row(rec))
+    console.print(table)
+    # Latency in a second table: a column per (batch, threads) cell would not fit a 120-column console.
+    grid = _grid(summary)
+    lat = Table(title="latency: median ms per batch (b = batch size, t = threads)")
+    lat.add_column("model", no_wrap=True)
+    lat.add_column("backend", no_wrap=True)
+    for b, t in grid:
+        lat.add_column(f"b{b} t{t}", justify="right", no_wrap=True)
+    for rec in summary["models"].values():
+        for be, name in (("ort", "ONNX Runtime"), ("eager", "PyTorch eager")):
+            cells = [rec["latency_ms"].get(f"{be}_b{b}_t{t}") for b, t in grid]
+            if any(c is not None for c in cells):
+                lat.add_row(rec["label"], name, *(_fmt_ms(c) for c in cells))
+    console.print(lat)
+
+
+def _plot(summary: dict[str, Any], path: Path) -> bool:
+    """Draw test accuracy against ONNX Runtime latency (largest batch, fewest threads); False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    cfg = summary["config"]
+    b, t = max(cfg["batch_sizes"]), min(cfg["threads"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for backend, marker in (("ort", "o"), ("eager", "s")):
+        pts = [
+            (rec["latency_ms"].get(f"{backend}_b{b}_t{t}"), rec["accuracy"] * 100, rec["label"])
+            for rec in summary["models"].values()
+        ]
+        pts = [p for p in pts if p[0] is not None]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=backend)
+        for x, y, label in pts:
+            ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(f"latency, ms per batch of {b} ({t} thread{'s' if t > 1 else ''}, median)")
+    ax.set_ylabel("test accuracy, %")
+    ax.set_title(f"{summary['name']}: accuracy vs latency")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return True
