@@ -34,9 +34,13 @@ def test_method_objective_builds_and_trains_the_student(path):
         logits = student(x)
         with torch.no_grad():
             t_logits = teacher(x)
-        tensors = {"student.logits": logits, "teacher.logits": t_logits, "labels": y,
-                   **{f"student:{k}": v for k, v in st.outputs.items()},
-                   **{f"teacher:{k}": v for k, v in tt.outputs.items()}}
+        tensors = {
+            "student.logits": logits,
+            "teacher.logits": t_logits,
+            "labels": y,
+            **{f"student:{k}": v for k, v in st.outputs.items()},
+            **{f"teacher:{k}": v for k, v in tt.outputs.items()},
+        }
         total, parts = obj(tensors)
     assert torch.isfinite(total) and len(parts) == len(cfg.distill.terms)
     total.backward()
