@@ -300,16 +300,17 @@ def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_results_md(section: str, path: Path) -> None:
-    """Replace this benchmark's section of RESULTS.md (or append it), leaving the rest untouched."""
+def update_results_md(section: str, path: Path, marks: tuple[str, str] = (MARK_START, MARK_END)) -> None:
+    """Replace one benchmark's marked section of RESULTS.md (or append it), leaving the rest untouched."""
+    start, end = marks
     text = (
         path.read_text()
         if path.exists()
         else "# Benchmark results\n\nEvery figure here was measured by the command shown with it.\n"
     )
-    if MARK_START in text and MARK_END in text:
-        head, rest = text.split(MARK_START, 1)
-        tail = rest.split(MARK_END, 1)[1]
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        tail = rest.split(end, 1)[1]
         text = head + section + tail
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
