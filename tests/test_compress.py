@@ -406,3 +406,14 @@ def test_compress_needs_a_distilled_student(run_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RunDirError, match="config.yaml"):
         compress_run(tmp_path / "empty", CompressConfig(**FAST))
+
+
+def test_kdkit_run_with_a_compress_section_goes_end_to_end(tmp_path):
+    raw = {
+        **RUN,
+        "phases": ["teacher", "distill"],
+        "compress": {**FAST, "finetune": FAST["finetune"].model_dump(), "quantize": False},
+    }
+    summary = run_experiment(build_config(raw), tmp_path / "run")
+    assert set(summary["compress"]["models"]) >= {"teacher", "student", "pruned_student"}
+    assert (tmp_path / "run" / "compress" / "summary.json").is_file()

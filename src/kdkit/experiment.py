@@ -374,6 +374,11 @@ def run_experiment(
         if main:
             atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
             print_table(summary, console)
+            if cfg.compress is not None and "student_kd" in runner.records:
+                from kdkit.compress import compress_run  # lazy: optional dependencies
+
+                # End to end: prune, distill again, int8, ONNX and latency into run_dir/compress/.
+                summary["compress"] = compress_run(run_dir, cfg.compress, console, overwrite=resume)
         distributed.barrier()
         return summary
     finally:
