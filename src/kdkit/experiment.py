@@ -153,6 +153,21 @@ def save_model(
     return save_checkpoint(path, model.state_dict(), meta)
 
 
+def rebuild_model(meta: dict[str, Any], path: str | Path) -> nn.Module:
+    """Return a freshly initialised model of the architecture a checkpoint's metadata describes."""
+    try:
+        spec = ModelSpec.model_validate(meta["model"])
+        return create(
+            spec.name,
+            num_classes=meta["num_classes"],
+            in_channels=meta["in_channels"],
+            image_size=meta["image_size"],
+            **spec.options(),
+        )
+    except (ModelError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"{str(path)!r}: cannot rebuild the model it describes: {exc}") from None
+
+
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Return (model, metadata) rebuilt from a kdkit model checkpoint."""
     tensors, meta = load_checkpoint(path)
@@ -160,21 +175,11 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise CheckpointError(
             f"{str(path)!r} is a {meta.get('kind', 'unknown')!r} checkpoint, not a model checkpoint"
         )
-    spec = ModelSpec.model_validate(meta["model"])
-    try:
-        model = create(
-            spec.name,
-            num_classes=meta["num_classes"],
-            in_channels=meta["in_channels"],
-            image_size=meta["image_size"],
-            **spec.options(),
-        )
-    except (ModelError, KeyError) as exc:
-        raise CheckpointError(f"{str(path)!r}: cannot rebuild the model it describes: {exc}") from None
+    model = rebuild_model(meta, path)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise CheckpointError(
-            f"{str(path)!r} does not match model {spec.name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"{str(path)!r} does not match model {meta['model'].get('name')!r}: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return model, meta
 

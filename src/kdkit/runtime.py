@@ -14,17 +14,21 @@ import torch
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_supports_bf16() -> bool:
-    """Return True when this CPU has native bf16 arithmetic (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
+def cpu_flags() -> frozenset[str]:
+    """Return the CPU feature flags from /proc/cpuinfo (empty where it cannot be read)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return frozenset()
+
+
+def cpu_supports_bf16() -> bool:
+    """Return True when this CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 @dataclass(frozen=True)

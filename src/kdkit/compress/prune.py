@@ -25,9 +25,8 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from kdkit.checkpoint import load_checkpoint, save_checkpoint
-from kdkit.config import ModelSpec
 from kdkit.errors import CheckpointError, ModelError
-from kdkit.models import create, get_classifier
+from kdkit.models import get_classifier
 
 PruneBy = Literal["flops", "params"]
 
@@ -277,17 +276,9 @@ def load_pruned_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise CheckpointError(
             f"{str(path)!r} is a {meta.get('kind', 'unknown')!r} checkpoint, not a pruned model checkpoint"
         )
-    spec = ModelSpec.model_validate(meta["model"])
-    try:
-        model = create(
-            spec.name,
-            num_classes=meta["num_classes"],
-            in_channels=meta["in_channels"],
-            image_size=meta["image_size"],
-            **spec.options(),
-        )
-    except (ModelError, KeyError) as exc:
-        raise CheckpointError(f"{str(path)!r}: cannot rebuild the model it describes: {exc}") from None
+    from kdkit.experiment import rebuild_model  # experiment imports compress lazily; no cycle at load time
+
+    model = rebuild_model(meta, path)
     resize_to_shapes(model, meta["shapes"])
     try:
         model.load_state_dict(tensors, strict=True)

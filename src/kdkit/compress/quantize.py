@@ -17,7 +17,6 @@ a few training batches. CPUs without VNNI can saturate u8*s8 products, so there 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import tempfile
@@ -39,23 +38,16 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import Tensor
 
 from kdkit.errors import KdkitError
+from kdkit.runtime import cpu_flags
 
 
 class QuantizeError(KdkitError):
     """An ONNX model could not be quantized."""
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_has_vnni() -> bool:
-    """Return True when the CPU has VNNI int8 dot products (AVX512-VNNI or AVX-VNNI), read from /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return bool(set(line.split(":", 1)[1].split()) & {"avx512_vnni", "avx_vnni"})
-    except OSError:
-        pass
-    return False
+    """Return True when the CPU has VNNI int8 dot products (AVX512-VNNI or AVX-VNNI)."""
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni"})
 
 
 def calibration_arrays(batches: Iterable[object], max_batches: int) -> list[np.ndarray]:
