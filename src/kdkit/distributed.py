@@ -68,7 +68,12 @@ def shutdown() -> None:
     """Leave the process group (no-op in a single process)."""
     global _INFO
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        # Leave together: rank 0 hosts the rendezvous store, and a rank still talking to it when rank 0
+        # exits aborts instead of finishing cleanly.
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
     _INFO = DistInfo()
 
 

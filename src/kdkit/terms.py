@@ -89,9 +89,12 @@ def _probe(
         raise ConfigError(f"{where}: {exc}") from None
     was_training = model.training
     model.eval()
+    param = next(model.parameters(), None)
+    if param is not None and param.dtype != x.dtype:
+        x = x.to(param.dtype)  # a teacher held in bf16 takes bf16 inputs
     try:
         with torch.no_grad():
-            logits = model(x)
+            logits = model(x).float()
         return logits, dict(tap.outputs)
     finally:
         tap.remove()
