@@ -135,3 +135,25 @@ def test_objective_needing_a_teacher_without_one_is_refused():
     x, y = _blobs(32)
     with pytest.raises(Exception, match="teacher"):
         _engine().fit("s", _mlp(), Objective.response(), InMemoryLoader(x, y, 8), TrainConfig(epochs=1))
+
+
+def test_compile_failure_falls_back_to_eager_with_a_message(monkeypatch):
+    class Broken(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", lambda m: Broken(m))
+    x, y = _blobs(64)
+    from io import StringIO
+
+    from rich.console import Console
+
+    out = StringIO()
+    eng = Engine(resolve_runtime("fp32"), console=Console(file=out, width=200), progress=False, compile=True)
+    res = eng.fit("t", _mlp(), Objective.hard_labels(), InMemoryLoader(x, y, 16), TrainConfig(epochs=2))
+    assert res.steps == 8 and "torch.compile failed (RuntimeError: no compiler here)" in out.getvalue()
+    assert res.history[-1]["loss"] < res.history[0]["loss"]

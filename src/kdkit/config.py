@@ -170,6 +170,9 @@ class RuntimeConfig(_Strict):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     threads: int | None = Field(None, ge=1)
     channels_last: bool = True
+    compile: bool = Field(
+        False, description="torch.compile the student's training step (falls back to eager)"
+    )
     log_every: int = Field(50, ge=1, description="steps between loss logs (the only per-step host syncs)")
     progress: bool = True
     tensorboard: bool = True

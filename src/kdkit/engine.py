@@ -144,8 +144,10 @@ class Engine:
         console: Console | None = None,
         log_every: int = 50,
         progress: bool = True,
+        compile: bool = False,
     ) -> None:
         self.runtime = runtime
+        self.compile = compile
         self.logger = logger or MetricsLogger(None)
         self.console = console or make_console()
         if not distributed.info().is_main:
@@ -265,6 +267,10 @@ class Engine:
         if dinfo.enabled:
             train_model = nn.parallel.DistributedDataParallel(model)
             loader = loader.shard(dinfo.rank, dinfo.world_size)
+        eager = train_model
+        if self.compile:
+            train_model = torch.compile(train_model)
+        compiled_ok = not self.compile
         steps_per_epoch = len(loader)
         sched = build_scheduler(opt, cfg, steps_per_epoch)
         total_steps = cfg.epochs * steps_per_epoch
@@ -361,7 +367,22 @@ class Engine:
                     y = batch.y.to(dev, non_blocking=True)
                     objective.epoch = epoch + (start_batch + i) / max(steps_per_epoch, 1)
                     with self.runtime.autocast():
-                        logits = train_model(x)
+                        if compiled_ok:
+                            logits = train_model(x)
+                        else:
+                            # The first call compiles; if the compiler fails here, train eagerly instead.
+                            try:
+                                logits = train_model(x)
+                            except Exception as exc:  # noqa: BLE001 - any compiler failure means "fall back"
+                                self.console.print(
+                                    f"[{phase}] torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); "
+                                    "continuing without compilation",
+                                    highlight=False,
+                                    markup=False,
+                                )
+                                train_model = eager
+                                logits = train_model(x)
+                            compiled_ok = True
                         tensors = {"student.logits": logits, "labels": y}
                         if s_tap is not None:
                             tensors.update({f"student:{k}": v for k, v in s_tap.outputs.items()})

@@ -324,7 +324,14 @@ def run_experiment(
 
     runtime = resolve_runtime(cfg.runtime.precision, cfg.runtime.threads, cfg.runtime.channels_last)
     logger = MetricsLogger(run_dir if main else None, tensorboard=cfg.runtime.tensorboard)
-    engine = Engine(runtime, logger, console, log_every=cfg.runtime.log_every, progress=cfg.runtime.progress)
+    engine = Engine(
+        runtime,
+        logger,
+        console,
+        log_every=cfg.runtime.log_every,
+        progress=cfg.runtime.progress,
+        compile=cfg.runtime.compile,
+    )
     t_start = time.perf_counter()
     try:
         bundle = load_data(cfg.data, cfg.seed)
