@@ -184,23 +184,33 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, meta
 
 
+def check_replaceable(
+    directory: Path, artifacts: tuple[str, ...], overwrite: bool, what: str, how: str
+) -> bool:
+    """Return True when `directory` holds earlier kdkit output that may be replaced (False when empty/absent).
+
+    Raises RunDirError when it is a file, when it is not empty and `overwrite` is off, or when it holds
+    anything kdkit did not write: a user's files are never deleted.
+    """
+    if directory.exists() and not directory.is_dir():
+        raise RunDirError(f"{what} {str(directory)!r} exists and is a file")
+    if not directory.is_dir() or not any(directory.iterdir()):
+        return False
+    if not overwrite:
+        raise RunDirError(f"{what} {str(directory)!r} is not empty; {how}")
+    foreign = sorted(p.name for p in directory.iterdir() if p.name not in artifacts)
+    if foreign:
+        raise RunDirError(
+            f"refusing to overwrite {str(directory)!r}: it holds files kdkit did not write ({foreign[:5]})"
+        )
+    return True
+
+
 def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
     """Return the run directory, created empty; never delete anything but kdkit's own artifacts."""
     run_dir = Path(path)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"run directory {str(run_dir)!r} exists and is a file")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RunDirError(
-                f"run directory {str(run_dir)!r} is not empty; pass --overwrite to replace a previous kdkit run "
-                "there, or choose another --run-dir"
-            )
-        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_ARTIFACTS)
-        if foreign:
-            raise RunDirError(
-                f"refusing to overwrite {str(run_dir)!r}: it holds files kdkit did not write ({foreign[:5]}); "
-                "choose another --run-dir"
-            )
+    how = "pass --overwrite to replace a previous kdkit run there, or choose another --run-dir"
+    if check_replaceable(run_dir, RUN_ARTIFACTS, overwrite, "run directory", how):
         for name in RUN_ARTIFACTS:
             p = run_dir / name
             if p.is_dir():

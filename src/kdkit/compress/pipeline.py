@@ -105,20 +105,15 @@ def _require(base: Path, what: str) -> None:
 
 def _check_output_dir(out: Path, overwrite: bool) -> None:
     """Refuse to replace an existing compress/ without overwrite, or one holding files kdkit did not write."""
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"{str(out)!r} exists and is a file; move it away to compress this run")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise RunDirError(
-            f"{str(out)!r} already holds a compression of this run; pass overwrite=True "
-            "(kdkit compress --overwrite) to replace it"
-        )
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in ARTIFACTS)
-    if foreign:
-        raise RunDirError(
-            f"refusing to overwrite {str(out)!r}: it holds files kdkit did not write ({foreign[:5]})"
-        )
+    from kdkit.experiment import check_replaceable
+
+    check_replaceable(
+        out,
+        ARTIFACTS,
+        overwrite,
+        "compression output",
+        "pass overwrite=True (kdkit compress --overwrite) to replace it",
+    )
 
 
 def _run_config(run_dir: Path) -> ExperimentConfig:
