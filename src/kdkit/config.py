@@ -131,14 +131,25 @@ class CacheConfig(_Strict):
     shard_size: int = Field(10000, ge=1, description="images per shard file")
 
 
-class DistillConfig(_Strict):
-    """How the distilled student learns from the teacher."""
+class ResponseLossConfig(_Strict):
+    """A response-based objective: alpha * soft loss (student, teacher) + beta * cross-entropy."""
 
     loss: Literal["kd", "logit_mse", "kd_mse_mix"] = "kd"
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, description="weight of the soft (teacher) term")
     beta: float = Field(0.1, ge=0, description="weight of the hard-label cross-entropy")
     mix: float = Field(0.5, ge=0, le=1, description="kd_mse_mix: 1 = KL soft targets, 0 = logit MSE")
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> ResponseLossConfig:
+        if self.alpha == 0 and self.beta == 0:
+            raise ValueError("alpha and beta cannot both be 0: the student would learn nothing")
+        return self
+
+
+class DistillConfig(ResponseLossConfig):
+    """How the distilled student learns from the teacher."""
+
     terms: list[TermConfig] | None = Field(
         None, description="a custom objective (feature, relation, DKD terms...); replaces loss/alpha/beta"
     )
@@ -156,12 +167,6 @@ class DistillConfig(_Strict):
     class_bias: dict[int, float] = Field(
         default_factory=dict, description="added to these classes' output biases after distillation"
     )
-
-    @model_validator(mode="after")
-    def _some_weight(self) -> DistillConfig:
-        if self.alpha == 0 and self.beta == 0:
-            raise ValueError("alpha and beta cannot both be 0: the student would learn nothing")
-        return self
 
 
 class RuntimeConfig(_Strict):
@@ -188,20 +193,8 @@ class RuntimeConfig(_Strict):
     )
 
 
-class CompressDistillConfig(_Strict):
+class CompressDistillConfig(ResponseLossConfig):
     """How a pruned student is distilled again from the teacher (response-based KD)."""
-
-    loss: Literal["kd", "logit_mse", "kd_mse_mix"] = "kd"
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.9, ge=0, description="weight of the soft (teacher) term")
-    beta: float = Field(0.1, ge=0, description="weight of the hard-label cross-entropy")
-    mix: float = Field(0.5, ge=0, le=1, description="kd_mse_mix: 1 = KL soft targets, 0 = logit MSE")
-
-    @model_validator(mode="after")
-    def _some_weight(self) -> CompressDistillConfig:
-        if self.alpha == 0 and self.beta == 0:
-            raise ValueError("alpha and beta cannot both be 0: the pruned student would learn nothing")
-        return self
 
 
 class CompressConfig(_Strict):

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from kdkit.errors import ModelError
+from kdkit.models.init import repdistiller_init_
 from kdkit.models.registry import register_model
 
 # (expansion t, output channels c, repeats n, first stride s); t=None means "use T".
@@ -134,17 +135,7 @@ class MobileNetV2(nn.Module):
 
         # RepDistiller's init: conv N(0, 2 / (k*k*out_channels)) (= Kaiming normal, fan_out; also for the
         # depthwise convs, whose weight is out_channels x 1 x 3 x 3), BN 1 / 0, Linear N(0, 0.01) / 0.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        repdistiller_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)

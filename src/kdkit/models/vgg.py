@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from kdkit.errors import ModelError
+from kdkit.models.init import repdistiller_init_
 from kdkit.models.registry import register_model
 
 # RepDistiller's configurations: conv widths per group (a max pool follows each group in forward).
@@ -82,17 +83,7 @@ class VGG(nn.Module):
 
         # RepDistiller's init: conv N(0, 2 / (k*k*out_channels)) (= Kaiming normal, fan_out) with zero
         # bias, BN weight 1 / bias 0, Linear N(0, 0.01) with zero bias.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        repdistiller_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.shape[2]
