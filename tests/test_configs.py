@@ -28,7 +28,7 @@ def test_method_objective_builds_and_trains_the_student(path):
     student = build_model(cfg.student.model, 10, 3, 32, "student.model")
     teacher = build_model(cfg.teacher.model, 10, 3, 32, "teacher.model").eval()
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
-    obj: Objective = build_objective(cfg.distill.terms, student, teacher, x[:8], y[:8])
+    obj: Objective = build_objective(cfg.distill.terms, student, teacher, x[:8], y[:8], n_data=16)
     obj.epoch = 25.0  # past every warm-up
     with Tap(student, obj.student_paths()) as st, Tap(teacher, obj.teacher_paths()) as tt:
         logits = student(x)
@@ -38,6 +38,7 @@ def test_method_objective_builds_and_trains_the_student(path):
             "student.logits": logits,
             "teacher.logits": t_logits,
             "labels": y,
+            "index": torch.arange(16),
             **{f"student:{k}": v for k, v in st.outputs.items()},
             **{f"teacher:{k}": v for k, v in tt.outputs.items()},
         }

@@ -163,3 +163,35 @@ def test_run_with_feature_terms_saves_adapters_apart_from_the_student(tmp_path):
     epochs = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     ends = [r for r in epochs if r["phase"] == "student_kd" and "train_accuracy" in r and "lr" not in r]
     assert "loss.fitnet" in ends[0] and "loss.fitnet" not in ends[1] and "loss.rkd" in ends[1]
+
+
+def test_vid_and_crd_terms_train_their_modules_inside_a_run(tmp_path):
+    raw = {
+        "data": {"dataset": "mnist-small", "val_size": 200, "train_limit": 1200},
+        "teacher": {"model": {"name": "resnet8"}, "train": {"epochs": 1, "batch_size": 100}},
+        "student": {"model": {"name": "resnet8"}, "train": {"epochs": 1, "batch_size": 100}},
+        "distill": {
+            "terms": [
+                {"loss": "ce"},
+                {"loss": "vid", "student": "layer2", "teacher": "layer3"},
+                {
+                    "loss": "crd",
+                    "weight": 0.8,
+                    "student": "avgpool",
+                    "teacher": "avgpool",
+                    "options": {"nce_k": 256},
+                },
+            ]
+        },
+        "phases": ["teacher", "distill"],
+        "runtime": {"progress": False, "tensorboard": False, "precision": "fp32"},
+    }
+    summary = run_experiment(build_config(raw), tmp_path / "run")
+    assert summary["models"]["student_kd"]["steps"] == 10
+    from kdkit.checkpoint import load_checkpoint
+
+    state, _ = load_checkpoint(tmp_path / "run" / "checkpoints" / "student_kd-objective")
+    # VID's learned variance and CRD's memory bank (one row per transfer image) are saved with the run.
+    assert any(k.startswith("adapters.term1.") and "scale" in k for k in state)
+    bank = [v for k, v in state.items() if k.startswith("adapters.term2.") and "memory" in k]
+    assert bank and all(b.shape[0] == 1000 for b in bank)

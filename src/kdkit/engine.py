@@ -383,7 +383,7 @@ class Engine:
                                 train_model = eager
                                 logits = train_model(x)
                             compiled_ok = True
-                        tensors = {"student.logits": logits, "labels": y}
+                        tensors = {"student.logits": logits, "labels": y, "index": batch.index.to(dev)}
                         if s_tap is not None:
                             tensors.update({f"student:{k}": v for k, v in s_tap.outputs.items()})
                         if "teacher.logits" in batch.extras:

@@ -536,7 +536,7 @@ class _PhaseRunner:
         augment = Augment(**dcfg.augment.model_dump())
         frozen = FrozenTeacher(self.engine.prepare(teacher), dtype=self.engine.runtime.amp_dtype)
         needs_features = bool(d.terms) and any(
-            LOSSES[t.loss].kind in ("feature", "embedding") for t in d.terms if t.loss in LOSSES
+            LOSSES[t.loss].kind in ("feature", "embedding", "module") for t in d.terms if t.loss in LOSSES
         )
         mode = d.teacher_outputs
         if mode == "auto":
@@ -588,7 +588,12 @@ class _PhaseRunner:
 
             def objective(student: nn.Module) -> Objective:
                 return build_objective(
-                    d.terms, self.engine.prepare(student), frozen.model, first.x.to(dev), first.y.to(dev)
+                    d.terms,
+                    self.engine.prepare(student),
+                    frozen.model,
+                    first.x.to(dev),
+                    first.y.to(dev),
+                    n_data=len(transfer),
                 )
         else:
             objective = Objective.response(

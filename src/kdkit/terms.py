@@ -59,16 +59,46 @@ LOSSES: dict[str, LossSpec] = {
     "pkt": LossSpec(_flat(L.pkt), "embedding"),
     "rkd": LossSpec(_flat(L.rkd), "embedding"),
     "correlation_congruence": LossSpec(_flat(L.correlation_congruence), "embedding"),
+    # Losses with parameters or state: the module is built from the observed shapes in build_objective.
+    "vid": LossSpec(L.fitnet, "module"),
+    "crd": LossSpec(L.fitnet, "module"),
 }
 
 
+def _module_loss(name: str, s: Tensor, t: Tensor, options: dict[str, Any], n_data: int | None) -> nn.Module:
+    """Return the loss module of a stateful term, sized from the student and teacher features."""
+    if name == "vid":
+        if s.ndim != 4 or t.ndim != 4:
+            raise ValueError(
+                f"vid compares feature maps (N, C, H, W); got {tuple(s.shape)} and {tuple(t.shape)}"
+            )
+        return L.VIDLoss(s.shape[1], options.pop("mid_channels", t.shape[1]), t.shape[1], **options)
+    if n_data is None:
+        raise ValueError("crd keeps a memory bank over the transfer set: its size is needed")
+    return _CRDTerm(L.CRDLoss(s.flatten(1).shape[1], t.flatten(1).shape[1], n_data, **options))
+
+
+class _CRDTerm(nn.Module):
+    """CRD over flattened features at the batch's dataset indices (memory bank rows)."""
+
+    def __init__(self, crd: nn.Module) -> None:
+        super().__init__()
+        self.crd = crd
+
+    def forward(self, s: Tensor, t: Tensor, index: Tensor) -> Tensor:
+        """Return the contrastive loss of this batch."""
+        return self.crd(s.flatten(1).float(), t.flatten(1).float(), index)
+
+
 def _inputs(spec: LossSpec, tc: TermConfig, where: str) -> tuple[str, ...]:
-    if spec.kind in ("feature", "embedding"):
+    if spec.kind in ("feature", "embedding", "module"):
         if not tc.student or not tc.teacher:
             raise ConfigError(
                 f"{where}: loss {tc.loss!r} compares features: set both `student` and `teacher` "
                 "to module paths (e.g. student: layer3, teacher: layer3)"
             )
+        if tc.loss == "crd":
+            return (f"student:{tc.student}", f"teacher:{tc.teacher}", "index")
         return (f"student:{tc.student}", f"teacher:{tc.teacher}")
     if tc.student or tc.teacher:
         raise ConfigError(f"{where}: loss {tc.loss!r} reads logits; remove `student`/`teacher` module paths")
@@ -108,6 +138,7 @@ def build_objective(
     sample: Tensor,
     labels: Tensor,
     field: str = "distill.terms",
+    n_data: int | None = None,
 ) -> Objective:
     """Return the objective of `terms`, with adapters built from the shapes seen on a sample batch."""
     built: list[Term] = []
@@ -140,12 +171,23 @@ def build_objective(
         "student.logits": s_logits,
         "teacher.logits": t_logits,
         "labels": labels,
+        "index": torch.arange(len(labels), device=labels.device),
         **{f"student:{k}": v for k, v in s_feats.items()},
         **{f"teacher:{k}": v for k, v in t_feats.items()},
     }
 
     adapters: dict[str, nn.Module] = {}
     for i, (tc, term) in enumerate(zip(terms, built)):
+        if LOSSES[tc.loss].kind == "module":
+            try:
+                module = _module_loss(
+                    tc.loss, tensors[term.inputs[0]], tensors[term.inputs[1]], dict(tc.options), n_data
+                )
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{field}[{i}] ({tc.loss}): {exc}") from None
+            adapters[f"term{i}"] = module  # trained with the student and saved with the run
+            term.fn, term.kwargs = module, {}
+            continue
         if LOSSES[tc.loss].kind not in ("feature", "embedding"):
             continue
         s_shape = tuple(tensors[term.inputs[0]].shape)
