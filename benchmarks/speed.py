@@ -33,6 +33,7 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -924,7 +925,7 @@ def run_task(
     cached = (logits, draws)
 
     # The cache's draws were made with seed + 1; the loaders below use the same seed so (d) reads them.
-    rounds = args.rounds
+    rounds = args.rounds[task.name]
 
     def measure_all() -> dict[str, Any]:
         # The four variants are timed back to back in one process, `rounds` times interleaved (a b c d a b c d
@@ -979,14 +980,16 @@ def run_task(
         f"{task.name}-timing", measure_all, say, expect={"steps": steps, "warmup": warmup, "rounds": rounds}
     )
     timing: dict[str, dict[str, Any]] = timed["runs"]
-    sec = {v: timing[v]["seconds"] for v in "abcd"}
+    # Each ratio is the median over rounds of the ratio within a round (variants timed seconds apart), which
+    # cancels load that drifts between rounds; the ratio of the per-variant medians is kept beside it.
+    pairs = ("d/a", "b/d", "c/a", "b/c", "b/a")
     ratios = {
-        "d/a": sec["d"] / sec["a"],
-        "b/d": sec["b"] / sec["d"],
-        "c/a": sec["c"] / sec["a"],
-        "b/c": sec["b"] / sec["c"],
-        "b/a": sec["b"] / sec["a"],
+        k: statistics.median(
+            x / y for x, y in zip(timing[k[0]]["round_seconds"], timing[k[2]]["round_seconds"], strict=True)
+        )
+        for k in pairs
     }
+    ratios_of_medians = {k: timing[k[0]]["seconds"] / timing[k[2]]["seconds"] for k in pairs}
     student_probe = new_model(task, task.student, data, seed)
     x_probe = next(iter(kdkit_loader(task, data, seed))).x.contiguous()
     fwd = forward_flops_per_sample(student_probe, x_probe)
@@ -1015,6 +1018,7 @@ def run_task(
         "loadavg_1min": [timed["loadavg_1min_before"], timed["loadavg_1min_after"]],
         "cpu_busy_before_rounds": timed["cpu_busy_before_rounds"],
         "ratios": ratios,
+        "ratios_of_median_times": ratios_of_medians,
         "gflops": gflops,
     }
     if not args.quick:
@@ -1169,7 +1173,8 @@ def markdown(doc: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "Each variant's median of "
+        "Times and samples/s: each variant's median round; ratios: the median over rounds of the ratio within "
+        "a round. Rounds: "
         + ", ".join(
             f"{t['rounds']} interleaved rounds for {t['task']} (CPU busy before each round, from /proc/stat: "
             + ", ".join("?" if b is None else f"{b:.0%}" for b in t["cpu_busy_before_rounds"])
@@ -1282,7 +1287,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "mnist": args.steps_mnist or (100 if args.quick else 300),
         "cifar": args.steps_cifar or (8 if args.quick else 100),
     }
-    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.rounds = {
+        "mnist": args.rounds or (1 if args.quick else 7),
+        "cifar": args.rounds or (1 if args.quick else 3),
+    }
     args.warmup = args.warmup if args.warmup is not None else (3 if args.quick else 10)
     args.acc_epochs = {"mnist": args.acc_epochs_mnist, "cifar": args.acc_epochs_cifar}
     args.teacher_epochs = {"mnist": args.teacher_epochs_mnist, "cifar": args.teacher_epochs_cifar}
