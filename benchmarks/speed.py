@@ -932,6 +932,18 @@ def run_task(
         # ...), and stored as one part, so a resumed run never pairs timings from different invocations. Each
         # variant reports its median round.
         per_round: list[dict[str, Any]] = []
+        wait_until_quiet(say, wait=not args.quick)
+        size, repeats = args.peak_size, args.peak_repeats
+        peaks = {
+            "size": size,
+            "repeats": repeats,
+            "bf16_gflops": matmul_peak(torch.bfloat16, size, repeats),
+            "fp32_gflops": matmul_peak(torch.float32, size, repeats),
+        }
+        say(
+            f"[{task.name}-timing] matmul peak ({size}^3, best of {repeats}): bf16 {peaks['bf16_gflops']:.0f} "
+            f"GFLOP/s, fp32 {peaks['fp32_gflops']:.0f} GFLOP/s"
+        )
         load_before = os.getloadavg()[0]
         busy: list[float | None] = []
         for rnd in range(rounds):
@@ -970,6 +982,8 @@ def run_task(
             "steps": steps,
             "warmup": warmup,
             "rounds": rounds,
+            "peak_size": size,
+            "peaks": peaks,
             "runs": runs,
             "cpu_busy_before_rounds": busy,
             "loadavg_1min_before": load_before,
@@ -977,7 +991,10 @@ def run_task(
         }
 
     timed = parts.run(
-        f"{task.name}-timing", measure_all, say, expect={"steps": steps, "warmup": warmup, "rounds": rounds}
+        f"{task.name}-timing",
+        measure_all,
+        say,
+        expect={"steps": steps, "warmup": warmup, "rounds": rounds, "peak_size": args.peak_size},
     )
     timing: dict[str, dict[str, Any]] = timed["runs"]
     # Each ratio is the median over rounds of the ratio within a round (variants timed seconds apart), which
@@ -1000,6 +1017,8 @@ def run_task(
         "train_flop_per_sample": 3 * fwd,
         "a_gflops": 3 * fwd * timing["a"]["samples_per_second"] / 1e9,
     }
+    gflops["a_fraction_of_bf16_peak"] = gflops["a_gflops"] / timed["peaks"]["bf16_gflops"]
+    gflops["a_fraction_of_fp32_peak"] = gflops["a_gflops"] / timed["peaks"]["fp32_gflops"]
     rec: dict[str, Any] = {
         "task": task.name,
         "dataset": task.dataset,
@@ -1014,6 +1033,7 @@ def run_task(
         "cache": cache_rec,
         "runs": timing,
         "timed_at": timed["finished"],
+        "peaks": timed["peaks"],
         "rounds": timed["rounds"],
         "loadavg_1min": [timed["loadavg_1min_before"], timed["loadavg_1min_after"]],
         "cpu_busy_before_rounds": timed["cpu_busy_before_rounds"],
@@ -1071,20 +1091,30 @@ def run_task(
 # Targets, notes, report.
 
 
-def verdicts(rec: dict[str, Any], peaks: dict[str, Any]) -> dict[str, Any]:
+def verdicts(rec: dict[str, Any]) -> dict[str, Any]:
     """Return the task's targets with measured values, met / not met, and measured notes on what limits them."""
-    r, runs = rec["ratios"], rec["runs"]
+    r, runs, peaks = rec["ratios"], rec["runs"], rec["peaks"]
     bd = rec.get("breakdown") or {}
     out: dict[str, Any] = {}
     ms = {v: runs[v]["ms_per_step"] for v in "abcd"}
 
+    def spread(v: str) -> str:
+        rs = runs[v].get("round_seconds") or [runs[v]["seconds"]]
+        return f"{1000 * min(rs) / runs[v]['steps']:.1f}-{1000 * max(rs) / runs[v]['steps']:.1f}"
+
     def note_da() -> str:
-        s = f"(d) takes {ms['d'] - ms['a']:+.1f} ms/step over (a) ({ms['a']:.1f} ms)"
+        s = (
+            f"(d) {ms['d']:.1f} ms/step against (a) {ms['a']:.1f} ({ms['d'] - ms['a']:+.1f}); across rounds (a) "
+            f"ranged {spread('a')} ms/step and (d) {spread('d')}"
+        )
         if bd:
+            extra = bd["kdkit_loader_cached_ms"] - bd["kdkit_loader_plain_ms"]
             s += (
-                f"; kdkit's loader alone: {bd['kdkit_loader_cached_ms']:.2f} ms/batch with cached logits vs "
-                f"{bd['kdkit_loader_plain_ms']:.2f} plain; the rest is the KD term (fp32 log-softmax/KL) and its backward"
+                f"; serving the cached logits costs the loader {extra:+.2f} ms/batch "
+                f"({bd['kdkit_loader_cached_ms']:.2f} against {bd['kdkit_loader_plain_ms']:.2f})"
             )
+            if r["d/a"] > 1.02 and ms["d"] - ms["a"] > extra + 0.05:
+                s += ", so the rest of the gap is the KD term (fp32 log-softmax and KL) and its backward"
         return s
 
     def note_bd() -> str:
@@ -1130,7 +1160,9 @@ def verdicts(rec: dict[str, Any], peaks: dict[str, Any]) -> dict[str, Any]:
                 f"{peaks['size']}^3 GEMM). The student's own GEMMs at batch 128 (forward, input and weight "
                 f"gradients of 784-800-800-10), timed alone in bf16 with nothing else, reach {gemm:.0f} GFLOP/s "
                 f"({gemm / pk:.0%}); a bare bf16 train step on one fixed batch, without kdkit's loop or loader, "
-                f"{bare:.0f} GFLOP/s ({bare / pk:.0%})"
+                f"{bare:.0f} GFLOP/s ({bare / pk:.0%}). The gap between the GEMMs and a step is the work around them "
+                f"(autocast weight casts, bias, ReLU, loss, the fp32 SGD update), the gap between a bare step "
+                f"and (a) kdkit's loop and loader"
             )
             out["mlp_gflops"]["bare_step_gflops"] = bare
     return out
@@ -1142,7 +1174,7 @@ def fmt_met(v: dict[str, Any]) -> str:
 
 def markdown(doc: dict[str, Any]) -> str:
     """Return the RESULTS.md section for this benchmark."""
-    m, p = doc["machine"], doc["peaks"]
+    m = doc["machine"]
     lines = [
         MARK_START,
         "## Training speed: kdkit against a tutorial-style distillation loop",
@@ -1150,7 +1182,13 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Command: `{doc['command']}`  ",
         f"Machine: {m['nproc']} cores, {m['cpu']}, torch {m['torch']} ({m['torch_threads']} threads), "
         f"native bf16: {'yes' if m['bf16_native'] else 'no'}  ",
-        f"Date: {doc['date']}; this invocation {doc['invocation_minutes']:.1f} min",
+        f"Date: {doc['date']}; this invocation {doc['invocation_minutes']:.1f} min"
+        + (
+            f"; the parts it reports finished between {doc['parts_finished'][0]} and {doc['parts_finished'][1]} "
+            "(a resumed run reuses finished parts)"
+            if doc.get("parts_finished")
+            else ""
+        ),
         "",
         "Variants, for the same data, batch 128 and the same number of timed steps (after untimed warm-up):",
         "",
@@ -1158,8 +1196,13 @@ def markdown(doc: dict[str, Any]) -> str:
     lines += [f"- ({k}) {v}" for k, v in VARIANTS.items()]
     lines += [
         "",
-        f"Matmul peak of this CPU, measured in the same run ({p['size']}^3, best of {p['repeats']}): "
-        f"bf16 {p['bf16_gflops']:.0f} GFLOP/s, fp32 {p['fp32_gflops']:.0f} GFLOP/s.",
+        "Matmul peak of this CPU, measured in the same process right before each task's timing rounds: "
+        + "; ".join(
+            f"{t['task']} bf16 {t['peaks']['bf16_gflops']:.0f} GFLOP/s, fp32 {t['peaks']['fp32_gflops']:.0f} "
+            f"GFLOP/s ({t['peaks']['size']}^3, best of {t['peaks']['repeats']})"
+            for t in doc["tasks"].values()
+        )
+        + ".",
         "",
         "| task | variant | steps | seconds | samples/s | ms/step | precision |",
         "|---|---|---|---|---|---|---|",
@@ -1185,15 +1228,16 @@ def markdown(doc: dict[str, Any]) -> str:
     ]
     lines += [
         "",
-        "| task | d/a (target <= 1.10) | b/d (target >= 3.0) | c/a | b/a | (a) GFLOP/s | % bf16 peak | % fp32 peak |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task | d/a (target <= 1.10) | b/d (target >= 3.0) | c/a | b/a | d/a, b/d from median times "
+        "| (a) GFLOP/s | % bf16 peak | % fp32 peak |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for t in doc["tasks"].values():
-        r, g, v = t["ratios"], t["gflops"], t["targets"]
+        r, g, v, rm = t["ratios"], t["gflops"], t["targets"], t["ratios_of_median_times"]
         lines.append(
             f"| {t['task']} | {r['d/a']:.2f} ({fmt_met(v['d/a'])}) | {r['b/d']:.2f} ({fmt_met(v['b/d'])}) | "
-            f"{r['c/a']:.2f} | {r['b/a']:.2f} | {g['a_gflops']:.0f} | {g['a_gflops'] / p['bf16_gflops']:.0%} | "
-            f"{g['a_gflops'] / p['fp32_gflops']:.0%} |"
+            f"{r['c/a']:.2f} | {r['b/a']:.2f} | {rm['d/a']:.2f}, {rm['b/d']:.2f} | {g['a_gflops']:.0f} | "
+            f"{g['a_fraction_of_bf16_peak']:.0%} | {g['a_fraction_of_fp32_peak']:.0%} |"
         )
     lines += [
         "",
@@ -1252,6 +1296,21 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _finished_range(tasks: dict[str, Any]) -> list[str]:
+    """Return the earliest and latest 'finished' stamps of the parts behind the results (resumed runs)."""
+    stamps: list[str] = []
+
+    def walk(x: Any) -> None:
+        if isinstance(x, dict):
+            if isinstance(x.get("finished"), str):
+                stamps.append(x["finished"])
+            for v in x.values():
+                walk(v)
+
+    walk(tasks)
+    return [min(stamps), max(stamps)] if stamps else []
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="under a minute: MNIST only, few steps, no accuracy")
@@ -1288,13 +1347,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "cifar": args.steps_cifar or (8 if args.quick else 100),
     }
     args.rounds = {
-        "mnist": args.rounds or (1 if args.quick else 7),
+        "mnist": args.rounds or (1 if args.quick else 15),
         "cifar": args.rounds or (1 if args.quick else 3),
     }
     args.warmup = args.warmup if args.warmup is not None else (3 if args.quick else 10)
     args.acc_epochs = {"mnist": args.acc_epochs_mnist, "cifar": args.acc_epochs_cifar}
     args.teacher_epochs = {"mnist": args.teacher_epochs_mnist, "cifar": args.teacher_epochs_cifar}
     args.breakdown_steps = {"mnist": 100, "cifar": 10}
+    args.peak_size, args.peak_repeats = (2048, 3) if args.quick else (4096, 5)
     return args
 
 
@@ -1314,21 +1374,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="kdkit-speed-") if args.quick else None
     runs_dir = Path(tmp.name) if tmp else (args.runs_dir or ROOT / "benchmarks" / "runs" / "speed")
     try:
-        size, repeats = (2048, 3) if args.quick else (4096, 5)
-        peaks = {
-            "size": size,
-            "repeats": repeats,
-            "bf16_gflops": matmul_peak(torch.bfloat16, size, repeats),
-            "fp32_gflops": matmul_peak(torch.float32, size, repeats),
-        }
-        say(
-            f"matmul peak ({size}^3, best of {repeats}): bf16 {peaks['bf16_gflops']:.0f} GFLOP/s, "
-            f"fp32 {peaks['fp32_gflops']:.0f} GFLOP/s"
-        )
         tasks: dict[str, Any] = {}
         for tname in args.tasks:
             rec = run_task(TASKS[tname], args, parts, runs_dir, runs_dir / "cache", say)
-            rec["targets"] = verdicts(rec, peaks)
+            rec["targets"] = verdicts(rec)
             tasks[tname] = rec
     finally:
         if tmp is not None:
@@ -1351,8 +1400,9 @@ def main(argv: list[str] | None = None) -> int:
             "teacher_epochs_if_trained": {t: args.teacher_epochs[t] for t in args.tasks},
         },
         "targets": TARGETS,
-        "peaks": peaks,
+        "peaks": {t: rec["peaks"] for t, rec in tasks.items()},
         "tasks": tasks,
+        "parts_finished": _finished_range(tasks),
         "invocation_minutes": (time.perf_counter() - t_start) / 60,
     }
     results_root.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,6 @@ def test_quick_speed_benchmark_records_all_variants(tmp_path, data_root):
         steps = {r["steps"] for r in runs.values()}
         assert len(steps) == 1 and steps.pop() > 0, runs
         assert task["cache"]["build_seconds"] > 0
-    assert doc["peaks"]["bf16_gflops"] > 0 and doc["peaks"]["fp32_gflops"] > 0
+        assert task["peaks"]["bf16_gflops"] > 0 and task["peaks"]["fp32_gflops"] > 0
     # --quick writes only its own JSON: the RESULTS.md section belongs to the full benchmark.
     assert _stat(results_md) == before
