@@ -25,7 +25,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from hinton_mnist import machine, update_results_md  # noqa: E402
+from benchcommon import machine, update_results_md  # noqa: E402
 
 CFG = {
     "name": "ddp-bench",

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -23,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+from benchcommon import machine
+from benchcommon import update_results_md as _update_results_md
 
 from kdkit.checkpoint import atomic_write_text
 from kdkit.config import load_config
@@ -119,22 +118,6 @@ def plan(seeds: list[int], quick: bool) -> list[Run]:
                 )
             )
     return runs
-
-
-def machine() -> dict[str, Any]:
-    """Return a description of this machine for the results."""
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def execute(run: Run, out: Path, runs_dir: Path, progress: bool) -> dict[str, Any]:
@@ -301,20 +284,8 @@ def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
 
 
 def update_results_md(section: str, path: Path, marks: tuple[str, str] = (MARK_START, MARK_END)) -> None:
-    """Replace one benchmark's marked section of RESULTS.md (or append it), leaving the rest untouched."""
-    start, end = marks
-    text = (
-        path.read_text()
-        if path.exists()
-        else "# Benchmark results\n\nEvery figure here was measured by the command shown with it.\n"
-    )
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        tail = rest.split(end, 1)[1]
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    atomic_write_text(path, text)
+    """Replace a marked section of RESULTS.md (this benchmark's by default); see benchcommon."""
+    _update_results_md(section, path, marks)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -44,6 +43,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from benchcommon import machine, update_results_md
 from rich.console import Console
 from torch import Tensor, nn
 
@@ -181,29 +181,6 @@ class Parts:
         return rec
 
 
-def machine() -> dict[str, Any]:
-    """Return a description of this machine for the results."""
-    cpu = platform.processor() or ""
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for ln in f:
-                if ln.startswith("model name"):
-                    cpu = ln.split(":", 1)[1].strip()
-                elif ln.startswith("flags") and not flags:
-                    flags = set(ln.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "bf16_native": bool(flags & {"avx512_bf16", "amx_bf16"}),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-    }
-
-
 def cpu_busy_fraction(seconds: float = 2.0) -> float | None:
     """Return the fraction of all CPUs busy over `seconds` (from /proc/stat), or None where unavailable."""
 
@@ -233,22 +210,6 @@ def wait_until_quiet(
         say(f"other processes keep {busy:.0%} of the CPU busy: waiting 30 s before timing")
         time.sleep(30)
         waited += 30
-
-
-def update_results_md(section: str, path: Path) -> None:
-    """Replace this benchmark's section of RESULTS.md (or append it), leaving the rest untouched."""
-    text = (
-        path.read_text()
-        if path.exists()
-        else "# Benchmark results\n\nEvery figure here was measured by the command shown with it.\n"
-    )
-    if MARK_START in text and MARK_END in text:
-        head, rest = text.split(MARK_START, 1)
-        tail = rest.split(MARK_END, 1)[1]
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    atomic_write_text(path, text)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -1409,7 +1370,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(results_root / f"{name}.json", json.dumps(doc, indent=2))
     section = markdown(doc)
     if not args.quick:
-        update_results_md(section, ROOT / "benchmarks" / "RESULTS.md")
+        update_results_md(section, ROOT / "benchmarks" / "RESULTS.md", (MARK_START, MARK_END))
     print(section)
     print(
         "ratios: "

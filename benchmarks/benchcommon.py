@@ -1,0 +1,52 @@
+"""What every benchmark script shares: the machine description and the marked sections of RESULTS.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdkit.checkpoint import atomic_write_text
+
+
+def machine() -> dict[str, Any]:
+    """Return a description of this machine for the results: cores, CPU model, bf16 support, versions."""
+    cpu = platform.processor() or ""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for ln in f:
+                if ln.startswith("model name"):
+                    cpu = ln.split(":", 1)[1].strip()
+                elif ln.startswith("flags") and not flags:
+                    flags = set(ln.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "bf16_native": bool(flags & {"avx512_bf16", "amx_bf16"}),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+
+
+def update_results_md(section: str, path: Path, marks: tuple[str, str]) -> None:
+    """Replace one benchmark's marked section of RESULTS.md (or append it), leaving the rest untouched."""
+    start, end = marks
+    text = (
+        path.read_text()
+        if path.exists()
+        else "# Benchmark results\n\nEvery figure here was measured by the command shown with it.\n"
+    )
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        tail = rest.split(end, 1)[1]
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    atomic_write_text(path, text)

@@ -1,0 +1,279 @@
+"""Distil, prune, quantize, export and time: what compression buys and costs, on MNIST and CIFAR-10.
+
+    python benchmarks/compress.py              # both tasks (resumable), table in benchmarks/RESULTS.md
+    python benchmarks/compress.py --quick      # a tiny MNIST version for the test suite (under a minute)
+
+Each task is an ordinary `kdkit run` of configs/compress/<task>.yaml: teacher, distilled student, then the
+config's `compress:` section (50% of the student's FLOPs pruned, the pruned student distilled again, int8
+ONNX Runtime QDQ, ONNX export and latency). An interrupted task resumes from its run directory; a finished
+task keeps its JSON in benchmarks/results/compress/<task>.json and is skipped when run again.
+
+Targets (issue #6), checked from the measured summary:
+- int8 at batch 64 at least 2x faster than fp32 of the same model (ONNX Runtime, same threads), losing at
+  most 1 accuracy point;
+- pruning 50% of FLOPs followed by distillation loses at most 1 point against the unpruned distilled student;
+- distilled + pruned + int8 student against the teacher: size and latency ratios and the accuracy gap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchcommon import machine, update_results_md
+
+from kdkit.checkpoint import atomic_write_text
+from kdkit.config import load_config
+from kdkit.console import make_console
+from kdkit.experiment import run_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = {
+    "mnist": ROOT / "configs" / "compress" / "mnist.yaml",
+    "cifar": ROOT / "configs" / "compress" / "cifar10.yaml",
+}
+# A teacher trained earlier with kdkit on the same data and recipe (benchmarks/speed.py trains it when missing).
+CIFAR_TEACHER = ROOT / "benchmarks" / "runs" / "speed" / "cifar" / "checkpoints" / "teacher"
+MARKS = ("<!-- compress:start -->", "<!-- compress:end -->")
+INT8_SPEEDUP, MAX_DROP = 2.0, 1.0
+QUICK = [
+    "data.train_limit=3000",
+    "data.val_size=500",
+    "teacher.train.epochs=1",
+    "student.train.epochs=1",
+    "compress.finetune.epochs=1",
+    "compress.latency_runs=3",
+    "compress.latency_warmup=1",
+    "compress.calibration_batches=2",
+    "compress.batch_sizes=[1,64]",
+    "compress.threads=[1]",
+]
+
+
+def _ms(rec: dict[str, Any], key: str) -> float | None:
+    return rec["latency_ms"].get(key)
+
+
+def derive(summary: dict[str, Any], batch: int = 64) -> dict[str, Any]:
+    """Return the issue's ratios and verdicts from a compress summary (every number comes from the summary)."""
+    m = summary["models"]
+    t, s, p, q = (m[k] for k in ("teacher", "student", "pruned_student", "int8_student"))
+    threads = summary["config"]["threads"]
+    pts = lambda a, b: round(100 * (a["accuracy"] - b["accuracy"]), 2)  # noqa: E731
+    speed = {
+        f"t{n}": {
+            "fp32_ms": _ms(p, f"ort_b{batch}_t{n}"),
+            "int8_ms": _ms(q, f"ort_b{batch}_t{n}"),
+            "eager_fp32_ms": _ms(p, f"eager_b{batch}_t{n}"),
+        }
+        for n in threads
+    }
+    for v in speed.values():
+        v["speedup"] = v["fp32_ms"] / v["int8_ms"] if v["fp32_ms"] and v["int8_ms"] else None
+        v["speedup_vs_eager"] = (
+            v["eager_fp32_ms"] / v["int8_ms"] if v["eager_fp32_ms"] and v["int8_ms"] else None
+        )
+    best = min((v["speedup"] for v in speed.values() if v["speedup"] is not None), default=None)
+    int8_drop = -pts(q, p)
+    prune_drop = -pts(p, s)
+    vs_teacher = {
+        "accuracy_gap_points": pts(t, q),
+        "params_ratio": t["params"] / q["params"],
+        "flops_ratio": t["flops"] / q["flops"],
+        "onnx_size_ratio": t["onnx_mb"] / q["onnx_mb"],
+        "latency_ratio": {
+            k: (_ms(t, k) / _ms(q, k)) if _ms(t, k) and _ms(q, k) else None
+            for k in sorted(q["latency_ms"])
+            if k.startswith("ort_")
+        },
+    }
+    return {
+        "batch": batch,
+        "int8": {
+            "speed": speed,
+            "min_speedup": best,
+            "accuracy_drop_points": int8_drop,
+            "met": best is not None and best >= INT8_SPEEDUP and int8_drop <= MAX_DROP,
+        },
+        "prune": {
+            "target": summary["prune"]["target"],
+            "achieved": summary["prune"]["achieved"],
+            "by": summary["prune"]["by"],
+            "accuracy_drop_points": prune_drop,
+            "met": prune_drop <= MAX_DROP
+            and summary["prune"]["achieved"] >= summary["prune"]["target"] - 0.02,
+        },
+        "final_vs_teacher": vs_teacher,
+    }
+
+
+def run_task(task: str, args: argparse.Namespace, runs_dir: Path, console: Any) -> dict[str, Any]:
+    """Run (or resume) one task's kdkit run with its compress section; return the result record."""
+    overrides = ["runtime.tensorboard=false", f"runtime.progress={str(args.progress).lower()}"]
+    teacher_note = "trained in this run (see the config)"
+    if task == "cifar" and args.cifar_teacher:
+        ckpt = Path(args.cifar_teacher)
+        overrides += [f"teacher.checkpoint={json.dumps(str(ckpt))}", "phases=[distill]"]
+        teacher_note = (
+            f"reused kdkit checkpoint {ckpt.relative_to(ROOT) if ckpt.is_relative_to(ROOT) else ckpt}"
+        )
+    if args.quick:
+        overrides += QUICK
+    cfg = load_config(TASKS[task], overrides)
+    run_dir = runs_dir / task
+    t0 = time.perf_counter()
+    resume = (run_dir / "config.yaml").exists()
+    summary = run_experiment(cfg, run_dir, resume=resume, console=console)
+    comp = summary.get("compress")
+    if comp is None:  # resumed after the run itself had finished: the compress step reads its output
+        comp = json.loads((run_dir / "compress" / "summary.json").read_text())
+    return {
+        "task": task,
+        "config": str(TASKS[task].relative_to(ROOT)),
+        "overrides": overrides,
+        "teacher": teacher_note,
+        "resumed": resume,
+        "wall_seconds": time.perf_counter() - t0,
+        "run": {k: summary[k] for k in ("precision", "threads", "models")},
+        "compress": comp,
+        "derived": derive(comp),
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _f(v: float | None, fmt: str = ".2f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """Return the RESULTS.md section."""
+    mach = doc["machine"]
+    lines = [
+        MARKS[0],
+        "## Compression: distilled student -> pruned -> int8, against the teacher",
+        "",
+        f"Command: `{doc['command']}`  ",
+        f"Machine: {mach['nproc']} cores, {mach['cpu']}, torch {mach['torch']}; date {doc['date']}",
+        "",
+        "Each task is `kdkit run configs/compress/<task>.yaml`: teacher, distilled student, then prune 50% of the "
+        "student's FLOPs with torch-pruning (narrower layers), distil the pruned student again from the teacher, "
+        "int8 static quantization with ONNX Runtime (QDQ, per-channel int8 weights, uint8 activations calibrated on "
+        "training batches). Latency: ONNX Runtime (ort) and PyTorch eager fp32, median ms per batch over the "
+        "config's runs after warm-up. Accuracy: the full test set; the int8 model's through ONNX Runtime.",
+        "",
+    ]
+    for t in doc["tasks"].values():
+        comp, d = t["compress"], t["derived"]
+        grid = [(b, n) for b in comp["config"]["batch_sizes"] for n in comp["config"]["threads"]]
+        cols = [f"ort_b{b}_t{n}" for b, n in grid] + [f"eager_b{b}_t{n}" for b, n in grid]
+        lines += [
+            f"### {t['task']}: {comp['name']} (teacher {t['teacher']}; run {t['wall_seconds'] / 60:.1f} min)",
+            "",
+            "| model | test acc | params | MFLOPs | ONNX MB | "
+            + " | ".join(c.replace("_", " ") + " ms" for c in cols)
+            + " |",
+            "|---|---|---|---|---|" + "---|" * len(cols),
+        ]
+        for rec in comp["models"].values():
+            lines.append(
+                f"| {rec['label']} | {100 * rec['accuracy']:.2f}% | {rec['params']:,} | {rec['flops'] / 1e6:.3g} | "
+                f"{rec['onnx_mb']:.3g} | "
+                + " | ".join(_f(rec["latency_ms"].get(c), ".3g") for c in cols)
+                + " |"
+            )
+        i8, pr, vt = d["int8"], d["prune"], d["final_vs_teacher"]
+        sp = "; ".join(
+            f"{k.replace('t', '', 1)} thread(s): fp32 {_f(v['fp32_ms'], '.3g')} ms, int8 {_f(v['int8_ms'], '.3g')} ms, "
+            f"**{_f(v['speedup'])}x** (vs PyTorch eager fp32 {_f(v['speedup_vs_eager'])}x)"
+            for k, v in i8["speed"].items()
+        )
+        lat = ", ".join(
+            f"{k.replace('ort_', '').replace('_', ' ')} {_f(v, '.1f')}x"
+            for k, v in vt["latency_ratio"].items()
+        )
+        lines += [
+            "",
+            f"- int8 vs fp32 of the same (pruned) model, ONNX Runtime, batch {d['batch']}: {sp}; accuracy "
+            f"{-i8['accuracy_drop_points']:+.2f} points. Target >= {INT8_SPEEDUP:.0f}x and <= {MAX_DROP:.0f} point: "
+            f"**{'met' if i8['met'] else 'not met'}**.",
+            f"- Pruning: {pr['achieved']:.1%} of the FLOPs removed (target {pr['target']:.0%}), then distillation: "
+            f"accuracy {-pr['accuracy_drop_points']:+.2f} points against the unpruned distilled student. Target "
+            f"<= {MAX_DROP:.0f} point: **{'met' if pr['met'] else 'not met'}**.",
+            f"- Distilled + pruned + int8 student against the teacher: {vt['params_ratio']:.1f}x fewer parameters, "
+            f"{vt['flops_ratio']:.1f}x fewer FLOPs, {vt['onnx_size_ratio']:.1f}x smaller ONNX file, ONNX Runtime "
+            f"latency {lat} faster; accuracy {-vt['accuracy_gap_points']:+.2f} points.",
+            "",
+        ]
+    lines.append(MARKS[1])
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny MNIST version into a temporary directory")
+    ap.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=None)
+    ap.add_argument("--cifar-teacher", default=None, help="reuse this kdkit teacher checkpoint for CIFAR-10")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--runs-dir", type=Path, default=ROOT / "benchmarks" / "runs" / "compress")
+    ap.add_argument("--no-progress", dest="progress", action="store_false")
+    args = ap.parse_args(argv)
+    args.tasks = args.tasks or (["mnist"] if args.quick else ["mnist", "cifar"])
+    if args.cifar_teacher is None and CIFAR_TEACHER.with_suffix(".safetensors").exists():
+        args.cifar_teacher = str(CIFAR_TEACHER)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = make_console()
+    t_start = time.perf_counter()
+    tmp = tempfile.TemporaryDirectory(prefix="kdkit-compress-") if args.quick else None
+    runs_dir = Path(tmp.name) if tmp else args.runs_dir
+    parts = args.out / ("compress_quick" if args.quick else "compress")
+    tasks: dict[str, Any] = {}
+    try:
+        for task in args.tasks:
+            path = parts / f"{task}.json"
+            if path.exists() and not args.quick:
+                console.print(f"[{task}] stored result {path}: skipped", markup=False, highlight=False)
+                tasks[task] = json.loads(path.read_text())
+                continue
+            tasks[task] = rec = run_task(task, args, runs_dir, console)
+            parts.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(rec, indent=2))
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    cmd = "python benchmarks/compress.py" + (" --quick" if args.quick else "")
+    doc = {
+        "command": f"KDKIT_DATA={os.environ.get('KDKIT_DATA', '../shared/data')} {cmd}",
+        "machine": machine(),
+        "date": dt.date.today().isoformat(),
+        "quick": args.quick,
+        "targets": {"int8_speedup_batch64": INT8_SPEEDUP, "max_accuracy_drop_points": MAX_DROP},
+        "tasks": tasks,
+        "invocation_minutes": (time.perf_counter() - t_start) / 60,
+    }
+    name = "compress_quick.json" if args.quick else "compress.json"
+    atomic_write_text(args.out / name, json.dumps(doc, indent=2))
+    if not args.quick:
+        update_results_md(markdown(doc), ROOT / "benchmarks" / "RESULTS.md", MARKS)
+    verdicts = [
+        f"{t}: int8 {_f(r['derived']['int8']['min_speedup'])}x ({'met' if r['derived']['int8']['met'] else 'not met'}), "
+        f"prune drop {r['derived']['prune']['accuracy_drop_points']:+.2f} pt "
+        f"({'met' if r['derived']['prune']['met'] else 'not met'})"
+        for t, r in tasks.items()
+    ]
+    print("; ".join(verdicts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
