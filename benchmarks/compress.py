@@ -114,6 +114,54 @@ def derive(summary: dict[str, Any], batch: int = 64) -> dict[str, Any]:
     }
 
 
+def paired_ratios(
+    onnx: dict[str, Path], sample_shape: list[int], batch: int, threads: list[int], rounds: int
+) -> dict[str, Any]:
+    """Time the ONNX models alternately, run by run, and return the median of each within-round ratio.
+
+    The pipeline's latency table times one model after another; on a shared CPU a load change between them
+    would bias their ratio. Here every round runs each model once, in turn, so all of them see the same load.
+    """
+    import numpy as np
+
+    from kdkit.compress.export import ort_session
+
+    x = np.random.default_rng(0).standard_normal((batch, *sample_shape)).astype(np.float32)
+    out: dict[str, Any] = {"batch": batch, "rounds": rounds}
+    for n in threads:
+        sessions = {k: ort_session(p, n) for k, p in onnx.items()}
+        feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
+        times: dict[str, list[float]] = {k: [] for k in sessions}
+        for r in range(rounds + 5):  # 5 untimed warm-up rounds
+            for k, sess in sessions.items():
+                t0 = time.perf_counter()
+                sess.run(None, feeds[k])
+                if r >= 5:
+                    times[k].append(time.perf_counter() - t0)
+        arr = {k: np.asarray(v) for k, v in times.items()}
+        ratio = lambda a, b, arr=arr: float(np.median(arr[a] / arr[b]))  # noqa: E731
+        out[f"t{n}"] = {
+            "median_ms": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
+            "int8_speedup": ratio("pruned_student", "int8_student"),
+            "teacher_over_int8": ratio("teacher", "int8_student"),
+            "student_over_int8": ratio("student", "int8_student"),
+        }
+    return out
+
+
+def measure_paired(comp: dict[str, Any], run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Return `paired_ratios` for the ONNX files of a finished compress step in run_dir/compress."""
+    cdir = run_dir / "compress"
+    onnx = {
+        "teacher": cdir / "teacher.onnx",
+        "student": cdir / "student.onnx",
+        "pruned_student": cdir / "pruned_student.onnx",
+        "int8_student": cdir / "pruned_student_int8.onnx",
+    }
+    rounds = 10 if args.quick else args.paired_rounds
+    return paired_ratios(onnx, comp["input"]["shape"][1:], 64, comp["config"]["threads"], rounds)
+
+
 def run_task(task: str, args: argparse.Namespace, runs_dir: Path, console: Any) -> dict[str, Any]:
     """Run (or resume) one task's kdkit run with its compress section; return the result record."""
     overrides = ["runtime.tensorboard=false", f"runtime.progress={str(args.progress).lower()}"]
@@ -134,6 +182,8 @@ def run_task(task: str, args: argparse.Namespace, runs_dir: Path, console: Any) 
     comp = summary.get("compress")
     if comp is None:  # resumed after the run itself had finished: the compress step reads its output
         comp = json.loads((run_dir / "compress" / "summary.json").read_text())
+    derived = derive(comp)
+    derived["paired"] = measure_paired(comp, run_dir, args)
     return {
         "task": task,
         "config": str(TASKS[task].relative_to(ROOT)),
@@ -143,7 +193,7 @@ def run_task(task: str, args: argparse.Namespace, runs_dir: Path, console: Any) 
         "wall_seconds": time.perf_counter() - t0,
         "run": {k: summary[k] for k in ("precision", "threads", "models")},
         "compress": comp,
-        "derived": derive(comp),
+        "derived": derived,
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -203,6 +253,15 @@ def markdown(doc: dict[str, Any]) -> str:
             f"- int8 vs fp32 of the same (pruned) model, ONNX Runtime, batch {d['batch']}: {sp}; accuracy "
             f"{-i8['accuracy_drop_points']:+.2f} points. Target >= {INT8_SPEEDUP:.0f}x and <= {MAX_DROP:.0f} point: "
             f"**{'met' if i8['met'] else 'not met'}**.",
+            "- The same ratios timed alternately, run by run (" + f"{d['paired']['rounds']} rounds, batch "
+            f"{d['paired']['batch']}, median of within-round ratios, robust to a changing load): "
+            + "; ".join(
+                f"{k[1:]} thread(s): int8 speed-up {v['int8_speedup']:.2f}x, teacher/final "
+                f"{v['teacher_over_int8']:.1f}x, unpruned student/final {v['student_over_int8']:.1f}x"
+                for k, v in d["paired"].items()
+                if k.startswith("t")
+            )
+            + ".",
             f"- Pruning: {pr['achieved']:.1%} of the FLOPs removed (target {pr['target']:.0%}), then distillation: "
             f"accuracy {-pr['accuracy_drop_points']:+.2f} points against the unpruned distilled student. Target "
             f"<= {MAX_DROP:.0f} point: **{'met' if pr['met'] else 'not met'}**.",
@@ -222,6 +281,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--cifar-teacher", default=None, help="reuse this kdkit teacher checkpoint for CIFAR-10")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--runs-dir", type=Path, default=ROOT / "benchmarks" / "runs" / "compress")
+    ap.add_argument("--paired-rounds", type=int, default=100, help="alternating ONNX Runtime runs per model")
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     args = ap.parse_args(argv)
     args.tasks = args.tasks or (["mnist"] if args.quick else ["mnist", "cifar"])
@@ -243,7 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             path = parts / f"{task}.json"
             if path.exists() and not args.quick:
                 console.print(f"[{task}] stored result {path}: skipped", markup=False, highlight=False)
-                tasks[task] = json.loads(path.read_text())
+                tasks[task] = rec = json.loads(path.read_text())
+                if "paired" not in rec["derived"]:  # stored by an older version: time the stored ONNX files
+                    rec["derived"]["paired"] = measure_paired(rec["compress"], args.runs_dir / task, args)
+                    atomic_write_text(path, json.dumps(rec, indent=2))
                 continue
             tasks[task] = rec = run_task(task, args, runs_dir, console)
             parts.mkdir(parents=True, exist_ok=True)

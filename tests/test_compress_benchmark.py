@@ -36,6 +36,9 @@ def test_quick_compress_benchmark_records_models_and_verdicts(tmp_path, data_roo
     assert models["pruned_student"]["flops"] < 0.6 * models["student"]["flops"]
     sp = d["int8"]["speed"]["t1"]
     assert sp["speedup"] == sp["fp32_ms"] / sp["int8_ms"] > 0
+    paired = d["paired"]["t1"]
+    assert set(paired["median_ms"]) == set(models) and all(v > 0 for v in paired["median_ms"].values())
+    assert paired["int8_speedup"] > 0 and paired["teacher_over_int8"] > 0
     assert (
         d["final_vs_teacher"]["params_ratio"]
         == models["teacher"]["params"] / models["int8_student"]["params"]
