@@ -405,3 +405,39 @@ def test_takd_trains_the_assistant_from_the_teacher_and_the_student_from_the_ass
     assert models["assistant"]["taught_by"] == "teacher" and models["student_kd"]["taught_by"] == "assistant"
     assert models["teacher"]["params"] > models["assistant"]["params"] > models["student_kd"]["params"]
     assert all(rec["accuracy"] > 0.85 for rec in models.values())
+
+
+def test_cohort_phase_resumes_mid_epoch_bit_identical(tmp_path, data_root, monkeypatch):
+    """A mutual-learning phase killed between checkpoints continues from its newest state to the same peers."""
+    sections = {
+        "phases": ["distill"],
+        "strategy": {"kind": "mutual", "num_peers": 3},
+        "distill": {"loss": "kd", "temperature": 1.0, "alpha": 1.0, "beta": 1.0},
+        "runtime": {**BASE["runtime"], "checkpoint_every_steps": 7},
+    }
+    cfg = _cfg(tmp_path, data_root, **sections)
+    reference = run_experiment(cfg, tmp_path / "ref")
+
+    class Killed(Exception):
+        pass
+
+    hits = {"n": 0}
+
+    def hit(point):
+        if point == "step":
+            hits["n"] += 1
+            if hits["n"] == 95:  # epoch 2 of 3 (60 steps each), 4 steps after the state of step 91
+                raise Killed
+
+    monkeypatch.setattr("kdkit.engine.faults.hit", hit)
+    with pytest.raises(Killed):
+        run_experiment(cfg, tmp_path / "run")
+    states = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("mutual-state-*.json"))
+    assert states[-1] == "mutual-state-000000091.json"
+    monkeypatch.setattr("kdkit.engine.faults.hit", lambda point: None)
+    resumed = run_experiment(cfg, tmp_path / "run", resume=True)
+    for p in ("peer_1", "peer_2", "peer_3"):
+        assert resumed["models"][p]["errors"] == reference["models"][p]["errors"]
+        a = _state(load_model(tmp_path / "ref" / "checkpoints" / p)[0])
+        b = _state(load_model(tmp_path / "run" / "checkpoints" / p)[0])
+        assert _same(a, b), p
