@@ -30,7 +30,7 @@ from rich.console import Console
 from kdkit.config import build_config
 from kdkit.experiment import run_experiment
 
-EPOCHS = 8  # every model of every row trains this many epochs (quick: 3)
+EPOCHS = 12  # every model of every row trains this many epochs (quick: 3)
 TEACHER = {"name": "mlp", "hidden": [256, 256]}
 STUDENT = {"name": "mlp", "hidden": [32]}
 # Hinton et al.'s response KD for offline, joint, born-again and TAKD; DML's own recipe for mutual learning.
