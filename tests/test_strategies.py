@@ -2,6 +2,9 @@
 
 import copy
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -441,3 +444,61 @@ def test_cohort_phase_resumes_mid_epoch_bit_identical(tmp_path, data_root, monke
         a = _state(load_model(tmp_path / "ref" / "checkpoints" / p)[0])
         b = _state(load_model(tmp_path / "run" / "checkpoints" / p)[0])
         assert _same(a, b), p
+
+
+def test_joint_training_under_two_ranks_matches_one_process(tmp_path, data_root):
+    """The cohort trains inside DDP like any student: 2 gloo ranks give the 1-process result."""
+    raw = copy.deepcopy(BASE)
+    raw["data"]["root"] = str(data_root)
+    raw.update(phases=["distill"], strategy={"kind": "joint"})
+    raw["runtime"]["threads"] = 1
+    raw["student"]["train"].update(lr=0.05, schedule="cosine")  # a settled end: rank count only reorders sums
+    cfg = tmp_path / "joint.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KDKIT_FAULT")},
+        "MASTER_ADDR": "127.0.0.1",
+        "GLOO_SOCKET_IFNAME": "lo",
+    }
+    models = {}
+    for n in (1, 2):
+        cmd = [
+            sys.executable,
+            "-m",
+            "kdkit",
+            "run",
+            str(cfg),
+            "--run-dir",
+            str(tmp_path / f"n{n}"),
+            "--nproc",
+            str(n),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        models[n] = json.loads((tmp_path / f"n{n}" / "summary.json").read_text())["models"]
+    epochs = {}
+    for n in (1, 2):
+        recs = [json.loads(x) for x in (tmp_path / f"n{n}" / "metrics.jsonl").read_text().splitlines()]
+        epochs[n] = [r for r in recs if r["phase"] == "joint" and "val_accuracy.teacher" in r]
+    assert len(epochs[1]) == len(epochs[2]) == 3
+    for a, b in zip(epochs[1], epochs[2]):
+        for key in ("loss", "loss.teacher_ce", "loss.kd", "loss.ce"):
+            assert abs(a[key] - b[key]) <= 0.02 * a[key] + 1e-3, (key, a[key], b[key])
+    assert set(models[1]) == set(models[2]) == {"teacher_joint", "student_kd"}
+    for role in ("teacher_joint", "student_kd"):
+        one, two = models[1][role], models[2][role]
+        assert one["steps"] == two["steps"] == 3 * 60
+        assert abs(one["accuracy"] - two["accuracy"]) <= 0.006, (role, one["accuracy"], two["accuracy"])
+        assert two["test_size"] == 10000 and sum(two["errors_per_class"]) == two["errors"]
+
+
+def test_resume_reads_a_run_saved_before_the_strategy_section_as_offline(tmp_path, data_root):
+    from kdkit.experiment import check_resumable
+
+    cfg = _cfg(tmp_path, data_root)
+    saved = yaml.safe_load(cfg.to_yaml())
+    del saved["strategy"]  # a run directory written by kdkit before strategies existed
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    check_resumable(tmp_path, cfg)
+    with pytest.raises(ConfigError, match=r"section\(s\) \['strategy'\]"):
+        check_resumable(tmp_path, _cfg(tmp_path, data_root, strategy={"kind": "joint"}))
