@@ -253,7 +253,8 @@ def run_joint(runner: _PhaseRunner, teacher: nn.Module | None, *, seed: int) -> 
     """Train teacher and student together (phase `joint`; roles `teacher_joint` and `student_kd`).
 
     The teacher starts from the trained teacher when there is one (teacher phase or checkpoint), else from
-    the initial weights the teacher phase would use; the student starts like the scratch student.
+    the initial weights the teacher phase would use; the student starts like the scratch student. Both
+    train with distill.train, else student.train (one optimizer over both).
     """
     cfg, s = runner.cfg, runner.cfg.strategy
     tcfg = cfg.distill_train()
@@ -292,7 +293,7 @@ def run_mutual(runner: _PhaseRunner, *, seed: int) -> dict[str, nn.Module]:
     """Train the peers by deep mutual learning (phase `mutual`; roles `peer_1` ... `peer_K`).
 
     Peer k starts from the weights of seed `seed + k - 1` (peer 1 like the scratch student); all peers see
-    the same batches.
+    the same batches; they train with distill.train, else student.train.
     """
     cfg, s = runner.cfg, runner.cfg.strategy
     tcfg = cfg.distill_train()
