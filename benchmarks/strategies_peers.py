@@ -50,7 +50,9 @@ def _train(quick: bool) -> dict[str, Any]:
 
 
 def _config(args: argparse.Namespace, name: str, **sections: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {"dataset": "mnist", "root": str(args.data_root), "val_size": 0}
+    data: dict[str, Any] = {"dataset": "mnist", "val_size": 0}
+    if getattr(args, "data_root", None):  # else kdkit's default ($KDKIT_DATA)
+        data["root"] = str(args.data_root)
     if args.quick:
         data["train_limit"] = 3000
     raw: dict[str, Any] = {
