@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from kdkit import distributed, faults
 from kdkit.checkpoint import prefixed, unprefixed
+from kdkit.cohort import Cohort
 from kdkit.config import TrainConfig
 from kdkit.console import make_console
 from kdkit.data.loader import InMemoryLoader
@@ -251,7 +252,13 @@ class Engine:
         With a checkpoint policy the training state is written every `every_steps` steps and at each epoch
         end; with `resume` the phase continues from its newest state, bit for bit as if never stopped.
         """
-        if objective.needs_teacher and teacher is None and "teacher.logits" not in loader.extras:
+        provided = model.provides() if isinstance(model, Cohort) else set()
+        if (
+            objective.needs_teacher
+            and teacher is None
+            and "teacher.logits" not in loader.extras
+            and "teacher.logits" not in provided
+        ):
             raise KdkitError(f"phase {phase!r}: the objective reads teacher outputs but no teacher was given")
         dev = self.runtime.device
         model = self.prepare(model)
@@ -384,6 +391,8 @@ class Engine:
                                 logits = train_model(x)
                             compiled_ok = True
                         tensors = {"student.logits": logits, "labels": y, "index": batch.index.to(dev)}
+                        if isinstance(model, Cohort):
+                            tensors.update(model.step_tensors())  # every member's logits (joint, mutual)
                         if s_tap is not None:
                             tensors.update({f"student:{k}": v for k, v in s_tap.outputs.items()})
                         if "teacher.logits" in batch.extras:
@@ -488,6 +497,10 @@ class Engine:
                     val_result = self.evaluate(model, val_loader)
                     rec["val_accuracy"] = val_result.accuracy
                     rec["val_loss"] = val_result.loss
+                    if isinstance(model, Cohort):  # every trained member, not only the primary
+                        for name, member in model.members.items():
+                            acc = val_result if name == model.primary else self.evaluate(member, val_loader)
+                            rec[f"val_accuracy.{name}"] = acc.accuracy
                 rec["elapsed_seconds"] = seconds_before + time.perf_counter() - t0
                 history.append(rec)
                 self.logger.log(phase, step, **rec)
@@ -495,6 +508,11 @@ class Engine:
                 if checkpoint:
                     save(epoch + 1, 0, None)
                 val_txt = f"  val acc {rec['val_accuracy']:.4f}" if "val_accuracy" in rec else ""
+                val_txt += "".join(
+                    f"  {k[len('val_accuracy.') :]} {v:.4f}"
+                    for k, v in rec.items()
+                    if k.startswith("val_accuracy.")
+                )
                 self.console.print(
                     f"[{phase}] epoch {epoch + 1}/{cfg.epochs}  loss {rec['loss']:.4f}  "
                     f"train acc {rec['train_accuracy']:.4f}{val_txt}  ({rec['elapsed_seconds']:.1f}s)",

@@ -43,6 +43,8 @@ ROLE_LABELS = {
     "teacher": "teacher",
     "student_scratch": "student (scratch)",
     "student_kd": "student (distilled)",
+    "teacher_joint": "teacher (joint)",
+    "assistant": "assistant (TAKD)",
 }
 
 
@@ -289,6 +291,11 @@ def check_resumable(run_dir: Path, cfg: ExperimentConfig) -> None:
         raise RunDirError(f"nothing to resume in {str(run_dir)!r}: it holds no kdkit run (no config.yaml)")
     saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
     now = cfg.model_dump(mode="json")
+    # A section kdkit gained after the run started (e.g. strategy) counts as its default there.
+    for key, f in ExperimentConfig.model_fields.items():
+        if key not in saved and not f.is_required():
+            default = f.get_default(call_default_factory=True)
+            saved[key] = default.model_dump(mode="json") if hasattr(default, "model_dump") else default
     # Runtime settings (progress bars, logging, checkpoint cadence) may change on resume; the experiment may not.
     diffs = sorted(k for k in set(saved) | set(now) if k != "runtime" and saved.get(k) != now.get(k))
     if diffs:
@@ -311,8 +318,16 @@ def run_experiment(
     With `resume`, phases that finished are loaded from their checkpoints and the interrupted one continues
     from its newest training state.
     """
+    from kdkit.strategies import check_strategy, needs_trained_teacher, run_strategy  # builds on this module
+
     console = console or make_console()
-    if "distill" in cfg.phases and "teacher" not in cfg.phases and not cfg.teacher.checkpoint:
+    check_strategy(cfg)
+    if (
+        "distill" in cfg.phases
+        and needs_trained_teacher(cfg)
+        and "teacher" not in cfg.phases
+        and not cfg.teacher.checkpoint
+    ):
         raise ConfigError(
             "phases: 'distill' needs a teacher: add 'teacher' to phases or set teacher.checkpoint"
         )
@@ -379,8 +394,7 @@ def run_experiment(
                 seed=student_seed,
             )
         if "distill" in cfg.phases:
-            assert teacher is not None
-            runner.distill(teacher, seed=student_seed)
+            run_strategy(runner, teacher, seed=student_seed)  # offline: runner.distill(teacher)
 
         summary = {
             "name": cfg.name,
@@ -525,11 +539,24 @@ class _PhaseRunner:
         self.finish(role, fit.model, spec, fit, **extra)
         return fit.model
 
-    def distill(self, teacher: nn.Module, *, seed: int) -> nn.Module:
-        """Distill the student from the teacher: response objective, class omission, bias adjustment."""
-        if (done := self.finished("student_kd")) is not None:
+    def distill(
+        self,
+        teacher: nn.Module,
+        *,
+        seed: int,
+        role: str = "student_kd",
+        spec: ModelSpec | None = None,
+        field: str = "student.model",
+        tcfg: TrainConfig | None = None,
+        record: dict[str, Any] | None = None,
+    ) -> nn.Module:
+        """Distill a model (default: the student) from a teacher: response objective, class omission, bias.
+
+        Strategies distill other models the same way (born-again generations, a teaching assistant).
+        """
+        if (done := self.finished(role)) is not None:
             return done
-        d, dcfg = self.cfg.distill, self.cfg.distill_train()
+        d, dcfg = self.cfg.distill, tcfg or self.cfg.distill_train()
         transfer = (
             kdata.omit_classes(self.bundle.train, d.omit_classes) if d.omit_classes else self.bundle.train
         )
@@ -600,9 +627,9 @@ class _PhaseRunner:
                 d.loss, d.alpha, d.beta, d.temperature, d.mix, dcfg.label_smoothing
             )
         return self.train(
-            "student_kd",
-            self.cfg.student.model,
-            "student.model",
+            role,
+            spec or self.cfg.student.model,
+            field,
             objective,
             dcfg,
             transfer,
@@ -616,6 +643,7 @@ class _PhaseRunner:
                 "transfer_size": len(transfer),
                 "omitted_classes": list(d.omit_classes),
                 "teacher_outputs": mode,
+                **(record or {}),
             },
         )
 
