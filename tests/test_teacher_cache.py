@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 import yaml
+from torch import nn
 
 from kdkit.cli import main
 from kdkit.config import build_config
@@ -182,3 +183,16 @@ def test_run_with_cached_teacher_and_the_cache_command(tmp_path, monkeypatch, ca
 def _write(path, doc):
     path.write_text(yaml.safe_dump(doc))
     return path
+
+
+def test_key_covers_batchnorm_teachers_including_their_scalar_buffers():
+    # A conv teacher with BatchNorm carries a 0-dim `num_batches_tracked` buffer; the key must hash it too.
+    images, labels, _, _ = _setup()
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(10))
+    conv(torch.zeros(2, *images.shape[1:]))
+    spec = CacheSpec(draws=2)
+    base = cache_key(conv, images, labels, AUG, spec, 0, "fp32", ([0.5], [0.25]))
+    assert cache_key(conv, images, labels, AUG, spec, 0, "fp32", ([0.5], [0.25])) == base
+    conv[1].num_batches_tracked += 1
+    assert cache_key(conv, images, labels, AUG, spec, 0, "fp32", ([0.5], [0.25])) != base

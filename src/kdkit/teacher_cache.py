@@ -46,7 +46,8 @@ class CacheSpec:
 
 def _hash_tensor(h: Any, t: Tensor) -> None:
     h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-    h.update(t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    # reshape(-1): 0-dim tensors (BatchNorm's num_batches_tracked) cannot be viewed as bytes directly.
+    h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def cache_key(
