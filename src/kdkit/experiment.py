@@ -376,12 +376,12 @@ def run_experiment(
             teacher = runner.load_teacher(cfg.teacher.checkpoint)
             if distilling:
                 smoothing = strategies.checkpoint_label_smoothing(cfg.teacher.checkpoint)
-                strategies.warn_label_smoothing("the teacher (teacher.checkpoint)", smoothing, console)
+                strategies.warn_label_smoothing("the teacher (teacher.checkpoint)", smoothing)
         elif "teacher" in cfg.phases:
             tcfg = cfg.teacher.train
             assert cfg.teacher.model is not None
             if distilling:
-                strategies.warn_label_smoothing("the teacher (teacher.train)", tcfg.label_smoothing, console)
+                strategies.warn_label_smoothing("the teacher (teacher.train)", tcfg.label_smoothing)
             teacher = runner.train(
                 "teacher",
                 cfg.teacher.model,

@@ -50,14 +50,12 @@ SMOOTHING_REASON = (
 )
 
 
-def warn_label_smoothing(where: str, value: float | None, console: Any = None) -> bool:
+def warn_label_smoothing(where: str, value: float | None) -> bool:
     """Warn (not fail) when a teacher was trained with label smoothing; return True when it warned."""
     if not value:
         return False
     msg = f"{where} was trained with label smoothing {value:g}: {SMOOTHING_REASON}"
     warnings.warn(msg, TeacherLabelSmoothingWarning, stacklevel=2)
-    if console is not None:
-        console.print(f"warning: {msg}", highlight=False, markup=False)
     return True
 
 
@@ -212,7 +210,7 @@ def build_ensemble(runner: _PhaseRunner, seed: int) -> EnsembleTeacher:
                 f"teacher.ensemble[{i}] has no checkpoint and 'teacher' is not in phases: nothing to load or train"
             )
         if distilling:
-            warn_label_smoothing(f"teacher.ensemble[{i}]", smoothing, runner.engine.console)
+            warn_label_smoothing(f"teacher.ensemble[{i}]", smoothing)
         members.append(model)
     e = cfg.distill.ensemble or EnsembleConfig()
     val_acc = [runner.records[f"teacher_{i}"]["val_accuracy"] for i in range(len(members))]
