@@ -10,7 +10,8 @@ Rows come from modules beside this file, each defining ``ROWS: dict[str, Callabl
 
     row(args: argparse.Namespace, workdir: Path) -> dict
 
-``args`` carries ``quick`` (bool: tiny form for the test suite), ``seed`` (int) and ``progress`` (bool);
+``args`` carries ``quick`` (bool: tiny form for the test suite), ``seed`` (int), ``progress`` (bool) and
+``threads`` (int or None: set ``runtime.threads`` of the row's runs to it when given);
 ``workdir`` is an empty-or-reused directory of the row's own kdkit runs (a row may reuse finished runs there).
 It returns at least::
 
@@ -24,7 +25,8 @@ It returns at least::
 Each finished row is written to ``benchmarks/results/strategies/<row>.json`` (with the command, machine, date
 and the row's wall time) and skipped when the benchmark runs again; the aggregate goes to
 ``benchmarks/results/strategies.json`` and the ``strategies`` section of ``benchmarks/RESULTS.md``.
-``--quick`` writes into a temporary directory (unless ``--out`` is given) and never touches RESULTS.md.
+``--quick`` writes into a temporary directory (unless ``--out`` is given); RESULTS.md is updated only by a
+full run into the default results directory.
 """
 
 from __future__ import annotations
@@ -154,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         "--workdir", type=Path, default=None, help="kdkit runs (default benchmarks/runs/strategies)"
     )
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of every run (default: kdkit's); 1 avoids the slowdown of 2 threads on busy cores",
+    )
     args = ap.parse_args(argv)
     args.progress = not args.no_progress
 
@@ -169,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/strategies.py" + (" --quick" if args.quick else "")
     command += (" --only " + " ".join(args.only)) if args.only else ""
     command += f" --seed {args.seed}" if args.seed else ""
+    command += f" --threads {args.threads}" if args.threads else ""
 
     results = {name: run_row(name, fn, args, out, work, command) for name, fn in selected.items()}
     # The aggregate holds every finished row, also those of earlier invocations (--only).
@@ -179,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     name = "strategies_quick" if args.quick else "strategies"
     atomic_write_text(results_root / f"{name}.json", json.dumps(doc, indent=2))
     section = markdown(ordered)
-    if not args.quick:
+    if not args.quick and args.out is None:  # RESULTS.md reports the repository's own results only
         update_results_md(section, ROOT / "benchmarks" / "RESULTS.md", MARKS)
     print(section)
     print(f"results: {results_root / f'{name}.json'}")

@@ -36,6 +36,8 @@ def _run(work: Path, name: str, raw: dict[str, Any], args: argparse.Namespace) -
     raw = copy.deepcopy(raw)
     raw["seed"] = args.seed
     raw["runtime"] = {**RUNTIME, "progress": bool(args.progress)}
+    if getattr(args, "threads", None):
+        raw["runtime"]["threads"] = args.threads
     return run_experiment(build_config(raw, source=name), run_dir, overwrite=True, console=make_console())
 
 
@@ -55,13 +57,13 @@ def ensemble(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Three MLP teachers; the student from the best one vs from the ensemble (average, random, relabel)."""
     q = args.quick
     data = {"dataset": "mnist", "val_size": 500 if q else 5000, "train_limit": 3000 if q else 15000}
-    tt = {"epochs": 1 if q else 10, "batch_size": 128, "lr": 0.05, "augment": {"jitter": 1}}
+    tt = {"epochs": 1 if q else 20, "batch_size": 128, "lr": 0.05, "augment": {"jitter": 1}}
     members = [
         {"model": {"name": "mlp", "hidden": [512, 512], "dropout": 0.2}, "train": tt},
         {"model": {"name": "mlp", "hidden": [1024], "dropout": 0.2}, "train": tt},
         {"model": {"name": "mlp", "hidden": [256, 256, 256], "dropout": 0.2}, "train": tt},
     ]
-    epochs = 6 if q else 12  # divisible by 6: the relabelled set (3 teachers x 2 views) gets epochs / 6
+    epochs = 6 if q else 24  # divisible by 6: the relabelled set (3 teachers x 2 views) gets epochs / 6
     student = {"model": {"name": "mlp", "hidden": [64]}, "train": {"epochs": epochs, "lr": 0.05}}
     base = {
         "name": "ensemble",
@@ -145,7 +147,7 @@ def semi_supervised(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     data: dict[str, Any] = {"dataset": "mnist", "val_size": 0, "labeled_count": labeled}
     if q:
         data["train_limit"] = n_train
-    epochs = 1 if q else 3
+    epochs = 1 if q else 5
     base_epochs = epochs * n_train // labeled  # the labeled-only student sees as many samples
     noisy = {"name": "mlp", "hidden": [256, 256], "dropout": 0.2}
     st = {"epochs": epochs, "batch_size": 128, "lr": 0.05, "augment": {"jitter": 2}}
@@ -203,7 +205,7 @@ def semi_supervised(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "teachers": [_entry(f"teacher mlp [512, 512] on the {labeled:,} labeled images", teacher)],
         "budget": f"student mlp [256, 256] with dropout 0.2 and 2-pixel jitter; {epochs} epochs over the "
         f"{n_train:,} training images (labeled-only baseline: {base_epochs} epochs over the {labeled:,}, "
-        "the same number of samples); no validation set (no labels beyond the 1,000)",
+        f"the same number of samples); no validation set (no labels beyond the {labeled:,})",
         "notes": f"Teacher trained on the {labeled:,} labeled images: {teacher['errors']} test errors.",
     }
 

@@ -8,15 +8,18 @@ import pytest
 import torch
 
 from kdkit import data as kdata
+from kdkit import faults
 from kdkit.checkpoint import save_checkpoint
 from kdkit.config import UnlabeledConfig, build_config
 from kdkit.data.loader import Augment, apply_params, augment_draws
+from kdkit.engine import RunInterrupted
 from kdkit.ensemble import EnsembleTeacher, normalized_weights
 from kdkit.errors import ConfigError, DataError, ModelError
 from kdkit.experiment import load_model, run_experiment
 from kdkit.losses import kd, soft_target_kd
 from kdkit.losses.objective import Objective
 from kdkit.models import create
+from kdkit.signals import STOP
 from kdkit.transfer import (
     TeacherLabelSmoothingWarning,
     checkpoint_label_smoothing,
@@ -135,16 +138,22 @@ def test_mismatched_class_counts_are_a_clear_error(tmp_path, data_root):
         run_experiment(cfg, tmp_path / "run", console=None)
 
 
-def test_relabel_adds_augmented_copies_labelled_by_each_teacher(tmp_path, data_root):
-    # Train the 3 members once, then distill with each ensemble mode from their checkpoints.
+@pytest.fixture(scope="module")
+def trained_members(tmp_path_factory, data_root):
+    """Train the 3 members once (weights from validation accuracy); return (summary, checkpoint paths)."""
+    run = tmp_path_factory.mktemp("members") / "t"
     teachers = run_experiment(
-        build_config(SMALL, ["phases=[teacher]", "distill.ensemble.weights=val_accuracy"]), tmp_path / "t"
+        build_config(SMALL, ["phases=[teacher]", "distill.ensemble.weights=val_accuracy"]), run
     )
+    return teachers, [str(run / "checkpoints" / f"teacher_{i}") for i in range(3)]
+
+
+def test_relabel_adds_augmented_copies_labelled_by_each_teacher(tmp_path, trained_members):
+    teachers, ckpts = trained_members
     recs = teachers["models"]
     val = [recs[f"teacher_{i}"]["val_accuracy"] for i in range(3)]
     assert recs["teacher"]["ensemble"]["weights"] == pytest.approx([v / sum(val) for v in val], abs=1e-6)
     assert recs["teacher"]["accuracy"] > 0.8
-    ckpts = [str(tmp_path / "t" / "checkpoints" / f"teacher_{i}") for i in range(3)]
     loaded = {**SMALL, "teacher": {"ensemble": ckpts}}
 
     rel = run_experiment(
@@ -190,6 +199,33 @@ def test_relabel_adds_augmented_copies_labelled_by_each_teacher(tmp_path, data_r
     assert rnd["teacher_outputs"] == "online"
     avg = run_experiment(build_config(loaded, ["phases=[distill]"]), tmp_path / "avg")["models"]
     assert avg["student_kd"]["teacher_outputs"] == "precompute" and avg["student_kd"]["accuracy"] > 0.5
+
+
+def test_random_mode_resumes_with_the_same_teacher_draws(tmp_path, trained_members, monkeypatch):
+    _, ckpts = trained_members
+    cfg = build_config(
+        {**SMALL, "teacher": {"ensemble": ckpts}},
+        ["phases=[distill]", "distill.ensemble.mode=random", "student.train.epochs=2"],
+    )
+    whole = run_experiment(cfg, tmp_path / "whole")["models"]["student_kd"]
+    # Stop after step 27 (mid-epoch 2: the epoch and batch positions matter), then resume.
+    hits = {"n": 0}
+
+    def stop_at_27(point):
+        hits["n"] += point == "step"
+        if hits["n"] == 27:
+            STOP.signum = 15
+
+    monkeypatch.setattr(faults, "hit", stop_at_27)
+    with pytest.raises(RunInterrupted):
+        run_experiment(cfg, tmp_path / "cut")
+    STOP.clear()
+    monkeypatch.undo()
+    resumed = run_experiment(cfg, tmp_path / "cut", resume=True)["models"]["student_kd"]
+    assert resumed["errors"] == whole["errors"] and resumed["steps"] == whole["steps"] == 40
+    a = load_model(tmp_path / "whole" / "checkpoints" / "student_kd")[0].state_dict()
+    b = load_model(tmp_path / "cut" / "checkpoints" / "student_kd")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ---------------------------------------------------------------------------------------- unlabeled data
