@@ -378,6 +378,7 @@ def test_teacher_trained_with_label_smoothing_warns_with_the_reason(tmp_path, da
         (["data.labeled_fraction=0.1", "data.labeled_count=10"], None, "not both"),
         (["data.labeled_fraction=1.5"], None, "data.labeled_fraction"),
         (["data.labeled_count=100", "distill.ensemble.mode=random"], None, "cannot do that"),
+        (["data.labeled_count=100", "distill.alpha=0"], None, "through the teacher term only"),
         (
             ["distill.ensemble.mode=random"],
             {"model": {"name": "mlp"}},

@@ -387,6 +387,12 @@ class ExperimentConfig(_Strict):
         if d.unlabeled is not None and not self.data.semi_supervised:
             raise ValueError("distill.unlabeled needs data.labeled_fraction or data.labeled_count")
         if self.data.semi_supervised:
+            soft = d.unlabeled is None or d.unlabeled.targets == "soft"
+            if soft and not d.terms and d.alpha == 0:
+                raise ValueError(
+                    "distill.unlabeled.targets 'soft' teaches unlabeled images through the teacher term only, "
+                    "but distill.alpha is 0; set alpha > 0 or use targets: hard"
+                )
             if d.omit_classes:
                 raise ValueError(
                     "distill.omit_classes cannot be combined with data.labeled_* (unlabeled data)"
