@@ -225,7 +225,7 @@ def build_ensemble(runner: _PhaseRunner, seed: int) -> EnsembleTeacher:
     )
     ens = runner.engine.prepare(ens)
     # The ensemble's own accuracy: the weighted mean of the members' probabilities (T = 1).
-    judge = ens.averaged(1.0)
+    judge = runner.engine.prepare(ens.averaged(1.0))
     val = runner.engine.evaluate(judge, runner.val_loader, runner.bundle.num_classes)
     test = runner.engine.evaluate(judge, runner.test_loader, runner.bundle.num_classes)
     rec = _eval_record(judge, None, val, test)
