@@ -124,6 +124,20 @@ def test_strategy_config_validates_options_per_kind(tmp_path, data_root):
     )
     with pytest.raises(ConfigError, match=r"teacher_ce_weight.*without any gradient"):
         check_strategy(idle)
+    # Ensembles and unlabeled transfer sets (kdkit.transfer) are offline strategies.
+    members = [{"model": {"name": "mlp", "hidden": [16]}}, {"model": {"name": "mlp", "hidden": [8]}}]
+    ens = _cfg(tmp_path, data_root, strategy={"kind": "born_again"}, teacher={"ensemble": members})
+    with pytest.raises(ConfigError, match=r"teacher.ensemble: strategy.kind 'born_again'"):
+        check_strategy(ens)
+    semi = _cfg(
+        tmp_path,
+        data_root,
+        strategy={"kind": "mutual"},
+        data={"dataset": "mnist-small", "labeled_count": 100},
+    )
+    with pytest.raises(ConfigError, match=r"data.labeled_fraction / data.labeled_count: .*'mutual'"):
+        check_strategy(semi)
+    check_strategy(_cfg(tmp_path, data_root, teacher={"ensemble": members}))  # offline: fine
     # A resolved config (every default written out) loads again for every kind: run dirs stay readable.
     for strategy in (
         {"kind": "offline"},

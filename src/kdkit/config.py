@@ -86,6 +86,23 @@ class DataConfig(_Strict):
     train_limit: int | None = Field(
         None, ge=1, description="use only the first N training images (smoke runs)"
     )
+    labeled_fraction: float | None = Field(
+        None, gt=0, lt=1, description="keep the labels of only this fraction of the training set (stratified)"
+    )
+    labeled_count: int | None = Field(
+        None, ge=1, description="keep the labels of only this many training images; the rest is unlabeled"
+    )
+
+    @model_validator(mode="after")
+    def _one_labeled_size(self) -> DataConfig:
+        if self.labeled_fraction is not None and self.labeled_count is not None:
+            raise ValueError("set data.labeled_fraction or data.labeled_count, not both")
+        return self
+
+    @property
+    def semi_supervised(self) -> bool:
+        """Return True when part of the training set is unlabeled."""
+        return self.labeled_fraction is not None or self.labeled_count is not None
 
 
 class PhaseModel(_Strict):
@@ -96,6 +113,86 @@ class PhaseModel(_Strict):
     checkpoint: str | None = Field(
         None, description="load weights from this kdkit checkpoint instead of training"
     )
+
+
+class EnsembleMember(_Strict):
+    """One teacher of an ensemble: a model trained in the teacher phase, or a kdkit checkpoint (a bare string)."""
+
+    model: ModelSpec | None = None
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    checkpoint: str | None = Field(None, description="load this kdkit model checkpoint instead of training")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_shorthand(cls, v: Any) -> Any:
+        return {"checkpoint": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _model_or_checkpoint(self) -> EnsembleMember:
+        if self.model is None and self.checkpoint is None:
+            raise ValueError(
+                "an ensemble member needs `model` (trained here) or `checkpoint` (a kdkit checkpoint)"
+            )
+        return self
+
+
+class TeacherConfig(PhaseModel):
+    """The teacher: one network (`model`), or an ensemble of networks (`ensemble`) that acts as one teacher."""
+
+    model: ModelSpec | None = None  # type: ignore[assignment]
+    ensemble: list[EnsembleMember] | None = Field(
+        None, min_length=2, description="teachers combined as distill.ensemble says; architectures may differ"
+    )
+
+    @model_validator(mode="after")
+    def _single_or_ensemble(self) -> TeacherConfig:
+        if self.ensemble is None and self.model is None:
+            raise ValueError("teacher.model is required (or teacher.ensemble: a list of teachers)")
+        if self.ensemble is not None and (self.model is not None or self.checkpoint is not None):
+            raise ValueError(
+                "teacher.ensemble replaces teacher.model and teacher.checkpoint: give each member its own"
+            )
+        return self
+
+
+class EnsembleConfig(_Strict):
+    """How an ensemble teaches (Fukuda et al. 2017): averaged, one random teacher per batch, or relabelled copies."""
+
+    mode: Literal["average", "random", "relabel"] = Field(
+        "average",
+        description="average: weighted mean of the teachers' softened probabilities; random: one teacher per "
+        "mini-batch; relabel: every teacher labels the transfer set and augmented copies of it",
+    )
+    weights: list[float] | Literal["equal", "val_accuracy"] = Field(
+        "equal", description="per-teacher weights (average: mixture weights; random: draw probabilities)"
+    )
+    relabel_copies: int = Field(1, ge=0, le=16, description="relabel: augmented copies per teacher")
+    augment: AugmentConfig = Field(
+        default_factory=lambda: AugmentConfig(jitter=2), description="relabel: augmentation of the copies"
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: list[float] | str) -> list[float] | str:
+        if isinstance(v, list) and (any(w < 0 for w in v) or sum(v) <= 0):
+            raise ValueError(f"weights must be >= 0 with a positive sum, got {v}")
+        return v
+
+
+class UnlabeledConfig(_Strict):
+    """How the teacher labels the unlabeled part of the training set (Noisy Student, Xie et al. 2020)."""
+
+    targets: Literal["soft", "hard"] = Field(
+        "soft",
+        description="soft: the teacher's outputs only (no hard label); hard: the teacher's argmax as the label",
+    )
+    threshold: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="drop unlabeled images whose teacher confidence (max probability) is lower",
+    )
+    rounds: int = Field(1, ge=1, le=10, description="rounds; each round's student teaches the next round")
 
 
 class TermConfig(_Strict):
@@ -166,6 +263,12 @@ class DistillConfig(ResponseLossConfig):
     omit_classes: list[int] = Field(default_factory=list, description="labels removed from the transfer set")
     class_bias: dict[int, float] = Field(
         default_factory=dict, description="added to these classes' output biases after distillation"
+    )
+    ensemble: EnsembleConfig | None = Field(
+        None, description="how teacher.ensemble teaches (default: average with equal weights)"
+    )
+    unlabeled: UnlabeledConfig | None = Field(
+        None, description="teacher labels for the unlabeled images (data.labeled_*; default: soft, 1 round)"
     )
 
 
@@ -305,7 +408,7 @@ class ExperimentConfig(_Strict):
     name: str = "experiment"
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
-    teacher: PhaseModel
+    teacher: TeacherConfig
     student: PhaseModel
     distill: DistillConfig = Field(default_factory=DistillConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
@@ -325,6 +428,52 @@ class ExperimentConfig(_Strict):
         if len(set(v)) != len(v):
             raise ValueError(f"phases must not repeat, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _strategies(self) -> ExperimentConfig:
+        # Cross-section rules of ensembles and unlabeled transfer sets, each naming the fields involved.
+        ens, d = self.teacher.ensemble, self.distill
+        if d.ensemble is not None and ens is None:
+            raise ValueError("distill.ensemble needs teacher.ensemble (a list of at least two teachers)")
+        e = d.ensemble or EnsembleConfig()
+        if ens is not None and isinstance(e.weights, list) and len(e.weights) != len(ens):
+            raise ValueError(
+                f"distill.ensemble.weights has {len(e.weights)} values for {len(ens)} teachers in teacher.ensemble"
+            )
+        if ens is not None and e.mode == "random" and d.teacher_outputs in ("precompute", "cache"):
+            raise ValueError(
+                f"distill.teacher_outputs: {d.teacher_outputs!r} stores one output per image, but "
+                "distill.ensemble.mode 'random' picks a teacher per batch; use 'online' or 'auto'"
+            )
+        if ens is not None and e.mode == "relabel":
+            if self.distill_train().augment.enabled:
+                raise ValueError(
+                    "distill.ensemble.mode 'relabel' labels fixed augmented copies (distill.ensemble.augment); "
+                    "turn off the student's own augmentation (distill.train.augment / student.train.augment)"
+                )
+            if e.relabel_copies and not e.augment.enabled:
+                raise ValueError(
+                    "distill.ensemble.relabel_copies > 0 needs distill.ensemble.augment (copies would be identical)"
+                )
+        if d.unlabeled is not None and not self.data.semi_supervised:
+            raise ValueError("distill.unlabeled needs data.labeled_fraction or data.labeled_count")
+        if self.data.semi_supervised:
+            soft = d.unlabeled is None or d.unlabeled.targets == "soft"
+            if soft and not d.terms and d.alpha == 0:
+                raise ValueError(
+                    "distill.unlabeled.targets 'soft' teaches unlabeled images through the teacher term only, "
+                    "but distill.alpha is 0; set alpha > 0 or use targets: hard"
+                )
+            if d.omit_classes:
+                raise ValueError(
+                    "distill.omit_classes cannot be combined with data.labeled_* (unlabeled data)"
+                )
+            if ens is not None and e.mode != "average":
+                raise ValueError(
+                    f"unlabeled data (data.labeled_*) is labelled by the teacher once per round; "
+                    f"distill.ensemble.mode {e.mode!r} cannot do that, use 'average'"
+                )
+        return self
 
     def distill_train(self) -> TrainConfig:
         """Return the optimisation settings of the distillation phase."""

@@ -359,6 +359,8 @@ class Engine:
             inner = teacher.model if isinstance(teacher, FrozenTeacher) else teacher
             t_tap = Tap(inner, objective.teacher_paths(), what="teacher")
         first_bad: dict[str, Tensor] = {}
+        # Teachers that vary by step (an ensemble drawing one teacher per batch) are told the step's position.
+        set_position = getattr(teacher, "set_position", None)
         t0 = time.perf_counter()
         try:
             for epoch in range(epoch0, cfg.epochs):
@@ -400,6 +402,8 @@ class Engine:
                                 dev, non_blocking=True
                             )
                         elif teacher is not None:
+                            if set_position is not None:
+                                set_position(epoch, start_batch + i)
                             tensors["teacher.logits"] = teacher(x)
                             if t_tap is not None:
                                 # Outputs made under inference mode must be cloned to enter the student's graph.

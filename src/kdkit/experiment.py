@@ -21,11 +21,13 @@ from torch import nn
 
 from kdkit import data as kdata
 from kdkit import distributed
+from kdkit import transfer as ktransfer
 from kdkit.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from kdkit.config import DataConfig, ExperimentConfig, ModelSpec, TrainConfig
 from kdkit.console import make_console
 from kdkit.data.loader import Augment, AugParams, InMemoryLoader, channel_stats
 from kdkit.engine import Engine, EvalResult, FitResult
+from kdkit.ensemble import EnsembleTeacher
 from kdkit.errors import CheckpointError, ConfigError, ModelError, RunDirError
 from kdkit.losses.objective import Objective
 from kdkit.metrics import MetricsLogger
@@ -57,6 +59,7 @@ class DataBundle:
     test: kdata.ArrayDataset
     mean: list[float]
     std: list[float]
+    unlabeled: kdata.ArrayDataset | None = None  # training images whose labels are hidden (data.labeled_*)
 
     @property
     def num_classes(self) -> int:
@@ -89,7 +92,16 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
         mean, std = channel_stats(train.images)
     else:
         mean, std = [0.0] * full.images.shape[1], [1.0] * full.images.shape[1]
-    return DataBundle(train=train, val=val, test=test, mean=mean, std=std)
+    unlabeled = None
+    if cfg.semi_supervised:
+        # Pixel statistics above cover the unlabeled images too (their pixels are known, their labels are not).
+        if cfg.labeled_count is not None and cfg.labeled_count >= len(train):
+            raise ConfigError(
+                f"data.labeled_count: {cfg.labeled_count} leaves no unlabeled images (training set: {len(train)})"
+            )
+        labeled = cfg.labeled_count if cfg.labeled_count is not None else cfg.labeled_fraction
+        train, unlabeled = kdata.split_labeled(train, labeled or 0, seed)
+    return DataBundle(train=train, val=val, test=test, mean=mean, std=std, unlabeled=unlabeled)
 
 
 def make_loader(
@@ -322,11 +334,12 @@ def run_experiment(
 
     console = console or make_console()
     check_strategy(cfg)
+    loaded_ensemble = bool(cfg.teacher.ensemble) and all(m.checkpoint for m in cfg.teacher.ensemble or [])
     if (
         "distill" in cfg.phases
         and needs_trained_teacher(cfg)
         and "teacher" not in cfg.phases
-        and not cfg.teacher.checkpoint
+        and not (cfg.teacher.checkpoint or loaded_ensemble)
     ):
         raise ConfigError(
             "phases: 'distill' needs a teacher: add 'teacher' to phases or set teacher.checkpoint"
@@ -367,10 +380,19 @@ def run_experiment(
         )
         runner = _PhaseRunner(cfg, bundle, engine, run_dir / "checkpoints", resume)
         teacher: nn.Module | None = None
-        if cfg.teacher.checkpoint:
+        distilling = "distill" in cfg.phases
+        if cfg.teacher.ensemble:
+            teacher = ktransfer.build_ensemble(runner, seed=cfg.seed + 1)
+        elif cfg.teacher.checkpoint:
             teacher = runner.load_teacher(cfg.teacher.checkpoint)
+            if distilling:
+                smoothing = ktransfer.checkpoint_label_smoothing(cfg.teacher.checkpoint)
+                ktransfer.warn_label_smoothing("the teacher (teacher.checkpoint)", smoothing)
         elif "teacher" in cfg.phases:
             tcfg = cfg.teacher.train
+            assert cfg.teacher.model is not None
+            if distilling:
+                ktransfer.warn_label_smoothing("the teacher (teacher.train)", tcfg.label_smoothing)
             teacher = runner.train(
                 "teacher",
                 cfg.teacher.model,
@@ -379,6 +401,7 @@ def run_experiment(
                 tcfg,
                 bundle.train,
                 seed=cfg.seed,
+                record={"label_smoothing": tcfg.label_smoothing},
             )
 
         student_seed = cfg.seed + 1  # scratch and distilled students start from the same weights
@@ -394,7 +417,7 @@ def run_experiment(
                 seed=student_seed,
             )
         if "distill" in cfg.phases:
-            run_strategy(runner, teacher, seed=student_seed)  # offline: runner.distill(teacher)
+            run_strategy(runner, teacher, seed=student_seed)  # offline: kdkit.transfer.run_distill
 
         summary = {
             "name": cfg.name,
@@ -548,26 +571,41 @@ class _PhaseRunner:
         spec: ModelSpec | None = None,
         field: str = "student.model",
         tcfg: TrainConfig | None = None,
+        transfer: kdata.ArrayDataset | None = None,
+        teacher_logits: torch.Tensor | None = None,
         record: dict[str, Any] | None = None,
     ) -> nn.Module:
         """Distill a model (default: the student) from a teacher: response objective, class omission, bias.
 
-        Strategies distill other models the same way (born-again generations, a teaching assistant).
+        Strategies distill other models the same way (born-again generations, a teaching assistant); the
+        transfer-set strategies (kdkit.transfer) pass their own `transfer` set, where labels < 0 mark unlabeled
+        images (left out of cross-entropy), and `teacher_logits` fixed per image (kept under the student's
+        augmentation).
         """
         if (done := self.finished(role)) is not None:
             return done
         d, dcfg = self.cfg.distill, tcfg or self.cfg.distill_train()
-        transfer = (
-            kdata.omit_classes(self.bundle.train, d.omit_classes) if d.omit_classes else self.bundle.train
-        )
+        if transfer is None:
+            transfer = (
+                kdata.omit_classes(self.bundle.train, d.omit_classes) if d.omit_classes else self.bundle.train
+            )
+        unlabeled = bool((transfer.labels < 0).any())
         augment = Augment(**dcfg.augment.model_dump())
-        frozen = FrozenTeacher(self.engine.prepare(teacher), dtype=self.engine.runtime.amp_dtype)
+        frozen = ktransfer.freeze(self, teacher)
         needs_features = bool(d.terms) and any(
             LOSSES[t.loss].kind in ("feature", "embedding", "module") for t in d.terms if t.loss in LOSSES
         )
         mode = d.teacher_outputs
-        if mode == "auto":
-            mode = "online" if augment.enabled or needs_features else "precompute"
+        varies = isinstance(frozen, EnsembleTeacher) and frozen.mode == "random"  # one teacher per batch
+        if teacher_logits is not None:
+            mode = "given"
+            if needs_features:
+                raise ConfigError(
+                    "distill.terms read teacher features, but this strategy fixes the teacher's logits per image "
+                    "(relabelled or unlabeled transfer sets); use logit losses only"
+                )
+        elif mode == "auto":
+            mode = "online" if augment.enabled or needs_features or varies else "precompute"
         if mode in ("precompute", "cache") and needs_features:
             raise ConfigError(
                 f"distill.teacher_outputs: {mode!r} keeps teacher logits only, but distill.terms read teacher "
@@ -576,7 +614,9 @@ class _PhaseRunner:
         extras: dict[str, torch.Tensor] = {}
         draws: AugParams | None = None
         draw_extras: dict[str, torch.Tensor] = {}
-        if mode == "precompute":
+        if teacher_logits is not None:
+            extras["teacher.logits"] = teacher_logits
+        elif mode == "precompute":
             if augment.enabled:
                 raise ConfigError(
                     "distill.teacher_outputs: 'precompute' keeps one teacher output per image, but the transfer "
@@ -614,18 +654,21 @@ class _PhaseRunner:
             dev = self.engine.runtime.device
 
             def objective(student: nn.Module) -> Objective:
-                return build_objective(
+                built = build_objective(
                     d.terms,
                     self.engine.prepare(student),
                     frozen.model,
                     first.x.to(dev),
-                    first.y.to(dev),
+                    first.y.clamp_min(0).to(dev),  # the dry run needs valid class ids
                     n_data=len(transfer),
                 )
+                return ktransfer.mask_unlabeled(built, "distill.terms") if unlabeled else built
         else:
             objective = Objective.response(
                 d.loss, d.alpha, d.beta, d.temperature, d.mix, dcfg.label_smoothing
             )
+            if unlabeled:
+                objective = ktransfer.mask_unlabeled(objective)
         return self.train(
             role,
             spec or self.cfg.student.model,

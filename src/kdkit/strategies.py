@@ -67,6 +67,16 @@ def check_strategy(cfg: ExperimentConfig) -> None:
                 f"distill.omit_classes / distill.class_bias apply to a student distilled from a fixed teacher; "
                 f"strategy.kind {kind!r} trains every model on the full training set (remove them)"
             )
+    if kind != "offline" and cfg.teacher.ensemble:
+        raise ConfigError(
+            f"teacher.ensemble: strategy.kind {kind!r} trains or copies one teacher network; an ensemble teaches "
+            "only with strategy.kind 'offline'"
+        )
+    if kind != "offline" and (cfg.data.labeled_fraction is not None or cfg.data.labeled_count is not None):
+        raise ConfigError(
+            f"data.labeled_fraction / data.labeled_count: unlabeled transfer sets are taught offline "
+            f"(kdkit.transfer); strategy.kind {kind!r} needs every label (remove them or use 'offline')"
+        )
     if kind == "joint" and cfg.strategy.stop_teacher_gradient and cfg.strategy.teacher_ce_weight == 0:
         raise ConfigError(
             "strategy.teacher_ce_weight: 0 with stop_teacher_gradient leaves the joint teacher without any "
@@ -94,7 +104,10 @@ def run_strategy(runner: _PhaseRunner, teacher: nn.Module | None, *, seed: int) 
         elif kind == "takd":
             run_takd(runner, teacher, seed=seed)
         else:
-            runner.distill(teacher, seed=seed)
+            # Offline: one frozen teacher (or ensemble), with the transfer-set options of kdkit.transfer.
+            from kdkit.transfer import run_distill
+
+            run_distill(runner, teacher, seed=seed)
 
 
 # --- objectives ------------------------------------------------------------------------------------------

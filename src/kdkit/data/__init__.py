@@ -13,7 +13,7 @@ from kdkit.data.sources import (
     data_root,
     load_dataset,
 )
-from kdkit.data.splits import omit_classes, split_train_val
+from kdkit.data.splits import UNLABELED, omit_classes, split_labeled, split_train_val
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -21,6 +21,7 @@ __all__ = [
     "DATASET_FILES",
     "KNOWN_NAMES",
     "MNIST_CLASSES",
+    "UNLABELED",
     "ArrayDataset",
     "DataCacheWarning",
     "data_root",
@@ -28,6 +29,7 @@ __all__ = [
     "load_dataset",
     "omit_classes",
     "read_idx",
+    "split_labeled",
     "split_train_val",
     "write_idx",
 ]

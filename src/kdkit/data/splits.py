@@ -71,3 +71,31 @@ def omit_classes(ds: ArrayDataset, classes: Iterable[int]) -> ArrayDataset:
     keep = ~np.isin(ds.labels, drop)
     suffix = ",".join(str(c) for c in drop)
     return ds.subset(np.flatnonzero(keep), name=f"{ds.name}-omit{suffix}" if drop else ds.name)
+
+
+UNLABELED = -1  # the label of an image whose label is hidden from training
+
+
+def split_labeled(ds: ArrayDataset, labeled: int | float, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
+    """Return (labeled, unlabeled): ``labeled`` images (a count, or a fraction in (0, 1)) keep their labels.
+
+    The labeled images are drawn uniformly by ``seed`` without reading any label, and every label of the
+    unlabeled part is replaced by ``UNLABELED``: nothing downstream can see a hidden label.
+    """
+    n = len(ds)
+    if isinstance(labeled, (float, np.floating)) and not isinstance(labeled, bool):
+        if not 0.0 < labeled < 1.0:
+            raise DataError(f"split of {ds.name!r}: a labeled fraction must lie in (0, 1), found {labeled}")
+        k = max(1, int(round(labeled * n)))
+    else:
+        k = int(labeled)
+    if not 1 <= k < n:
+        raise DataError(
+            f"split of {ds.name!r}: {k} labeled images must be at least 1 and fewer than the {n} training images"
+        )
+    rng = np.random.default_rng([seed, 0x1ABE1])
+    is_labeled = np.zeros(n, dtype=bool)
+    is_labeled[rng.choice(n, size=k, replace=False)] = True
+    hidden = ds.subset(np.flatnonzero(~is_labeled), name=f"{ds.name}:unlabeled")
+    hidden.labels = np.full(len(hidden), UNLABELED, dtype=np.int64)
+    return ds.subset(np.flatnonzero(is_labeled), name=f"{ds.name}:labeled"), hidden
