@@ -516,3 +516,24 @@ def test_resume_reads_a_run_saved_before_the_strategy_section_as_offline(tmp_pat
     check_resumable(tmp_path, cfg)
     with pytest.raises(ConfigError, match=r"section\(s\) \['strategy'\]"):
         check_resumable(tmp_path, _cfg(tmp_path, data_root, strategy={"kind": "joint"}))
+
+
+def test_resume_reads_fields_added_inside_a_section_as_their_defaults(tmp_path, data_root):
+    from kdkit.experiment import check_resumable
+
+    cfg = _cfg(tmp_path, data_root)
+    saved = yaml.safe_load(cfg.to_yaml())
+    # A run directory written before data.labeled_* and distill.ensemble existed.
+    for key in ("labeled_fraction", "labeled_count"):
+        saved["data"].pop(key, None)
+    saved["distill"].pop("ensemble", None)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    check_resumable(tmp_path, cfg)
+    changed = _cfg(tmp_path, data_root, data={**BASE["data"], "root": str(data_root), "labeled_count": 100})
+    with pytest.raises(ConfigError, match=r"section\(s\) \['data'\]"):
+        check_resumable(tmp_path, changed)
+    # A saved field kdkit does not know is compared as written, and named.
+    saved["distill"]["retired_option"] = 1
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match=r"section\(s\) \['distill'\]"):
+        check_resumable(tmp_path, cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import io
 import json
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import torch
 import yaml
 from rich.console import Console
@@ -296,6 +298,25 @@ def print_table(summary: dict[str, Any], console: Console) -> None:
     console.print(table)
 
 
+def _as_today(saved: dict[str, Any]) -> dict[str, Any]:
+    """Return a saved config read through today's model, section by section, with today's defaults filled in.
+
+    A section that is not valid today (it holds a field kdkit no longer has) is kept as written, so the
+    comparison names it.
+    """
+    out = dict(saved)
+    for key, f in ExperimentConfig.model_fields.items():
+        if key not in saved:
+            if not f.is_required():
+                default = f.get_default(call_default_factory=True)
+                out[key] = default.model_dump(mode="json") if hasattr(default, "model_dump") else default
+            continue
+        adapter = pydantic.TypeAdapter(f.annotation)
+        with contextlib.suppress(ValueError, TypeError):
+            out[key] = adapter.dump_python(adapter.validate_python(saved[key]), mode="json")
+    return out
+
+
 def check_resumable(run_dir: Path, cfg: ExperimentConfig) -> None:
     """Refuse to resume a run dir that holds no run, or one made with a different config (runtime aside)."""
     saved_path = run_dir / "config.yaml"
@@ -303,11 +324,9 @@ def check_resumable(run_dir: Path, cfg: ExperimentConfig) -> None:
         raise RunDirError(f"nothing to resume in {str(run_dir)!r}: it holds no kdkit run (no config.yaml)")
     saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
     now = cfg.model_dump(mode="json")
-    # A section kdkit gained after the run started (e.g. strategy) counts as its default there.
-    for key, f in ExperimentConfig.model_fields.items():
-        if key not in saved and not f.is_required():
-            default = f.get_default(call_default_factory=True)
-            saved[key] = default.model_dump(mode="json") if hasattr(default, "model_dump") else default
+    # Fields kdkit gained after the run started (a whole section such as strategy, or one field such as
+    # data.labeled_count) count as their defaults there: read the saved config through today's model.
+    saved = _as_today(saved)
     # Runtime settings (progress bars, logging, checkpoint cadence) may change on resume; the experiment may not.
     diffs = sorted(k for k in set(saved) | set(now) if k != "runtime" and saved.get(k) != now.get(k))
     if diffs:
