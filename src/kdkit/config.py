@@ -86,6 +86,9 @@ class DataConfig(_Strict):
     train_limit: int | None = Field(
         None, ge=1, description="use only the first N training images (smoke runs)"
     )
+    test_limit: int | None = Field(
+        None, ge=1, description="evaluate on N test images, evenly spaced through the set (smoke runs)"
+    )
 
 
 class PhaseModel(_Strict):
@@ -105,8 +108,12 @@ class TermConfig(_Strict):
         min_length=1, description="kd, logit_mse, kd_mse_mix, dkd, ce, fitnet, attention_transfer, ..."
     )
     weight: float = Field(1.0, ge=0)
-    student: str | None = Field(None, description="student module path for feature losses, e.g. layer3")
-    teacher: str | None = Field(None, description="teacher module path for feature losses")
+    student: str | list[str] | None = Field(
+        None, description="student module path for feature losses, e.g. layer3 (fsp: a list of paths)"
+    )
+    teacher: str | list[str] | None = Field(
+        None, description="teacher module path for feature losses (fsp: a list of paths)"
+    )
     adapter: Literal["auto", "none", "conv", "linear"] = Field(
         "auto", description="regressor from student to teacher features; auto builds one where shapes differ"
     )
