@@ -115,8 +115,8 @@ class _ReconstructTeacherFeature(nn.Module):
     """The paraphraser's stage: the frozen teacher's feature at `path`, encoded and decoded by the paraphraser.
 
     Only the paraphraser is a submodule (trained and checkpointed); the teacher is held aside. `forward`
-    returns the teacher's logits; the engine reads the reconstruction and its target by tapping
-    `paraphraser.decoder` and `target`.
+    returns the teacher's logits (so the stage's logged train accuracy is the teacher's); the engine reads
+    the reconstruction and its target by tapping `paraphraser.decoder` and `target`.
     """
 
     def __init__(self, paraphraser: nn.Module, teacher: nn.Module, path: str) -> None:
