@@ -165,6 +165,8 @@ def measure_paired(comp: dict[str, Any], run_dir: Path, args: argparse.Namespace
 def run_task(task: str, args: argparse.Namespace, runs_dir: Path, console: Any) -> dict[str, Any]:
     """Run (or resume) one task's kdkit run with its compress section; return the result record."""
     overrides = ["runtime.tensorboard=false", f"runtime.progress={str(args.progress).lower()}"]
+    if args.threads:
+        overrides.append(f"runtime.threads={args.threads}")
     teacher_note = "trained in this run (see the config)"
     if task == "cifar" and args.cifar_teacher:
         ckpt = Path(args.cifar_teacher)
@@ -282,6 +284,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--runs-dir", type=Path, default=ROOT / "benchmarks" / "runs" / "compress")
     ap.add_argument("--paired-rounds", type=int, default=100, help="alternating ONNX Runtime runs per model")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for training (latency uses the config's threads)",
+    )
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     args = ap.parse_args(argv)
     args.tasks = args.tasks or (["mnist"] if args.quick else ["mnist", "cifar"])

@@ -167,3 +167,17 @@ def test_distill_without_teacher_is_refused(tmp_path):
     cfg = build_config({**SMALL, "phases": ["distill"]})
     with pytest.raises(ConfigError, match="needs a teacher"):
         run_experiment(cfg, tmp_path / "r")
+
+
+def test_test_limit_keeps_evenly_spaced_test_images(data_root):
+    from kdkit.config import DataConfig
+    from kdkit.data import load_dataset
+    from kdkit.experiment import load_data
+
+    full = load_dataset("mnist-small", "test")
+    bundle = load_data(DataConfig(dataset="mnist-small", val_size=100, test_limit=7), seed=0)
+    step = (len(full) - 1) / 6
+    keep = [round(i * step) for i in range(7)]
+    assert len(bundle.test) == 7 and keep[0] == 0 and keep[-1] == len(full) - 1
+    assert bundle.test.labels.tolist() == full.labels[keep].tolist()
+    assert (bundle.test.images == full.images[keep]).all()

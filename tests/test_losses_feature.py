@@ -689,3 +689,21 @@ def test_crd_buffers_checkpoint_and_loss_decreases_on_toy_problem():
     other.load_state_dict(crd.state_dict())
     torch.testing.assert_close(other.contrast.memory_teacher, crd.contrast.memory_teacher)
     assert other.contrast.z_student.item() == crd.contrast.z_student.item() > 0
+
+
+def test_contrast_scores_one_gemm_equals_gathering_the_rows():
+    # Small banks take one GEMM against the whole bank; large ones gather the sampled rows. Same numbers.
+    torch.manual_seed(15)
+    memory = F.normalize(torch.randn(50, 8), dim=1)
+    cidx = torch.randint(0, 50, (4, 6))
+    v = torch.randn(4, 8, requires_grad=True)
+    gemm = ContrastMemory._scores(memory, v, cidx)  # 50 <= 16 * 6
+    (g_gemm,) = torch.autograd.grad(gemm.exp().sum(), v)
+    rows = torch.bmm(memory[cidx], v.unsqueeze(2)).squeeze(2)
+    (g_rows,) = torch.autograd.grad(rows.exp().sum(), v)
+    torch.testing.assert_close(gemm, rows)
+    torch.testing.assert_close(g_gemm, g_rows)
+    big = F.normalize(torch.randn(200, 8), dim=1)  # 200 > 16 * 6: the gather path
+    cidx = torch.randint(0, 200, (4, 6))
+    expect = (big[cidx] * v.detach().unsqueeze(1)).sum(-1)
+    torch.testing.assert_close(ContrastMemory._scores(big, v.detach(), cidx), expect)

@@ -87,7 +87,10 @@ class DataConfig(_Strict):
         None, ge=1, description="use only the first N training images (smoke runs)"
     )
     labeled_fraction: float | None = Field(
-        None, gt=0, lt=1, description="keep the labels of only this fraction of the training set (stratified)"
+        None,
+        gt=0,
+        lt=1,
+        description="keep the labels of only this fraction of the training set (chosen at random by the seed)",
     )
     labeled_count: int | None = Field(
         None, ge=1, description="keep the labels of only this many training images; the rest is unlabeled"
@@ -103,6 +106,10 @@ class DataConfig(_Strict):
     def semi_supervised(self) -> bool:
         """Return True when part of the training set is unlabeled."""
         return self.labeled_fraction is not None or self.labeled_count is not None
+
+    test_limit: int | None = Field(
+        None, ge=1, description="evaluate on N test images, evenly spaced through the set (smoke runs)"
+    )
 
 
 class PhaseModel(_Strict):
@@ -202,8 +209,12 @@ class TermConfig(_Strict):
         min_length=1, description="kd, logit_mse, kd_mse_mix, dkd, ce, fitnet, attention_transfer, ..."
     )
     weight: float = Field(1.0, ge=0)
-    student: str | None = Field(None, description="student module path for feature losses, e.g. layer3")
-    teacher: str | None = Field(None, description="teacher module path for feature losses")
+    student: str | list[str] | None = Field(
+        None, description="student module path for feature losses, e.g. layer3 (fsp: a list of paths)"
+    )
+    teacher: str | list[str] | None = Field(
+        None, description="teacher module path for feature losses (fsp: a list of paths)"
+    )
     adapter: Literal["auto", "none", "conv", "linear"] = Field(
         "auto", description="regressor from student to teacher features; auto builds one where shapes differ"
     )

@@ -34,6 +34,7 @@ from kdkit.errors import CheckpointError, ConfigError, ModelError, RunDirError
 from kdkit.losses.objective import Objective
 from kdkit.metrics import MetricsLogger
 from kdkit.models import count_params, create, model_size_mb
+from kdkit.pretrain import run_pretraining
 from kdkit.resume import CheckpointPolicy
 from kdkit.runtime import resolve_runtime, seed_everything
 from kdkit.teacher import FrozenTeacher
@@ -86,6 +87,10 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
     test = kdata.load_dataset(cfg.dataset, "test", **kwargs)
     if cfg.train_limit is not None and cfg.train_limit < len(full):
         full = full.subset(torch.arange(cfg.train_limit).numpy(), name=f"{full.name}[:{cfg.train_limit}]")
+    if cfg.test_limit is not None and cfg.test_limit < len(test):
+        # Evenly spaced, not the first N: folder-ordered test sets list one class after another.
+        keep = torch.linspace(0, len(test) - 1, cfg.test_limit).round().long().numpy()
+        test = test.subset(keep, name=f"{test.name}[{cfg.test_limit} evenly spaced]")
     val_size: int | float = int(cfg.val_size) if cfg.val_size >= 1 else float(cfg.val_size)
     if isinstance(val_size, int) and val_size >= len(full):
         raise ConfigError(f"data.val_size: {val_size} leaves no training images (the set has {len(full)})")
@@ -666,6 +671,12 @@ class _PhaseRunner:
                 "class_bias": {str(k): v for k, v in d.class_bias.items()},
             }
 
+        info: dict[str, Any] = {
+            "transfer_size": len(transfer),
+            "omitted_classes": list(d.omit_classes),
+            "teacher_outputs": mode,
+            **(record or {}),
+        }
         objective: Objective | Callable[[nn.Module], Objective]
         if d.terms:
             plain = make_loader(transfer, self.bundle, 64, train=False, channels_last=self.cl)
@@ -673,7 +684,7 @@ class _PhaseRunner:
             dev = self.engine.runtime.device
 
             def objective(student: nn.Module) -> Objective:
-                built = build_objective(
+                obj = build_objective(
                     d.terms,
                     self.engine.prepare(student),
                     frozen.model,
@@ -681,7 +692,28 @@ class _PhaseRunner:
                     first.y.clamp_min(0).to(dev),  # the dry run needs valid class ids
                     n_data=len(transfer),
                 )
-                return ktransfer.mask_unlabeled(built, "distill.terms") if unlabeled else built
+                # Terms with a stage of their own (factor transfer's paraphraser) train it first, teacher frozen.
+                stages = run_pretraining(
+                    obj,
+                    self.engine,
+                    frozen,
+                    lambda: make_loader(
+                        transfer,
+                        self.bundle,
+                        dcfg.batch_size,
+                        train=True,
+                        seed=seed,
+                        augment=augment,
+                        channels_last=self.cl,
+                    ),
+                    dcfg,
+                    self.policy(),
+                    role,
+                    first.x.to(dev),
+                )
+                if stages:
+                    info["pretraining"] = stages
+                return ktransfer.mask_unlabeled(obj, "distill.terms") if unlabeled else obj
         else:
             objective = Objective.response(
                 d.loss, d.alpha, d.beta, d.temperature, d.mix, dcfg.label_smoothing
@@ -701,12 +733,7 @@ class _PhaseRunner:
             draws=draws,
             draw_extras=draw_extras,
             before_finish=adjust_bias,
-            record={
-                "transfer_size": len(transfer),
-                "omitted_classes": list(d.omit_classes),
-                "teacher_outputs": mode,
-                **(record or {}),
-            },
+            record=info,
         )
 
     def teacher_cache(

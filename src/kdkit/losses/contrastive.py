@@ -127,11 +127,8 @@ class ContrastMemory(nn.Module):
         contrast_idx = contrast_idx.long().to(self.memory_student.device)
         v_s = v_s.float()
         v_t = v_t.float()
-        # Memory rows are constants for this step (buffers carry no gradient).
-        w_t = self.memory_teacher[contrast_idx]
-        w_s = self.memory_student[contrast_idx]
-        out_s = torch.exp(torch.bmm(w_t, v_s.unsqueeze(2)).squeeze(2) / self.nce_t)
-        out_t = torch.exp(torch.bmm(w_s, v_t.unsqueeze(2)).squeeze(2) / self.nce_t)
+        out_s = torch.exp(self._scores(self.memory_teacher, v_s, contrast_idx) / self.nce_t)
+        out_t = torch.exp(self._scores(self.memory_student, v_t, contrast_idx) / self.nce_t)
 
         with torch.no_grad():
             # Set Z from the first batch without a host sync: keep the stored value once it is >= 0.
@@ -146,6 +143,17 @@ class ContrastMemory(nn.Module):
                 self._update(self.memory_student, idx, v_s)
                 self._update(self.memory_teacher, idx, v_t)
         return out_s, out_t
+
+    @staticmethod
+    def _scores(memory: Tensor, v: Tensor, contrast_idx: Tensor) -> Tensor:
+        """Return <memory[contrast_idx], v>, shape (batch, 1 + K), in fp32; memory rows are constants."""
+        with torch.autocast(v.device.type, enabled=False):
+            if memory.shape[0] <= 16 * contrast_idx.shape[1]:
+                # One GEMM against the whole bank, then the sampled columns: the same numbers as gathering
+                # (batch, 1 + K, dim) rows first (1 GB at batch 128, K = 16384), at a small fraction of the time.
+                # The copy keeps this step's rows for the backward pass: the bank is updated in place below.
+                return (v @ memory.clone().t()).gather(1, contrast_idx)
+            return torch.bmm(memory[contrast_idx], v.unsqueeze(2)).squeeze(2)
 
     def _update(self, memory: Tensor, idx: Tensor, v: Tensor) -> None:
         # m * old + (1 - m) * new, renormalised to unit length, written back at the positives' rows.

@@ -1,0 +1,515 @@
+"""Every distillation method of configs/cifar10/ on CIFAR-10, one teacher, one student, one budget.
+
+    python benchmarks/methods_cifar10.py --teacher-checkpoint benchmarks/runs/speed/cifar/checkpoints/teacher
+    python benchmarks/methods_cifar10.py                  # trains the resnet56 teacher first (resumable)
+    python benchmarks/methods_cifar10.py --methods kd fitnet --seeds 0
+    python benchmarks/methods_cifar10.py --estimate 20    # time 20 steps of a few methods, project run times
+    python benchmarks/methods_cifar10.py --quick          # tiny subset, 1 epoch, 3 methods, a temp dir (tests)
+
+Each run is `configs/cifar10/<method>.yaml` (the student from scratch: kd.yaml with phases=[scratch]) with the
+same overrides for every method: the student model, its epochs and batch size, the teacher checkpoint and the
+seed. Epoch windows of the terms (start_epoch, stop_epoch, warmup_epochs, factor transfer's
+paraphraser_epochs) are scaled by budget / config epochs, so that each stage keeps its share of training.
+Everything else (losses, weights, augmentation, optimiser, teacher outputs) is what the config says.
+
+Runs go through kdkit's `run_experiment` in-process, one run directory each under
+benchmarks/runs/methods_cifar10/ (resumed with resume=True if interrupted). Each finished run writes
+benchmarks/results/methods_cifar10/<method>-s<seed>.json, with the command that made it, and is skipped
+when the benchmark runs again; so the benchmark can run in parts. The aggregate goes to
+benchmarks/results/methods_cifar10.json and a table to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from hinton_mnist import machine, update_results_md
+
+from kdkit.checkpoint import atomic_write_text
+from kdkit.config import ExperimentConfig, build_config, load_yaml
+from kdkit.console import make_console
+from kdkit.errors import ConfigError
+from kdkit.experiment import run_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "cifar10"
+NAME = "methods_cifar10"
+METHODS = ["kd", "dkd", "fitnet", "at", "sp", "nst", "pkt", "rkd", "cc", "vid", "crd", "fsp", "ft"]
+ALL = ["scratch", *METHODS]
+DEFAULT_SEEDS = [0, 1]
+# Measured with `--estimate 30` on 2 cores (benchmarks/results/methods_cifar10_estimate.json): with the online
+# resnet56 teacher and resnet8, an epoch takes 0.84-1.07 min (kd 0.87, vid 1.02, crd 1.07; scratch 0.30), and
+# ft's paraphraser 0.72 min per epoch. Not timed: per run, evaluating the teacher on 15,000 images in fp32
+# (about 25 s at the speed benchmark's 207 ms per 128) and the student per epoch. 8 epochs: under 10 min.
+DEFAULT_EPOCHS = 8
+TEACHER_EPOCHS = 10
+QUICK_METHODS = ["scratch", "kd", "ft"]
+MARKS = ("<!-- methods:start -->", "<!-- methods:end -->")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every run of one benchmark shares; results made under another setup are never mixed in."""
+
+    epochs: int
+    student: str
+    batch_size: int
+    teacher_sha256: str
+    quick: bool
+
+
+def sha256(path: Path) -> str:
+    """Return the hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_base(path: str | Path) -> Path:
+    """Return a checkpoint's base path (without .safetensors/.json)."""
+    p = Path(path)
+    return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+
+
+def plan(methods: list[str], seeds: list[int]) -> list[tuple[str, int]]:
+    """Return (method, seed) runs, most informative first: scratch and kd, then the rest, seed by seed."""
+    first = [m for m in ("scratch", "kd") if m in methods]
+    rest = [m for m in ALL if m in methods and m not in first]
+    return [(m, s) for s in seeds for m in (*first, *rest)]
+
+
+def scale_windows(terms: list[dict[str, Any]], factor: float) -> dict[str, Any]:
+    """Scale the terms' epoch windows in place by `factor`; return what changed, by term index."""
+    changed: dict[str, Any] = {}
+    for i, term in enumerate(terms):
+        for key in ("start_epoch", "stop_epoch", "warmup_epochs"):
+            if term.get(key):
+                new = round(term[key] * factor, 4)
+                changed[f"terms[{i}].{key}"] = [term[key], new]
+                term[key] = new
+        opts = term.get("options") or {}
+        if "paraphraser_epochs" in opts:
+            new = max(1, round(opts["paraphraser_epochs"] * factor))
+            changed[f"terms[{i}].options.paraphraser_epochs"] = [opts["paraphraser_epochs"], new]
+            opts["paraphraser_epochs"] = new
+    return changed
+
+
+def quick_data(raw: dict[str, Any]) -> None:
+    """Cut the data to a tiny subset (the plumbing runs, not the accuracy)."""
+    raw["data"].update(train_limit=320, val_size=64, test_limit=200)
+
+
+def run_config(
+    method: str, seed: int, setup: Setup, teacher: Path | None, progress: bool
+) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """Return one run's config (the method's file with the shared overrides) and what was overridden."""
+    source = CONFIGS / f"{'kd' if method == 'scratch' else method}.yaml"
+    raw = json.loads(json.dumps(load_yaml(source)))  # a plain copy: YAML aliases would share sections
+    config_epochs = raw["student"]["train"]["epochs"]
+    budget = {"epochs": setup.epochs, "batch_size": setup.batch_size}
+    raw["seed"] = seed
+    raw["name"] = f"{NAME}-{method}-s{seed}"
+    raw["student"]["model"] = {"name": setup.student}
+    raw["student"]["train"].update(budget)
+    if raw.get("distill", {}).get("train"):
+        raw["distill"]["train"].update(budget)
+    raw["phases"] = ["scratch"] if method == "scratch" else ["distill"]
+    if method != "scratch":
+        raw["teacher"]["checkpoint"] = str(teacher)
+    windows = scale_windows(raw.get("distill", {}).get("terms") or [], setup.epochs / config_epochs)
+    raw["runtime"] = {**raw.get("runtime", {}), "progress": progress, "tensorboard": False}
+    if setup.quick:
+        quick_data(raw)
+    overrides = {
+        "config": str(source.relative_to(ROOT)),
+        "seed": seed,
+        "student.model": setup.student,
+        "student.train": budget,
+        "phases": raw["phases"],
+        "scaled_windows": windows,
+    }
+    return build_config(raw, source=str(source)), overrides
+
+
+def execute(cfg: ExperimentConfig, run_dir: Path, progress: bool) -> tuple[dict[str, Any], float, bool]:
+    """Run (or resume) one kdkit experiment in-process; return (summary, wall seconds, resumed)."""
+    resume = (run_dir / "config.yaml").is_file()
+    t0 = time.perf_counter()
+    try:
+        summary = run_experiment(cfg, run_dir, overwrite=not resume, resume=resume, console=make_console())
+    except ConfigError as exc:
+        if not resume:
+            raise
+        raise SystemExit(
+            f"cannot resume {run_dir}: {exc}\nIt was started with other settings; delete it to start again."
+        ) from None
+    return summary, time.perf_counter() - t0, resume
+
+
+def command() -> str:
+    """Return this invocation as a shell command."""
+    return "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]))] + sys.argv[1:])
+
+
+def teacher_part(args: argparse.Namespace, out: Path, runs_dir: Path, progress: bool) -> dict[str, Any]:
+    """Return the teacher's record: a reused checkpoint's own metadata, or a resnet56 trained here (resumable)."""
+    path = out / "teacher.json"
+    if args.teacher_checkpoint:
+        base = checkpoint_base(args.teacher_checkpoint).resolve()
+        meta_path = base.with_suffix(".json")
+        if not meta_path.is_file() or not base.with_suffix(".safetensors").is_file():
+            raise SystemExit(
+                f"--teacher-checkpoint {args.teacher_checkpoint}: no {base}.safetensors/.json here"
+            )
+        meta = json.loads(meta_path.read_text())
+        rec: dict[str, Any] = {
+            "source": "reused checkpoint",
+            "checkpoint": str(base),
+            "sha256": sha256(base.with_suffix(".safetensors")),
+            "model": meta.get("model"),
+            "dataset": meta.get("dataset"),
+            "checkpoint_metrics": meta.get("metrics"),
+        }
+        run_root = base.parent.parent  # a kdkit run: RUN/checkpoints/teacher
+        for name in ("summary.json", "config.yaml"):
+            if (run_root / name).is_file():
+                text = (run_root / name).read_text()
+                if name == "summary.json":
+                    rec["run_summary_teacher"] = json.loads(text).get("models", {}).get("teacher")
+                else:
+                    rec["run_config_teacher_train"] = (load_yaml(run_root / name).get("teacher") or {}).get(
+                        "train"
+                    )
+        if path.is_file() and json.loads(path.read_text()).get("sha256") == rec["sha256"]:
+            return json.loads(path.read_text())
+        rec["command"] = command()
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(rec, indent=2))
+        return rec
+    if path.is_file():
+        rec = json.loads(path.read_text())
+        if Path(rec["checkpoint"] + ".safetensors").is_file():
+            return rec
+    raw = json.loads(json.dumps(load_yaml(CONFIGS / "kd.yaml")))
+    raw.update(name=f"{NAME}-teacher", seed=0, phases=["teacher"])
+    raw["teacher"]["train"]["epochs"] = 1 if args.quick else args.teacher_epochs
+    raw["runtime"] = {"progress": progress, "tensorboard": False}
+    if args.quick:
+        quick_data(raw)
+        raw["teacher"]["model"] = {"name": "resnet8"}
+    cfg = build_config(raw, source="configs/cifar10/kd.yaml")
+    summary, wall, resumed = execute(cfg, runs_dir / "teacher", progress)
+    base = runs_dir / "teacher" / "checkpoints" / "teacher"
+    rec = {
+        "source": "trained here with kdkit",
+        "checkpoint": str(base),
+        "sha256": sha256(base.with_suffix(".safetensors")),
+        "model": cfg.teacher.model.model_dump(mode="json"),
+        "dataset": cfg.data.dataset,
+        "recipe": cfg.teacher.train.model_dump(mode="json"),
+        "test_accuracy": summary["models"]["teacher"]["accuracy"],
+        "train_seconds": summary["models"]["teacher"]["train_seconds"],
+        "wall_seconds": wall,
+        "resumed": resumed,
+        "precision": summary["precision"],
+        "threads": summary["threads"],
+        "command": command(),
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(rec, indent=2))
+    return rec
+
+
+def run_one(
+    method: str, seed: int, setup: Setup, teacher: dict[str, Any], out: Path, runs_dir: Path, progress: bool
+) -> dict[str, Any]:
+    """Run one (method, seed) or return its stored result."""
+    name = f"{method}-s{seed}"
+    path = out / f"{name}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    cfg, overrides = run_config(method, seed, setup, checkpoint_base(teacher["checkpoint"]), progress)
+    print(f"[{NAME}] {name}: {overrides['config']} with {json.dumps(overrides)}", flush=True)
+    summary, wall, resumed = execute(cfg, runs_dir / name, progress)
+    role = "student_scratch" if method == "scratch" else "student_kd"
+    rec = {
+        "name": name,
+        "method": method,
+        "seed": seed,
+        "setup": asdict(setup),
+        "overrides": overrides,
+        "model": summary["models"][role],
+        "teacher_accuracy": (summary["models"].get("teacher") or {}).get("accuracy"),
+        "wall_seconds": wall,
+        "resumed": resumed,
+        "precision": summary["precision"],
+        "threads": summary["threads"],
+        "run_dir": str(runs_dir / name),
+        "command": command(),
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_text(path, json.dumps(rec, indent=2))
+    return rec
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "n": len(values),
+    }
+
+
+def aggregate(results: list[dict[str, Any]], wanted: list[tuple[str, int]]) -> dict[str, Any]:
+    """Return per-method rows (accuracy mean and spread, delta vs scratch, minutes per run) and what is missing."""
+    rows: dict[str, Any] = {}
+    for method in ALL:
+        recs = sorted((r for r in results if r["method"] == method), key=lambda r: r["seed"])
+        if not recs:
+            continue
+        rows[method] = {
+            "accuracy": _stats([r["model"]["accuracy"] for r in recs]),
+            "per_seed": {str(r["seed"]): r["model"]["accuracy"] for r in recs},
+            "wall_minutes": statistics.fmean(r["wall_seconds"] for r in recs) / 60,
+            "train_minutes": statistics.fmean(r["model"]["train_seconds"] for r in recs) / 60,
+            "resumed": any(r["resumed"] for r in recs),
+        }
+    if "scratch" in rows:
+        base = rows["scratch"]["accuracy"]["mean"]
+        for row in rows.values():
+            row["delta_vs_scratch"] = row["accuracy"]["mean"] - base
+    done = {(r["method"], r["seed"]) for r in results}
+    missing = [f"{m}-s{s}" for m, s in wanted if (m, s) not in done]
+    verdict = None
+    if "kd" in rows and "scratch" in rows:
+        delta = rows["kd"]["delta_vs_scratch"] * 100
+        verdict = {
+            "kd_minus_scratch_points": delta,
+            "target_points": 0.5,
+            "met": delta >= 0.5,
+            "seeds": min(rows["kd"]["accuracy"]["n"], rows["scratch"]["accuracy"]["n"]),
+        }
+    return {"rows": rows, "missing": missing, "kd_target": verdict}
+
+
+def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
+    """Return the RESULTS.md section of this benchmark."""
+    s, t = info["setup"], info["teacher"]
+    t_acc = t.get("test_accuracy") or t.get("measured_test_accuracy")
+    t_name = (t.get("model") or {}).get("name", "?")
+    t_how = (
+        f"reused checkpoint `{t['checkpoint']}` ({t.get('checkpoint_metrics')})"
+        if t["source"] == "reused checkpoint"
+        else f"trained here with kdkit, {t['recipe']['epochs']} epoch(s), {t['wall_seconds'] / 60:.1f} min"
+    )
+    lines = [
+        MARKS[0],
+        f"## Distillation methods on CIFAR-10 ({t_name} -> {s['student']})",
+        "",
+        f"Every run: `configs/cifar10/<method>.yaml` with student `{s['student']}`, {s['epochs']} epoch(s), batch "
+        f"{s['batch_size']} (the configs' SGD + cosine recipe and crop + flip augmentation, the same for every "
+        "method); term epoch windows scaled by budget / config epochs. Student from scratch: kd.yaml, "
+        "phases=[scratch].  ",
+        f"Teacher: {t_name}, test accuracy {t_acc * 100:.2f}% as measured by kdkit; {t_how}.  "
+        if t_acc is not None
+        else f"Teacher: {t_name}; {t_how}.  ",
+        f"Machine: {info['machine']['nproc']} cores, {info['machine']['cpu']}, torch {info['machine']['torch']}, "
+        f"precision {info['precision']}; date {info['date']}.  ",
+        "Commands (each part's runs record theirs): " + "; ".join(f"`{c}`" for c in info["commands"]),
+        "",
+        "| method | test accuracy (mean) | spread (std over seeds) | Δ vs scratch (points) | wall min / run |",
+        "|---|---|---|---|---|",
+    ]
+    for method, row in agg["rows"].items():
+        acc = row["accuracy"]
+        spread = "1 seed" if acc["n"] == 1 else f"± {acc['std'] * 100:.2f} ({acc['n']} seeds)"
+        delta = (
+            "-"
+            if method == "scratch" or "delta_vs_scratch" not in row
+            else f"{row['delta_vs_scratch'] * 100:+.2f}"
+        )
+        per = ", ".join(f"{v * 100:.2f}" for _, v in sorted(row["per_seed"].items()))
+        mark = " (resumed: last part only)" if row["resumed"] else ""
+        lines.append(
+            f"| {method} | {acc['mean'] * 100:.2f}% ({per}) | {spread} | {delta} | {row['wall_minutes']:.1f}{mark} |"
+        )
+    v = agg["kd_target"]
+    lines.append("")
+    if v is None:
+        lines.append("KD target (at least +0.5 points over the scratch student): not measured yet.")
+    else:
+        lines.append(
+            f"KD target (at least +0.5 points over the scratch student): KD {v['kd_minus_scratch_points']:+.2f} "
+            f"points over {v['seeds']} seed(s): **{'met' if v['met'] else 'not met'}**."
+        )
+    lines.append("Missing runs: " + (", ".join(agg["missing"]) if agg["missing"] else "none") + ".")
+    lines += ["", MARKS[1]]
+    return "\n".join(lines)
+
+
+def estimate(args: argparse.Namespace, out_root: Path, teacher: Path, progress: bool) -> int:
+    """Time a few training steps of some methods with the real teacher and project the minutes per run."""
+    steps = args.estimate
+    methods = args.methods or ["scratch", "kd", "fitnet", "vid", "crd", "ft"]
+    setup = Setup(1, args.student, args.batch_size, sha256(teacher.with_suffix(".safetensors")), False)
+    full_steps = -(-45000 // args.batch_size)  # 50,000 training images less the 5,000 held out for validation
+    recs: dict[str, Any] = {}
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in methods:
+            cfg, _ = run_config(method, 0, setup, teacher, progress)
+            raw = cfg.model_dump(mode="json")
+            raw["data"].update(train_limit=steps * args.batch_size + 64, val_size=64, test_limit=100)
+            for term in raw["distill"]["terms"] or []:
+                opts = term.get("options") or {}
+                if "paraphraser_epochs" in opts:
+                    opts["paraphraser_epochs"] = 1
+            raw["runtime"]["log_every"] = 1  # one rate per step
+            summary = run_experiment(build_config(raw), Path(tmp) / method, console=make_console())
+            lines = [json.loads(ln) for ln in (Path(tmp) / method / "metrics.jsonl").read_text().splitlines()]
+            role = "student_scratch" if method == "scratch" else "student_kd"
+            rates = [
+                r["samples_per_second"] for r in lines if r["phase"] == role and "samples_per_second" in r
+            ]
+            rates = rates[2:] or rates  # the first steps hold one-off warm-up costs
+            rate, best = statistics.median(rates), max(rates)
+            per_epoch = 45000 / rate / 60
+            rec = {
+                "samples_per_second_median": rate,
+                "samples_per_second_best": best,
+                "epoch_minutes": per_epoch,
+                "epoch_minutes_at_best": 45000 / best / 60,
+                "step_rates": rates,
+            }
+            pre = summary["models"][role].get("pretraining")
+            if pre:
+                rec["paraphraser_epoch_minutes"] = pre[0]["train_seconds"] / steps * full_steps / 60
+            recs[method] = rec
+            print(
+                f"[estimate] {method}: {rate:.0f} samples/s (best step {best:.0f}), {per_epoch:.2f} min per epoch",
+                flush=True,
+            )
+    slowest = max(r["epoch_minutes"] for r in recs.values())
+    doc = {
+        "command": command(),
+        "machine": machine(),
+        "date": dt.date.today().isoformat(),
+        "steps_timed": steps,
+        "student": args.student,
+        "batch_size": args.batch_size,
+        "teacher": str(teacher),
+        "methods": recs,
+        "loadavg_1_5_15min_before_after": [load_before, os.getloadavg()],  # other jobs share the cores
+        "epochs_in_10_minutes_slowest": int(10 // slowest),
+    }
+    out_root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_root / f"{NAME}_estimate.json", json.dumps(doc, indent=2))
+    print(json.dumps({m: round(r["epoch_minutes"], 2) for m, r in recs.items()}))
+    print(f"epochs of the slowest method in 10 minutes: {doc['epochs_in_10_minutes_slowest']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or the parts not yet done); return the exit status."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--methods", nargs="+", choices=ALL, default=None, help="default: scratch and all 13 methods"
+    )
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help=f"default: {DEFAULT_SEEDS}")
+    ap.add_argument(
+        "--epochs", type=int, default=None, help=f"student epochs per run (default {DEFAULT_EPOCHS})"
+    )
+    ap.add_argument("--student", default="resnet8", help="student model (default resnet8)")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--teacher-checkpoint", default=None, help="a kdkit resnet56 teacher checkpoint to reuse")
+    ap.add_argument(
+        "--teacher-epochs", type=int, default=TEACHER_EPOCHS, help="epochs of the teacher trained here"
+    )
+    ap.add_argument("--quick", action="store_true", help="tiny subset, 1 epoch, 3 methods, into a temp dir")
+    ap.add_argument("--estimate", type=int, default=None, metavar="STEPS", help="time STEPS steps per method")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results directory (default benchmarks/results; else no RESULTS.md)",
+    )
+    ap.add_argument("--runs-dir", type=Path, default=None, help="run directories (default benchmarks/runs)")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    progress = not args.no_progress
+    if args.epochs is not None and args.epochs < 1:
+        ap.error("--epochs must be at least 1")
+
+    if args.quick:
+        base = Path(tempfile.mkdtemp(prefix="kdkit-methods-quick-"))
+        results_root, runs_root = args.out or base / "results", args.runs_dir or base / "runs"
+    else:
+        results_root = args.out or ROOT / "benchmarks" / "results"
+        runs_root = args.runs_dir or ROOT / "benchmarks" / "runs"
+    if args.estimate is not None:
+        if not args.teacher_checkpoint:
+            ap.error("--estimate times the real teacher: pass --teacher-checkpoint")
+        return estimate(args, results_root, checkpoint_base(args.teacher_checkpoint), progress)
+
+    name = f"{NAME}_quick" if args.quick else NAME
+    out, runs_dir = results_root / name, runs_root / name
+    methods = args.methods or (QUICK_METHODS if args.quick else ALL)
+    seeds = args.seeds or ([0] if args.quick else DEFAULT_SEEDS)
+    epochs = args.epochs or (1 if args.quick else DEFAULT_EPOCHS)
+    t0 = time.perf_counter()
+    teacher = teacher_part(args, out, runs_dir, progress)
+    setup = Setup(epochs, args.student, args.batch_size, teacher["sha256"], args.quick)
+    stored = [json.loads(p.read_text()) for p in sorted(out.glob("*-s*.json"))]
+    other = sorted(r["name"] for r in stored if r["setup"] != asdict(setup))
+    if other:
+        raise SystemExit(
+            f"{out} holds results of another setup ({other[:5]}...; this one is {asdict(setup)}): "
+            "pass --out/--runs-dir elsewhere or delete them"
+        )
+    for method, seed in plan(methods, seeds):
+        run_one(method, seed, setup, teacher, out, runs_dir, progress)
+
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("*-s*.json"))]
+    # Missing runs are counted against the full plan (every method, seeds 0 and 1) and this invocation's.
+    wanted = plan(methods, seeds) if args.quick else plan(ALL, sorted({*seeds, *DEFAULT_SEEDS}))
+    agg = aggregate(results, wanted)
+    measured = [r["teacher_accuracy"] for r in results if r.get("teacher_accuracy") is not None]
+    if measured:
+        teacher = {**teacher, "measured_test_accuracy": measured[0]}
+    info = {
+        "setup": asdict(setup),
+        "teacher": teacher,
+        "machine": machine(),
+        "precision": results[0]["precision"] if results else None,
+        "date": dt.date.today().isoformat(),
+        "commands": list(dict.fromkeys(r["command"] for r in sorted(results, key=lambda r: r["finished"]))),
+        "invocation_minutes": (time.perf_counter() - t0) / 60,
+    }
+    doc = {**info, **agg, "runs": {r["name"]: r for r in results}}
+    atomic_write_text(results_root / f"{name}.json", json.dumps(doc, indent=2))
+    section = markdown(agg, info)
+    if not args.quick and args.out is None:  # results kept elsewhere (--out) stay out of RESULTS.md
+        update_results_md(section, ROOT / "benchmarks" / "RESULTS.md", MARKS)
+    print(section)
+    print(f"results: {results_root / f'{name}.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The CIFAR-10 methods benchmark: run order, shared overrides, the quick mode end to end, resumable parts."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import methods_cifar10 as mb  # noqa: E402
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    return (path.stat().st_mtime_ns, path.stat().st_size) if path.exists() else None
+
+
+def test_plan_runs_scratch_and_kd_first_then_every_method_then_the_next_seed():
+    runs = mb.plan(mb.ALL, [0, 1])
+    assert runs[:2] == [("scratch", 0), ("kd", 0)] and runs[14:16] == [("scratch", 1), ("kd", 1)]
+    assert [m for m, s in runs if s == 0] == mb.ALL and len(runs) == 28
+    assert mb.plan(["fsp", "kd"], [1]) == [("kd", 1), ("fsp", 1)]
+
+
+def test_every_run_overrides_the_same_budget_and_scales_the_epoch_windows():
+    setup = mb.Setup(epochs=5, student="resnet8", batch_size=64, teacher_sha256="x", quick=False)
+    cfgs = {}
+    for method in mb.ALL:
+        cfg, over = mb.run_config(method, 1, setup, Path("/t/teacher"), progress=False)
+        cfgs[method] = cfg
+        assert cfg.seed == 1 and cfg.student.model.name == "resnet8"
+        assert (cfg.student.train.epochs, cfg.student.train.batch_size) == (5, 64)
+        assert (
+            cfg.data.dataset == "cifar10-jpg" and cfg.data.val_size == 5000 and cfg.data.train_limit is None
+        )
+        assert cfg.student.train.augment.crop_padding == 4 and cfg.student.train.augment.flip
+        assert cfg.phases == (["scratch"] if method == "scratch" else ["distill"])
+        assert cfg.teacher.checkpoint == (None if method == "scratch" else "/t/teacher")
+        assert over["config"] == f"configs/cifar10/{'kd' if method == 'scratch' else method}.yaml"
+        # The teacher's recipe in the file is untouched (the YAML anchor is not shared after loading).
+        assert cfg.teacher.train.epochs == 30 and cfg.teacher.train.batch_size == 128
+    # Windows are scaled by 5/30: FSP's hint stage, DKD's warm-up, the paraphraser's epochs.
+    fsp, ce = cfgs["fsp"].distill.terms
+    assert fsp.stop_epoch == pytest.approx(0.5) and ce.start_epoch == pytest.approx(0.5)
+    (dkd,) = [t for t in cfgs["dkd"].distill.terms if t.loss == "dkd"]
+    assert dkd.warmup_epochs == pytest.approx(20 * 5 / 30, abs=1e-4)
+    (ft,) = [t for t in cfgs["ft"].distill.terms if t.loss == "factor_transfer"]
+    assert ft.options["paraphraser_epochs"] == 1 and ft.options["paraphraser_lr"] == 0.01
+    # Everything else is the config's own: weights, options, teacher outputs.
+    assert [t.weight for t in cfgs["at"].distill.terms] == [1.0, 1000.0, 1000.0, 1000.0]
+    assert cfgs["crd"].distill.terms[1].options == {"nce_k": 16384}
+    assert all(c.distill.teacher_outputs == "online" for c in cfgs.values())
+
+
+def test_quick_benchmark_end_to_end_and_parts_are_skipped_when_run_again(tmp_path, data_root):
+    if not (data_root / "cifar10-jpg.tar.gz").is_file():
+        pytest.skip("cifar10-jpg.tar.gz not found")
+    results_md = ROOT / "benchmarks" / "RESULTS.md"
+    before = _stat(results_md)
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "methods_cifar10.py"),
+        "--quick",
+        "--out",
+        str(tmp_path / "results"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--no-progress",
+    ]
+    env = {**os.environ, "KDKIT_DATA": str(data_root)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "results" / "methods_cifar10_quick.json").read_text())
+    assert list(doc["rows"]) == ["scratch", "kd", "ft"] and doc["missing"] == []
+    assert doc["teacher"]["source"] == "trained here with kdkit" and doc["teacher"]["recipe"]["epochs"] == 1
+    for method, row in doc["rows"].items():
+        assert 0 <= row["accuracy"]["mean"] <= 1 and row["accuracy"]["n"] == 1
+        assert row["wall_minutes"] > 0
+        run = doc["runs"][f"{method}-s0"]
+        assert run["model"]["test_size"] == 200 and run["model"]["steps"] == 2  # 256 images, batch 128
+        assert run["command"].startswith("python ") and "--quick" in run["command"]
+    assert doc["rows"]["kd"]["delta_vs_scratch"] == pytest.approx(
+        doc["rows"]["kd"]["accuracy"]["mean"] - doc["rows"]["scratch"]["accuracy"]["mean"]
+    )
+    assert doc["runs"]["ft-s0"]["model"]["pretraining"][0]["stage"] == "paraphraser"
+    assert doc["kd_target"]["target_points"] == 0.5
+    per_run = sorted(p.name for p in (tmp_path / "results" / "methods_cifar10_quick").glob("*.json"))
+    assert per_run == ["ft-s0.json", "kd-s0.json", "scratch-s0.json", "teacher.json"]
+    assert "| kd |" in proc.stdout and "Missing runs: none." in proc.stdout
+    assert _stat(results_md) == before  # --quick never touches RESULTS.md
+
+    # A second invocation trains nothing; a lost per-run result is run again (resumed from its run dir).
+    (tmp_path / "results" / "methods_cifar10_quick" / "kd-s0.json").unlink()
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[teacher]" not in again.stderr and "[student_scratch]" not in again.stderr
+    assert "[student_kd] finished earlier" in again.stderr
+    doc2 = json.loads((tmp_path / "results" / "methods_cifar10_quick.json").read_text())
+    assert (
+        doc2["runs"]["kd-s0"]["resumed"] and doc2["rows"]["kd"]["accuracy"] == doc["rows"]["kd"]["accuracy"]
+    )
+
+    # Another budget in the same results directory is refused rather than mixed into the table.
+    other = subprocess.run([*cmd, "--epochs", "2"], capture_output=True, text=True, env=env, timeout=300)
+    assert other.returncode != 0 and "another setup" in other.stderr
