@@ -149,6 +149,16 @@ def paired_ratios(
     return out
 
 
+def add_paired(derived: dict[str, Any], paired: dict[str, Any]) -> None:
+    """Store the alternately timed ratios and judge the int8 target on them (the robust measurement)."""
+    derived["paired"] = paired
+    speedups = [v["int8_speedup"] for k, v in paired.items() if k.startswith("t")]
+    i8 = derived["int8"]
+    i8["min_paired_speedup"] = min(speedups)
+    i8["met"] = min(speedups) >= INT8_SPEEDUP and i8["accuracy_drop_points"] <= MAX_DROP
+    i8["judged_on"] = "alternately timed ONNX Runtime runs, every thread count"
+
+
 def measure_paired(comp: dict[str, Any], run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Return `paired_ratios` for the ONNX files of a finished compress step in run_dir/compress."""
     cdir = run_dir / "compress"
@@ -185,7 +195,7 @@ def run_task(task: str, args: argparse.Namespace, runs_dir: Path, console: Any) 
     if comp is None:  # resumed after the run itself had finished: the compress step reads its output
         comp = json.loads((run_dir / "compress" / "summary.json").read_text())
     derived = derive(comp)
-    derived["paired"] = measure_paired(comp, run_dir, args)
+    add_paired(derived, measure_paired(comp, run_dir, args))
     return {
         "task": task,
         "config": str(TASKS[task].relative_to(ROOT)),
@@ -252,9 +262,8 @@ def markdown(doc: dict[str, Any]) -> str:
         )
         lines += [
             "",
-            f"- int8 vs fp32 of the same (pruned) model, ONNX Runtime, batch {d['batch']}: {sp}; accuracy "
-            f"{-i8['accuracy_drop_points']:+.2f} points. Target >= {INT8_SPEEDUP:.0f}x and <= {MAX_DROP:.0f} point: "
-            f"**{'met' if i8['met'] else 'not met'}**.",
+            f"- int8 vs fp32 of the same (pruned) model, ONNX Runtime, batch {d['batch']}, from the latency table "
+            f"(models timed one after another): {sp}; accuracy {-i8['accuracy_drop_points']:+.2f} points.",
             "- The same ratios timed alternately, run by run (" + f"{d['paired']['rounds']} rounds, batch "
             f"{d['paired']['batch']}, median of within-round ratios, robust to a changing load): "
             + "; ".join(
@@ -263,7 +272,8 @@ def markdown(doc: dict[str, Any]) -> str:
                 for k, v in d["paired"].items()
                 if k.startswith("t")
             )
-            + ".",
+            + f". Target (judged on these): int8 >= {INT8_SPEEDUP:.0f}x at every thread count and <= "
+            f"{MAX_DROP:.0f} point lost: **{'met' if i8['met'] else 'not met'}**.",
             f"- Pruning: {pr['achieved']:.1%} of the FLOPs removed (target {pr['target']:.0%}), then distillation: "
             f"accuracy {-pr['accuracy_drop_points']:+.2f} points against the unpruned distilled student. Target "
             f"<= {MAX_DROP:.0f} point: **{'met' if pr['met'] else 'not met'}**.",
@@ -312,8 +322,10 @@ def main(argv: list[str] | None = None) -> int:
             if path.exists() and not args.quick:
                 console.print(f"[{task}] stored result {path}: skipped", markup=False, highlight=False)
                 tasks[task] = rec = json.loads(path.read_text())
-                if "paired" not in rec["derived"]:  # stored by an older version: time the stored ONNX files
-                    rec["derived"]["paired"] = measure_paired(rec["compress"], args.runs_dir / task, args)
+                if (
+                    "judged_on" not in rec["derived"]["int8"]
+                ):  # stored by an older version: time the ONNX files
+                    add_paired(rec["derived"], measure_paired(rec["compress"], args.runs_dir / task, args))
                     atomic_write_text(path, json.dumps(rec, indent=2))
                 continue
             tasks[task] = rec = run_task(task, args, runs_dir, console)
@@ -337,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         update_results_md(markdown(doc), ROOT / "benchmarks" / "RESULTS.md", MARKS)
     verdicts = [
-        f"{t}: int8 {_f(r['derived']['int8']['min_speedup'])}x ({'met' if r['derived']['int8']['met'] else 'not met'}), "
+        f"{t}: int8 {_f(r['derived']['int8'].get('min_paired_speedup'))}x ({'met' if r['derived']['int8']['met'] else 'not met'}), "
         f"prune drop {r['derived']['prune']['accuracy_drop_points']:+.2f} pt "
         f"({'met' if r['derived']['prune']['met'] else 'not met'})"
         for t, r in tasks.items()

@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from compress import derive  # noqa: E402
+from compress import add_paired, derive  # noqa: E402
 
 
 def test_quick_compress_benchmark_records_models_and_verdicts(tmp_path, data_root):
@@ -75,3 +75,11 @@ def test_derive_checks_the_targets_from_the_rows():
     summary["models"]["int8_student"]["latency_ms"] = lat(6.0)  # 1.67x: too slow
     summary["models"]["int8_student"]["accuracy"] = 0.975
     assert not derive(summary)["int8"]["met"]
+    # The verdict is judged on the alternately timed ratios when they exist: every thread count must reach 2x.
+    summary["models"]["int8_student"]["latency_ms"] = lat(4.0)
+    d = derive(summary)
+    assert d["int8"]["met"]
+    add_paired(d, {"batch": 64, "rounds": 3, "t1": {"int8_speedup": 2.4}, "t2": {"int8_speedup": 1.9}})
+    assert d["int8"]["min_paired_speedup"] == 1.9 and not d["int8"]["met"]
+    add_paired(d, {"batch": 64, "rounds": 3, "t1": {"int8_speedup": 2.4}, "t2": {"int8_speedup": 2.1}})
+    assert d["int8"]["met"]
