@@ -518,15 +518,19 @@ class _PhaseRunner:
 
     def load_teacher(self, path: str) -> nn.Module:
         """Return the teacher loaded from a kdkit checkpoint, checked against the data set."""
-        teacher, meta = load_model(path)
+        return self.load_trained(path, "teacher", "teacher.checkpoint")
+
+    def load_trained(self, path: str, role: str, field: str) -> nn.Module:
+        """Return the model of `role` loaded from a kdkit checkpoint (config `field`), checked against the data."""
+        model, meta = load_model(path)
         if meta["num_classes"] != self.bundle.num_classes:
             raise ModelError(
-                f"teacher.checkpoint {path!r} predicts {meta['num_classes']} classes "
+                f"{field} {path!r} predicts {meta['num_classes']} classes "
                 f"but {self.cfg.data.dataset} has {self.bundle.num_classes}"
             )
-        teacher = self.engine.prepare(teacher)
-        self.finish("teacher", teacher, ModelSpec.model_validate(meta["model"]), None, loaded_from=path)
-        return teacher
+        model = self.engine.prepare(model)
+        self.finish(role, model, ModelSpec.model_validate(meta["model"]), None, loaded_from=path)
+        return model
 
     def train(
         self,

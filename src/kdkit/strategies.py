@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from kdkit.cohort import Cohort
 from kdkit.config import ExperimentConfig, ModelSpec, ResponseLossConfig, TrainConfig
 from kdkit.data.loader import Augment
-from kdkit.errors import ConfigError, ModelError
+from kdkit.errors import ConfigError
 from kdkit.losses import response
 from kdkit.losses.objective import RESPONSE_LOSSES, Objective, Term
 from kdkit.runtime import seed_everything
@@ -351,17 +351,7 @@ def run_born_again(runner: _PhaseRunner, teacher: nn.Module) -> list[nn.Module]:
 
 
 def _load_assistant(runner: _PhaseRunner, path: str) -> nn.Module:
-    from kdkit.experiment import load_model
-
-    model, meta = load_model(path)
-    if meta["num_classes"] != runner.bundle.num_classes:
-        raise ModelError(
-            f"strategy.assistant.checkpoint {path!r} predicts {meta['num_classes']} classes "
-            f"but {runner.cfg.data.dataset} has {runner.bundle.num_classes}"
-        )
-    model = runner.engine.prepare(model)
-    runner.finish("assistant", model, ModelSpec.model_validate(meta["model"]), None, loaded_from=path)
-    return model
+    return runner.load_trained(path, "assistant", "strategy.assistant.checkpoint")
 
 
 def run_takd(runner: _PhaseRunner, teacher: nn.Module, *, seed: int) -> nn.Module:
