@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hinton_mnist import machine, update_results_md
+from benchcommon import machine, update_results_md
 
 from kdkit.checkpoint import atomic_write_text
 from kdkit.config import ExperimentConfig, build_config, load_yaml
