@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import os
 import shlex
@@ -37,7 +36,7 @@ from typing import Any
 
 from benchcommon import machine, update_results_md
 
-from kdkit.checkpoint import atomic_write_text
+from kdkit.checkpoint import atomic_write_text, file_sha256
 from kdkit.config import ExperimentConfig, build_config, load_yaml
 from kdkit.console import make_console
 from kdkit.errors import ConfigError
@@ -68,15 +67,6 @@ class Setup:
     batch_size: int
     teacher_sha256: str
     quick: bool
-
-
-def sha256(path: Path) -> str:
-    """Return the hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def checkpoint_base(path: str | Path) -> Path:
@@ -180,7 +170,7 @@ def teacher_part(args: argparse.Namespace, out: Path, runs_dir: Path, progress: 
         rec: dict[str, Any] = {
             "source": "reused checkpoint",
             "checkpoint": str(base),
-            "sha256": sha256(base.with_suffix(".safetensors")),
+            "sha256": file_sha256(base.with_suffix(".safetensors")),
             "model": meta.get("model"),
             "dataset": meta.get("dataset"),
             "checkpoint_metrics": meta.get("metrics"),
@@ -218,7 +208,7 @@ def teacher_part(args: argparse.Namespace, out: Path, runs_dir: Path, progress: 
     rec = {
         "source": "trained here with kdkit",
         "checkpoint": str(base),
-        "sha256": sha256(base.with_suffix(".safetensors")),
+        "sha256": file_sha256(base.with_suffix(".safetensors")),
         "model": cfg.teacher.model.model_dump(mode="json"),
         "dataset": cfg.data.dataset,
         "recipe": cfg.teacher.train.model_dump(mode="json"),
@@ -367,7 +357,7 @@ def estimate(args: argparse.Namespace, out_root: Path, teacher: Path, progress: 
     """Time a few training steps of some methods with the real teacher and project the minutes per run."""
     steps = args.estimate
     methods = args.methods or ["scratch", "kd", "fitnet", "vid", "crd", "ft"]
-    setup = Setup(1, args.student, args.batch_size, sha256(teacher.with_suffix(".safetensors")), False)
+    setup = Setup(1, args.student, args.batch_size, file_sha256(teacher.with_suffix(".safetensors")), False)
     full_steps = -(-45000 // args.batch_size)  # 50,000 training images less the 5,000 held out for validation
     recs: dict[str, Any] = {}
     load_before = os.getloadavg()

@@ -5,6 +5,7 @@ Nothing here unpickles anything: a checkpoint handed over by someone else cannot
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -127,3 +128,12 @@ def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch
     """Return the entries whose key starts with prefix, prefix removed."""
     n = len(prefix)
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def file_sha256(path: str | Path) -> str:
+    """Return the hex SHA-256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

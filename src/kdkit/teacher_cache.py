@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from kdkit.checkpoint import atomic_save_tensors, atomic_write_text
+from kdkit.checkpoint import atomic_save_tensors, atomic_write_text, file_sha256
 from kdkit.data.loader import Augment, AugParams, apply_params, augment_draws
 from kdkit.errors import CheckpointError
 
@@ -81,14 +81,6 @@ def cache_key(
         ).encode()
     )
     return h.hexdigest()[:32]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _densify(values: Tensor, indices: Tensor, num_classes: int) -> Tensor:
@@ -185,7 +177,7 @@ class TeacherCache:
                 raise CheckpointError(
                     f"teacher cache {self.directory}: shard {path.name} is missing or stale"
                 )
-            shards.append({"file": path.name, "sha256": _sha256(path)})
+            shards.append({"file": path.name, "sha256": file_sha256(path)})
         manifest = {
             "format": FORMAT,
             "key": self.key,
@@ -205,7 +197,7 @@ class TeacherCache:
         parts = []
         for entry in manifest["shards"]:
             path = self.directory / entry["file"]
-            if not path.is_file() or _sha256(path) != entry["sha256"]:
+            if not path.is_file() or file_sha256(path) != entry["sha256"]:
                 raise CheckpointError(f"teacher cache shard {path} is missing or corrupt (sha256 mismatch)")
             t = load_file(str(path))
             parts.append(
