@@ -335,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         if tmp is not None:
             tmp.cleanup()
     cmd = "python benchmarks/compress.py" + (" --quick" if args.quick else "")
+    cmd += f" --threads {args.threads}" if args.threads else ""
     doc = {
         "command": f"KDKIT_DATA={os.environ.get('KDKIT_DATA', '../shared/data')} {cmd}",
         "machine": machine(),
