@@ -110,6 +110,10 @@ def test_round_to_keeps_channel_counts_simd_friendly():
     widths = layer_widths(pruned)
     assert all(w % 8 == 0 for k, w in widths.items() if k != "fc") and widths["fc"] == 10
     assert rep.macs_after < 0.7 * rep.macs_before
+    # A width grid too coarse for the target is an error that names round_to.
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
+    with pytest.raises(ModelError, match="round_to=16 allows only widths that are multiples of 16"):
+        prune_model(mlp, torch.randn(1, 64), 0.25, round_to=16)  # 48 -> 32 removes a third
 
 
 def test_prune_rejects_bad_targets():
@@ -291,6 +295,7 @@ RUN = {
 }
 FAST = {
     "prune_target": 0.5,
+    "round_to": 8,
     "finetune": TrainConfig(epochs=1, batch_size=100, lr=0.05),
     "calibration_batches": 2,
     "latency_runs": 3,
@@ -336,11 +341,19 @@ def test_compress_run_writes_the_table_and_refuses_to_overwrite(run_dir):
     assert m["pruned_student"]["flops"] / m["student"]["flops"] == pytest.approx(0.5, abs=0.05)
     assert saved["prune"]["achieved"] == pytest.approx(0.5, abs=0.05)
     assert saved["prune"]["widths_after"]["features.fc1"] < 48
+    assert saved["prune"]["widths_after"]["features.fc1"] % 8 == 0  # round_to reaches prune_model
     assert m["student"]["accuracy"] == pytest.approx(summary["models"]["student"]["accuracy"])
     assert m["student"]["accuracy"] == pytest.approx(run_summary["models"]["student_kd"]["accuracy"])
     assert m["int8_student"]["onnx_mb"] < m["pruned_student"]["onnx_mb"]
     assert m["pruned_student"]["accuracy"] > 0.5  # re-distilled for one epoch on 1,000 images
     assert abs(m["int8_student"]["accuracy"] - m["pruned_student"]["accuracy"]) < 0.05
+    # The unpruned student is quantized too: the same graph as the student's, in int8, evaluated by ORT.
+    si8, s32 = m["student_int8"], m["student"]
+    assert si8["accuracy_backend"] == "onnxruntime" and si8["safetensors_mb"] is None
+    assert (si8["params"], si8["flops"]) == (s32["params"], s32["flops"])
+    assert si8["onnx_mb"] < 0.5 * s32["onnx_mb"]
+    assert abs(si8["accuracy"] - s32["accuracy"]) < 0.05
+    assert saved["quantize"]["models"] == ["student_int8", "int8_student"]
     for rec in m.values():
         if rec["onnx_max_abs_diff"] is not None:
             assert rec["onnx_max_abs_diff"] <= rec["onnx_tolerance"]
@@ -360,7 +373,9 @@ def test_compress_run_writes_the_table_and_refuses_to_overwrite(run_dir):
 
     # With overwrite: replaced, here by an iterative run without int8.
     again = compress_run(
-        run_dir, CompressConfig(**{**FAST, "quantize": False, "iterative_steps": 2}), overwrite=True
+        run_dir,
+        CompressConfig(**{**FAST, "quantize": False, "iterative_steps": 2, "round_to": None}),
+        overwrite=True,
     )
     assert list(again["models"]) == ["teacher", "student", "pruned_student"]
     assert len(again["prune"]["rounds"]) == 2

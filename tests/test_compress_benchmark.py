@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from compress import add_paired, derive  # noqa: E402
+from compress import add_paired, derive, markdown  # noqa: E402
 
 
 def test_quick_compress_benchmark_records_models_and_verdicts(tmp_path, data_root):
@@ -29,24 +29,37 @@ def test_quick_compress_benchmark_records_models_and_verdicts(tmp_path, data_roo
     doc = json.loads((tmp_path / "compress_quick.json").read_text())
     task = doc["tasks"]["mnist"]
     models = task["compress"]["models"]
-    assert set(models) == {"teacher", "student", "pruned_student", "int8_student"}
+    assert list(models) == ["teacher", "student", "student_int8", "pruned_student", "int8_student"]
     d = task["derived"]
     # Pruning removed about half of the student's FLOPs; the ratios are computed from the measured rows.
     assert 0.45 <= d["prune"]["achieved"] <= 0.6
     assert models["pruned_student"]["flops"] < 0.6 * models["student"]["flops"]
-    sp = d["int8"]["speed"]["t1"]
-    assert sp["speedup"] == sp["fp32_ms"] / sp["int8_ms"] > 0
+    # One int8 check per quantized model, each against the fp32 model it was made from; the target
+    # is judged on the unpruned student's.
+    assert d["int8_target"] == "student_int8" and list(d["int8"]) == ["student_int8", "int8_student"]
+    for key, fp32 in (("student_int8", "student"), ("int8_student", "pruned_student")):
+        sp = d["int8"][key]["speed"]["t1"]
+        assert d["int8"][key]["fp32"] == fp32
+        assert sp["fp32_ms"] == models[fp32]["latency_ms"]["ort_b64_t1"]
+        assert sp["speedup"] == sp["fp32_ms"] / sp["int8_ms"] > 0
     paired = d["paired"]["t1"]
     assert set(paired["median_ms"]) == set(models) and all(v > 0 for v in paired["median_ms"].values())
-    assert paired["int8_speedup"] > 0 and paired["teacher_over_int8"] > 0
+    assert set(paired["int8_speedup"]) == {"student_int8", "int8_student"}
+    assert all(v > 0 for v in paired["int8_speedup"].values()) and paired["teacher_over_int8"] > 0
     assert (
         d["final_vs_teacher"]["params_ratio"]
         == models["teacher"]["params"] / models["int8_student"]["params"]
     )
-    assert proc.stdout.strip().splitlines()[-1].startswith("mnist: int8 ")
+    assert proc.stdout.strip().splitlines()[-1].startswith("mnist: int8 student ")
     assert (
         results_md.read_bytes() if results_md.exists() else None
     ) == before  # --quick leaves RESULTS.md alone
+    # The RESULTS.md section renders from the same document: a line per int8 model, with its paired ratio.
+    md = markdown(doc)
+    assert md.count("| teacher |") == 1 and "| int8 student |" in md and "| int8 pruned student |" in md
+    r = paired["int8_speedup"]["student_int8"]
+    assert "- int8 student against its fp32 model (the issue's target model)" in md and f"**{r:.2f}x**" in md
+    assert "- int8 pruned student against its fp32 model, ONNX" in md
 
 
 def _row(acc, params, flops, mb, lat):
@@ -66,20 +79,29 @@ def test_derive_checks_the_targets_from_the_rows():
         },
     }
     d = derive(summary)
-    assert d["int8"]["speed"]["t1"]["speedup"] == 2.5 and d["int8"]["met"]
-    assert abs(d["int8"]["accuracy_drop_points"] - 0.3) < 1e-9
+    assert list(d["int8"]) == ["int8_student"] and d["int8_target"] == "int8_student"  # no unpruned int8 row
+    i8 = d["int8"]["int8_student"]
+    assert i8["speed"]["t1"]["speedup"] == 2.5 and i8["met"]
+    assert abs(i8["accuracy_drop_points"] - 0.3) < 1e-9
     assert abs(d["prune"]["accuracy_drop_points"] - 0.5) < 1e-9 and d["prune"]["met"]
     assert d["final_vs_teacher"]["latency_ratio"]["ort_b64_t1"] == 10.0
     summary["models"]["int8_student"]["accuracy"] = 0.96  # 1.5 points below the fp32 pruned model
-    assert not derive(summary)["int8"]["met"]
+    assert not derive(summary)["int8"]["int8_student"]["met"]
     summary["models"]["int8_student"]["latency_ms"] = lat(6.0)  # 1.67x: too slow
     summary["models"]["int8_student"]["accuracy"] = 0.975
-    assert not derive(summary)["int8"]["met"]
-    # The verdict is judged on the alternately timed ratios when they exist: every thread count must reach 2x.
+    assert not derive(summary)["int8"]["int8_student"]["met"]
+    # The unpruned student's int8 model is checked against the unpruned student, and is the target's model.
+    summary["models"]["student_int8"] = _row(0.979, 500, 2000, 0.6, lat(8.0))
+    d = derive(summary)
+    assert d["int8_target"] == "student_int8" and d["int8"]["student_int8"]["speed"]["t1"]["speedup"] == 2.5
+    assert d["int8"]["student_int8"]["met"] and not d["int8"]["int8_student"]["met"]
+    # The verdicts are judged on the alternately timed ratios when they exist: every thread count must reach 2x.
     summary["models"]["int8_student"]["latency_ms"] = lat(4.0)
     d = derive(summary)
-    assert d["int8"]["met"]
-    add_paired(d, {"batch": 64, "rounds": 3, "t1": {"int8_speedup": 2.4}, "t2": {"int8_speedup": 1.9}})
-    assert d["int8"]["min_paired_speedup"] == 1.9 and not d["int8"]["met"]
-    add_paired(d, {"batch": 64, "rounds": 3, "t1": {"int8_speedup": 2.4}, "t2": {"int8_speedup": 2.1}})
-    assert d["int8"]["met"]
+    assert d["int8"]["int8_student"]["met"]
+    t = lambda a, b: {"int8_speedup": {"student_int8": a, "int8_student": b}}  # noqa: E731
+    add_paired(d, {"batch": 64, "rounds": 3, "t1": t(2.6, 2.4), "t2": t(2.2, 1.9)})
+    assert d["int8"]["int8_student"]["min_paired_speedup"] == 1.9 and not d["int8"]["int8_student"]["met"]
+    assert d["int8"]["student_int8"]["min_paired_speedup"] == 2.2 and d["int8"]["student_int8"]["met"]
+    add_paired(d, {"batch": 64, "rounds": 3, "t1": t(2.6, 2.4), "t2": t(2.2, 2.1)})
+    assert d["int8"]["int8_student"]["met"]

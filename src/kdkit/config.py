@@ -327,7 +327,17 @@ class CompressConfig(_Strict):
     distill: CompressDistillConfig | None = Field(
         None, description="loss of the distillation rounds; default: the run's distill section"
     )
+    round_to: int | None = Field(
+        None,
+        ge=2,
+        le=256,
+        description="keep pruned channel counts multiples of this (16 suits AVX-512 convolution kernels; "
+        "odd widths can leave a pruned net no faster than the original); None: any width",
+    )
     quantize: bool = Field(True, description="also write and evaluate an int8 (ONNX Runtime QDQ) model")
+    quantize_unpruned: bool = Field(
+        True, description="with quantize: also an int8 copy of the unpruned distilled student"
+    )
     calibration_batches: int = Field(10, ge=1, description="training batches that calibrate int8 ranges")
     latency_runs: int = Field(50, ge=1, description="timed runs per (model, backend, batch, threads)")
     latency_warmup: int = Field(10, ge=0, description="untimed runs before timing")

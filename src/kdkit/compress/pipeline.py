@@ -41,13 +41,16 @@ from kdkit.runtime import resolve_runtime, seed_everything
 from kdkit.teacher import FrozenTeacher
 
 COMPRESS_DIR = "compress"
-ROWS = ("teacher", "student", "pruned_student", "int8_student")
+ROWS = ("teacher", "student", "student_int8", "pruned_student", "int8_student")
 ROW_LABELS = {
     "teacher": "teacher",
     "student": "student (distilled)",
+    "student_int8": "int8 student",
     "pruned_student": "pruned student",
     "int8_student": "int8 pruned student",
 }
+# (fp32 row, its int8 row): each int8 model is the same graph as its fp32 model, quantized.
+INT8_OF = {"student_int8": "student", "int8_student": "pruned_student"}
 # Every row of summary.json carries exactly these keys (None where a field does not apply).
 ROW_FIELDS = (
     "label",
@@ -76,6 +79,7 @@ ARTIFACTS = (
     "student.onnx",
     "pruned_student.onnx",
     "pruned_student_int8.onnx",
+    "student_int8.onnx",
     "pruned_student.safetensors",
     "pruned_student.json",
 )
@@ -200,7 +204,7 @@ class _Compressor:
             relative = max(0.0, 1.0 - goal / current)
             if relative <= 0.0:
                 break
-            model, report = prune_model(model, x1, relative, by=by)
+            model, report = prune_model(model, x1, relative, by=by, round_to=cfg.round_to)
             rec = {"round": step, **report.to_dict()}
             rec.pop("widths_before")
             rec.pop("widths_after")
@@ -367,24 +371,28 @@ def _compress(c: _Compressor, ckpt: Path) -> dict[str, Any]:
         calib = make_loader(
             c.bundle.train, c.bundle, c.tcfg.batch_size, train=True, seed=c.exp.seed + 7
         )  # shuffled, never augmented: calibration should see the data the model will see
-        int8_path = quantize_onnx(
-            paths["pruned_student"],
-            out / "pruned_student_int8.onnx",
-            calib,
-            max_batches=cfg.calibration_batches,
-        )
-        rec = c.row("int8_student", None, int8_path, None)
-        # Same graph, same multiply-accumulates, in int8: counts carried over from the fp32 model.
-        for k in ("params", "macs", "flops"):
-            rec[k] = rows["pruned_student"][k]
-        rows["int8_student"] = rec
-        ops = op_counts(int8_path)
+        targets = [("int8_student", "pruned_student_int8.onnx")]
+        if cfg.quantize_unpruned:
+            targets.insert(0, ("student_int8", "student_int8.onnx"))
+        ops: dict[str, int] = {}
+        for key, name in targets:
+            fp32 = INT8_OF[key]
+            int8_path = quantize_onnx(paths[fp32], out / name, calib, max_batches=cfg.calibration_batches)
+            rec = c.row(key, None, int8_path, None)
+            # Same graph, same multiply-accumulates, in int8: counts carried over from the fp32 model.
+            for k in ("params", "macs", "flops"):
+                rec[k] = rows[fp32][k]
+            rows[key] = rec
+            ops = op_counts(int8_path)
+        rows = {k: rows[k] for k in ROWS if k in rows}  # table order: each int8 row after its fp32 model
         quant = {
             "format": "QDQ",
             "weights": "int8 per-channel",
             "activations": "uint8 (MinMax calibration)",
+            "models": [key for key, _ in targets],
             "calibration_batches": min(cfg.calibration_batches, len(calib)),
             "calibration_batch_size": c.tcfg.batch_size,
+            # Of the int8 pruned student's graph.
             "quantize_linear_nodes": ops.get("QuantizeLinear", 0),
             "dequantize_linear_nodes": ops.get("DequantizeLinear", 0),
         }

@@ -197,7 +197,13 @@ def prune_model(
     if target > 0 and abs(achieved - target) > tolerance:
         raise ModelError(
             f"pruning could remove {achieved:.1%} of the {by} but the target is {target:.1%} "
-            f"(tolerance {tolerance:.1%}); most of the {by} may sit in layers that cannot be pruned"
+            f"(tolerance {tolerance:.1%}); "
+            + (
+                f"round_to={round_to} allows only widths that are multiples of {round_to} (widths now "
+                f"{sorted(set(layer_widths(work).values()))}): use a smaller round_to or none"
+                if round_to
+                else f"most of the {by} may sit in layers that cannot be pruned"
+            )
         )
     if num_classes is not None and layer_widths(work).get(classifier_path) != num_classes:
         raise ModelError(f"pruning changed the classifier width of {classifier_path!r}")  # never expected
