@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import statistics
 import sys
@@ -24,7 +25,7 @@ from typing import Any
 from benchcommon import machine
 from benchcommon import update_results_md as _update_results_md
 
-from kdkit.checkpoint import atomic_write_text
+from kdkit.checkpoint import atomic_write_text, file_sha256
 from kdkit.config import load_config
 from kdkit.console import make_console
 from kdkit.experiment import run_experiment
@@ -120,19 +121,39 @@ def plan(seeds: list[int], quick: bool) -> list[Run]:
     return runs
 
 
+def fingerprint(cfg: Any, teacher_ckpt: Path | None) -> str:
+    """Return a hash of what a run's result depends on: its resolved config and its teacher's weights.
+
+    The runtime section (progress bars, logging) and the teacher's path are left out; the teacher's file
+    content is in. A stored result whose fingerprint differs was made by another recipe and is run again.
+    """
+    doc = cfg.model_dump(mode="json")
+    doc.pop("runtime", None)
+    doc.get("teacher", {}).pop("checkpoint", None)
+    h = hashlib.sha256(json.dumps(doc, sort_keys=True).encode())
+    if teacher_ckpt is not None:
+        h.update(file_sha256(teacher_ckpt).encode())
+    return h.hexdigest()
+
+
 def execute(run: Run, out: Path, runs_dir: Path, progress: bool) -> dict[str, Any]:
     """Run one benchmark entry (or return its stored result) and store its JSON."""
     res_path = out / f"{run.name}.json"
-    if res_path.exists():
-        return json.loads(res_path.read_text())
     overrides = list(run.overrides) + [
         f"runtime.progress={str(progress).lower()}",
         "runtime.tensorboard=false",
     ]
+    teacher_ckpt = None
     if run.teacher_from:
         teacher_ckpt = runs_dir / run.teacher_from / "checkpoints" / "teacher.safetensors"
         overrides.append(f"teacher.checkpoint={json.dumps(str(teacher_ckpt))}")
     cfg = load_config(CONFIG, overrides)
+    fp = fingerprint(cfg, teacher_ckpt)
+    if res_path.exists():
+        stored = json.loads(res_path.read_text())
+        if stored.get("fingerprint") == fp:
+            return stored
+        # Made with another config (or from another teacher): stale, run again.
     t0 = time.perf_counter()
     summary = run_experiment(cfg, runs_dir / run.name, overwrite=True, console=make_console())
     rec = {
@@ -144,6 +165,7 @@ def execute(run: Run, out: Path, runs_dir: Path, progress: bool) -> dict[str, An
         "precision": summary["precision"],
         "threads": summary["threads"],
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "fingerprint": fp,
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(res_path, json.dumps(rec, indent=2))

@@ -1,0 +1,42 @@
+"""The Hinton recipe selection: candidates scored on a validation split, the test set never recorded."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_selection_scores_candidates_on_validation_only_and_resumes(tmp_path, data_root):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "hinton_select.py"), "--quick", "--no-progress"]
+    cmd += ["--out", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs")]
+    env = {**os.environ, "KDKIT_DATA": str(data_root)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "results" / "hinton_select_quick.json").read_text())
+    assert set(doc["teachers"]) == {"config", "dropout-0.5"} and set(doc["students"]) == {
+        "config",
+        "sgd-clip5-60ep",
+    }
+    # The chosen candidate is the one with the fewest validation errors (ties: the earlier one).
+    t = doc["teachers"]
+    assert doc["chosen_teacher"]["name"] == min(t, key=lambda k: (t[k], list(t).index(k)))
+    assert all(0 <= v <= 10000 for v in [*t.values(), *doc["students"].values()])
+    per_run = sorted((tmp_path / "results" / "hinton_select_quick").glob("*.json"))
+    assert len(per_run) == 4
+    for p in per_run:
+        rec = json.loads(p.read_text())
+        assert not any("test" in k or k in ("accuracy", "errors") for k in rec), rec  # validation only
+    # The student candidates distil from the chosen teacher, with the quick budget applied to distill.train.
+    cfg = (tmp_path / "runs" / "hinton_select_quick").glob("student-sgd-clip5-60ep-from-*/config.yaml")
+    text = next(cfg).read_text()
+    assert f"teacher-{doc['chosen_teacher']['name']}" in text and "epochs: 2" in text
+    # A second invocation trains nothing.
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0 and "epoch" not in again.stderr
+    assert (
+        json.loads((tmp_path / "results" / "hinton_select_quick.json").read_text())["students"]
+        == doc["students"]
+    )
