@@ -121,34 +121,65 @@ def plan(seeds: list[int], quick: bool) -> list[Run]:
     return runs
 
 
-def fingerprint(cfg: Any, teacher_ckpt: Path | None) -> str:
+def fingerprint(cfg: Any, teacher_sha256: str | None) -> str:
     """Return a hash of what a run's result depends on: its resolved config and its teacher's weights.
 
-    The runtime section (progress bars, logging) and the teacher's path are left out; the teacher's file
-    content is in. A stored result whose fingerprint differs was made by another recipe and is run again.
+    The runtime section (progress bars, threads, logging) and the teacher's path are left out; the hash of
+    the teacher's weights is in. A stored result whose fingerprint differs was made by another recipe (or
+    from another teacher) and is run again.
     """
     doc = cfg.model_dump(mode="json")
     doc.pop("runtime", None)
     doc.get("teacher", {}).pop("checkpoint", None)
     h = hashlib.sha256(json.dumps(doc, sort_keys=True).encode())
-    if teacher_ckpt is not None:
-        h.update(file_sha256(teacher_ckpt).encode())
+    if teacher_sha256 is not None:
+        h.update(teacher_sha256.encode())
     return h.hexdigest()
 
 
-def execute(run: Run, out: Path, runs_dir: Path, progress: bool) -> dict[str, Any]:
-    """Run one benchmark entry (or return its stored result) and store its JSON."""
-    res_path = out / f"{run.name}.json"
+def _teacher_file(runs_dir: Path, name: str) -> Path:
+    return runs_dir / name / "checkpoints" / "teacher.safetensors"
+
+
+def resolve(
+    run: Run, out: Path, runs_dir: Path, progress: bool = False, threads: int | None = None
+) -> tuple[Any, str]:
+    """Return (config, fingerprint) of a run.
+
+    The teacher's weights are known by the sha256 its own stored result records (the weights may be gone,
+    e.g. in a fresh checkout: results/ is in git, runs/ is not), else by hashing its checkpoint.
+    """
     overrides = list(run.overrides) + [
         f"runtime.progress={str(progress).lower()}",
         "runtime.tensorboard=false",
     ]
-    teacher_ckpt = None
+    if threads is not None:
+        overrides.append(f"runtime.threads={threads}")
+    teacher_sha = None
     if run.teacher_from:
-        teacher_ckpt = runs_dir / run.teacher_from / "checkpoints" / "teacher.safetensors"
-        overrides.append(f"teacher.checkpoint={json.dumps(str(teacher_ckpt))}")
+        ckpt = _teacher_file(runs_dir, run.teacher_from)
+        overrides.append(f"teacher.checkpoint={json.dumps(str(ckpt))}")
+        stored = out / f"{run.teacher_from}.json"
+        if stored.exists():
+            teacher_sha = json.loads(stored.read_text()).get("weights_sha256")
+        if teacher_sha is None and ckpt.exists():
+            teacher_sha = file_sha256(ckpt)
     cfg = load_config(CONFIG, overrides)
-    fp = fingerprint(cfg, teacher_ckpt)
+    return cfg, fingerprint(cfg, teacher_sha)
+
+
+def is_done(run: Run, out: Path, runs_dir: Path) -> bool:
+    """Return True when the run's stored result was made by today's recipe (and today's teacher)."""
+    path = out / f"{run.name}.json"
+    return path.exists() and json.loads(path.read_text()).get("fingerprint") == resolve(run, out, runs_dir)[1]
+
+
+def execute(
+    run: Run, out: Path, runs_dir: Path, progress: bool, threads: int | None = None
+) -> dict[str, Any]:
+    """Run one benchmark entry (or return its stored result) and store its JSON."""
+    res_path = out / f"{run.name}.json"
+    cfg, fp = resolve(run, out, runs_dir, progress, threads)
     if res_path.exists():
         stored = json.loads(res_path.read_text())
         if stored.get("fingerprint") == fp:
@@ -167,6 +198,8 @@ def execute(run: Run, out: Path, runs_dir: Path, progress: bool) -> dict[str, An
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "fingerprint": fp,
     }
+    if run.role == "teacher":
+        rec["weights_sha256"] = file_sha256(_teacher_file(runs_dir, run.name))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(res_path, json.dumps(rec, indent=2))
     return rec
@@ -310,6 +343,48 @@ def update_results_md(section: str, path: Path, marks: tuple[str, str] = (MARK_S
     _update_results_md(section, path, marks)
 
 
+def forget_teachers_without_weights(runs: list[Run], out: Path, runs_dir: Path) -> None:
+    """Drop a teacher's stored result when a run still to do needs its weights and they are gone.
+
+    E.g. a new checkout (results/ is in git, runs/ is not) with a changed student recipe: the teacher then
+    trains again first, and every run it teaches follows (their fingerprints name the teacher's weights).
+    """
+    for run in runs:
+        if run.teacher_from and not _teacher_file(runs_dir, run.teacher_from).exists():
+            if not is_done(run, out, runs_dir):
+                (out / f"{run.teacher_from}.json").unlink(missing_ok=True)
+
+
+def run_parallel(runs: list[Run], jobs: int, out: Path, runs_dir: Path, progress: bool) -> dict[str, dict]:
+    """Run the plan in `jobs` worker processes of one thread each, a run once its teacher is trained.
+
+    On two cores two one-thread runs finish sooner than the same runs one after another with two threads
+    each (small GEMMs do not scale to two threads). Teachers start first: the other runs wait for them.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    pending = sorted(runs, key=lambda r: r.role != "teacher")  # stable: teachers first, then plan order
+    done: dict[str, dict] = {}
+    running: dict[Any, Run] = {}
+    # spawn, not fork: the parent has torch's thread pools initialised.
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        while pending or running:
+            for run in list(pending):
+                if len(running) >= jobs:
+                    break
+                if run.teacher_from is None or run.teacher_from in done:
+                    running[pool.submit(execute, run, out, runs_dir, progress, 1)] = run
+                    pending.remove(run)
+            if not running:
+                missing = sorted({str(r.teacher_from) for r in pending})
+                raise SystemExit(f"runs wait for teachers that are not in the plan: {missing}")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                done[running.pop(fut).name] = fut.result()
+    return done
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return the exit status."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -322,32 +397,32 @@ def main(argv: list[str] | None = None) -> int:
         "--runs-dir", type=Path, default=None, help="kdkit run directories (default benchmarks/runs)"
     )
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument(
+        "--jobs", type=int, default=1, help="worker processes of one thread each (default 1: in-process)"
+    )
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error("--jobs must be at least 1")
 
     results_root = args.out or ROOT / "benchmarks" / "results"
     name = "hinton_mnist_quick" if args.quick else "hinton_mnist"
     out = results_root / name
     runs_dir = (args.runs_dir or ROOT / "benchmarks" / "runs") / name
     t0 = time.perf_counter()
-    results: dict[str, dict] = {}
     runs = plan(args.seeds, args.quick)
-    by_name = {r.name: r for r in runs}
-    for run in runs:
-        done = (out / f"{run.name}.json").exists()
-        teacher_ckpt = runs_dir / str(run.teacher_from) / "checkpoints" / "teacher.safetensors"
-        if run.teacher_from and not done and not teacher_ckpt.exists():
-            # The teacher's result survived (e.g. a new checkout) but its weights did not: train it again.
-            (out / f"{run.teacher_from}.json").unlink(missing_ok=True)
-            results[run.teacher_from] = execute(
-                by_name[run.teacher_from], out, runs_dir, not args.no_progress
-            )
-        results[run.name] = execute(run, out, runs_dir, progress=not args.no_progress)
+    forget_teachers_without_weights(runs, out, runs_dir)
+    if args.jobs > 1:
+        results = run_parallel(runs, args.jobs, out, runs_dir, not args.no_progress)
+    else:
+        results = {run.name: execute(run, out, runs_dir, not args.no_progress) for run in runs}
+    results = {run.name: results[run.name] for run in runs}  # table order = plan order
     agg = aggregate(results)
     total = sum(r["wall_seconds"] for r in results.values())
     info = {
         "command": "python benchmarks/hinton_mnist.py"
         + (" --quick" if args.quick else "")
-        + ("" if args.seeds == [0, 1] else " --seeds " + " ".join(map(str, args.seeds))),
+        + ("" if args.seeds == [0, 1] else " --seeds " + " ".join(map(str, args.seeds)))
+        + (f" --jobs {args.jobs}" if args.jobs > 1 else ""),
         "machine": machine(),
         "precision": next(iter(results.values()))["precision"],
         "date": dt.date.today().isoformat(),

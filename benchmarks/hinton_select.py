@@ -29,7 +29,7 @@ from typing import Any
 from benchcommon import machine
 from hinton_mnist import CONFIG, fingerprint
 
-from kdkit.checkpoint import atomic_write_text
+from kdkit.checkpoint import atomic_write_text, file_sha256
 from kdkit.config import load_config
 from kdkit.console import make_console
 from kdkit.experiment import run_experiment
@@ -89,7 +89,7 @@ def run_candidate(
     if teacher is not None:
         over.append(f"teacher.checkpoint={json.dumps(str(teacher))}")
     cfg = load_config(CONFIG, over)
-    fp = fingerprint(cfg, teacher)
+    fp = fingerprint(cfg, None if teacher is None else file_sha256(teacher))
     if path.exists():
         stored = json.loads(path.read_text())
         if stored["fingerprint"] == fp:

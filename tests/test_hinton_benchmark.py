@@ -23,7 +23,9 @@ def test_quick_hinton_benchmark_distilled_beats_scratch(tmp_path, data_root):
         "--no-progress",
     ]
     env = {**os.environ, "KDKIT_DATA": str(data_root)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    # The first invocation in two one-thread worker processes (teacher and scratch student side by side);
+    # the later ones in-process: a stored result is reused whatever the threads were.
+    proc = subprocess.run([*cmd, "--jobs", "2"], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((tmp_path / "results" / "hinton_mnist_quick.json").read_text())
     rows = doc["rows"]
@@ -33,6 +35,7 @@ def test_quick_hinton_benchmark_distilled_beats_scratch(tmp_path, data_root):
     # One JSON per finished run; a second invocation reuses them all and trains nothing.
     per_run = sorted(p.name for p in (tmp_path / "results" / "hinton_mnist_quick").glob("*.json"))
     assert per_run == ["distilled-s0.json", "scratch-s0.json", "teacher-s0.json"]
+    assert {r["threads"] for r in doc["runs"].values()} == {1} and doc["command"].endswith("--jobs 2")
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert again.returncode == 0 and "epoch" not in again.stderr
     assert json.loads((tmp_path / "results" / "hinton_mnist_quick.json").read_text())["rows"] == rows
@@ -48,18 +51,30 @@ def test_quick_hinton_benchmark_distilled_beats_scratch(tmp_path, data_root):
     assert {n: (res / n).read_bytes() for n in kept} == kept
 
 
-def test_fingerprint_follows_the_recipe_and_the_teachers_weights(tmp_path):
+def test_fingerprint_follows_the_recipe_and_the_teachers_weights():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from hinton_mnist import CONFIG, fingerprint
 
     from kdkit.config import load_config
 
     base = fingerprint(load_config(CONFIG, []), None)
-    assert fingerprint(load_config(CONFIG, ["runtime.progress=false"]), None) == base  # runtime: not a recipe
+    assert fingerprint(load_config(CONFIG, ["runtime.threads=1"]), None) == base  # runtime: not a recipe
     assert fingerprint(load_config(CONFIG, ["student.train.epochs=31"]), None) != base
-    ckpt = tmp_path / "teacher.safetensors"
-    ckpt.write_bytes(b"weights 1")
-    cfg = load_config(CONFIG, [f"teacher.checkpoint={json.dumps(str(ckpt))}"])
-    first = fingerprint(cfg, ckpt)
-    ckpt.write_bytes(b"weights 2")
-    assert fingerprint(cfg, ckpt) != first
+    assert fingerprint(load_config(CONFIG, []), "a" * 64) != fingerprint(load_config(CONFIG, []), "b" * 64)
+
+
+def test_a_teacher_whose_weights_are_gone_is_trained_again_only_if_a_run_needs_them(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from hinton_mnist import forget_teachers_without_weights, plan, resolve
+
+    runs = plan([0], quick=True)
+    out, runs_dir = tmp_path / "results", tmp_path / "runs"
+    out.mkdir()
+    distilled = next(r for r in runs if r.name == "distilled-s0")
+    (out / "teacher-s0.json").write_text(json.dumps({"weights_sha256": "f" * 64, "fingerprint": "t"}))
+    (out / "distilled-s0.json").write_text(json.dumps({"fingerprint": resolve(distilled, out, runs_dir)[1]}))
+    forget_teachers_without_weights(runs, out, runs_dir)
+    assert (out / "teacher-s0.json").exists()  # the student's result is current: the weights are not needed
+    (out / "distilled-s0.json").write_text(json.dumps({"fingerprint": "another recipe"}))
+    forget_teachers_without_weights(runs, out, runs_dir)
+    assert not (out / "teacher-s0.json").exists()  # the student must run again, from a teacher trained anew
