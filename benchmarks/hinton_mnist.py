@@ -350,9 +350,9 @@ def forget_teachers_without_weights(runs: list[Run], out: Path, runs_dir: Path) 
     trains again first, and every run it teaches follows (their fingerprints name the teacher's weights).
     """
     for run in runs:
-        if run.teacher_from and not _teacher_file(runs_dir, run.teacher_from).exists():
-            if not is_done(run, out, runs_dir):
-                (out / f"{run.teacher_from}.json").unlink(missing_ok=True)
+        gone = run.teacher_from and not _teacher_file(runs_dir, run.teacher_from).exists()
+        if gone and not is_done(run, out, runs_dir):
+            (out / f"{run.teacher_from}.json").unlink(missing_ok=True)
 
 
 def run_parallel(runs: list[Run], jobs: int, out: Path, runs_dir: Path, progress: bool) -> dict[str, dict]:
