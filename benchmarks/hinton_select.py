@@ -81,11 +81,20 @@ def _quick_student(overrides: list[str]) -> list[str]:
 
 
 def run_candidate(
-    name: str, overrides: list[str], role: str, teacher: Path | None, out: Path, runs: Path, progress: bool
+    name: str,
+    overrides: list[str],
+    role: str,
+    teacher: Path | None,
+    out: Path,
+    runs: Path,
+    progress: bool,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Train one candidate (or return its stored result) and keep its validation errors only."""
     path = out / f"{name}.json"
     over = [*overrides, f"runtime.progress={str(progress).lower()}", "runtime.tensorboard=false"]
+    if threads is not None:
+        over.append(f"runtime.threads={threads}")
     if teacher is not None:
         over.append(f"teacher.checkpoint={json.dumps(str(teacher))}")
     cfg = load_config(CONFIG, over)
@@ -111,6 +120,21 @@ def run_candidate(
     return rec
 
 
+def _call(job: tuple) -> dict[str, Any]:
+    return run_candidate(*job)
+
+
+def pool_map(jobs: list[tuple], workers: int) -> list[dict[str, Any]]:
+    """Run candidates in order, in `workers` one-thread processes when more than 1 (spawned: torch is loaded)."""
+    if workers <= 1:
+        return [run_candidate(*j) for j in jobs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        return list(pool.map(_call, jobs))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--part", choices=["teacher", "student", "all"], default="all")
@@ -118,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results)")
     ap.add_argument("--runs-dir", type=Path, default=None, help="run directories (default benchmarks/runs)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes of one thread each (default 1)")
     args = ap.parse_args(argv)
     progress = not args.no_progress
     tmp = tempfile.TemporaryDirectory(prefix="kdkit-hinton-select-") if args.quick and not args.out else None
@@ -126,34 +151,36 @@ def main(argv: list[str] | None = None) -> int:
     out = root / name
     runs = (args.runs_dir or (root if tmp else ROOT / "benchmarks" / "runs")) / name
     extra = VAL + (QUICK if args.quick else [])
+    threads = 1 if args.jobs > 1 else None
     teachers = dict(list(TEACHERS.items())[:2]) if args.quick else TEACHERS
     students = dict(list(STUDENTS.items())[:2]) if args.quick else STUDENTS
 
     t0 = time.perf_counter()
     doc: dict[str, Any] = {"machine": machine(), "date": dt.date.today().isoformat(), "val_size": 10000}
-    tres = {
-        k: run_candidate(
-            f"teacher-{k}", [*extra, "phases=[teacher]", *v], "teacher", None, out, runs, progress
-        )
+    tjobs = [
+        (f"teacher-{k}", [*extra, "phases=[teacher]", *v], "teacher", None, out, runs, progress, threads)
         for k, v in teachers.items()
-    }
+    ]
+    tres = dict(zip(teachers, pool_map(tjobs, args.jobs), strict=True))
     best_t = min(tres, key=lambda k: (tres[k]["val_errors"], list(teachers).index(k)))
     doc["teachers"] = {k: r["val_errors"] for k, r in tres.items()}
     doc["chosen_teacher"] = {"name": best_t, "overrides": teachers[best_t]}
     if args.part != "teacher":
         ckpt = runs / f"teacher-{best_t}" / "checkpoints" / "teacher.safetensors"
-        sres = {}
-        for k, v in students.items():
-            over = _quick_student(v) if args.quick else v
-            sres[k] = run_candidate(
+        sjobs = [
+            (
                 f"student-{k}-from-{best_t}",
-                [*extra, "phases=[distill]", *teachers[best_t], *over],
+                [*extra, "phases=[distill]", *teachers[best_t], *(_quick_student(v) if args.quick else v)],
                 "student_kd",
                 ckpt,
                 out,
                 runs,
                 progress,
+                threads,
             )
+            for k, v in students.items()
+        ]
+        sres = dict(zip(students, pool_map(sjobs, args.jobs), strict=True))
         best_s = min(sres, key=lambda k: (sres[k]["val_errors"], list(students).index(k)))
         doc["students"] = {k: r["val_errors"] for k, r in sres.items()}
         doc["chosen_student"] = {"name": best_s, "overrides": students[best_s]}

@@ -10,7 +10,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_quick_selection_scores_candidates_on_validation_only_and_resumes(tmp_path, data_root):
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "hinton_select.py"), "--quick", "--no-progress"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "hinton_select.py"),
+        "--quick",
+        "--no-progress",
+        "--jobs",
+        "2",
+    ]
     cmd += ["--out", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs")]
     env = {**os.environ, "KDKIT_DATA": str(data_root)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
