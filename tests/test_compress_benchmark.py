@@ -42,6 +42,7 @@ def test_quick_compress_benchmark_records_models_and_verdicts(tmp_path, data_roo
         assert d["int8"][key]["fp32"] == fp32
         assert sp["fp32_ms"] == models[fp32]["latency_ms"]["ort_b64_t1"]
         assert sp["speedup"] == sp["fp32_ms"] / sp["int8_ms"] > 0
+    assert d["paired"]["spinning"] is False  # sessions timed in turn must not busy-wait between runs
     paired = d["paired"]["t1"]
     assert set(paired["median_ms"]) == set(models) and all(v > 0 for v in paired["median_ms"].values())
     assert set(paired["int8_speedup"]) == {"student_int8", "int8_student"}
