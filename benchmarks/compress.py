@@ -44,6 +44,12 @@ TASKS = {
 CIFAR_TEACHER = ROOT / "benchmarks" / "runs" / "speed" / "cifar" / "checkpoints" / "teacher"
 MARKS = ("<!-- compress:start -->", "<!-- compress:end -->")
 INT8_SPEEDUP, MAX_DROP = 2.0, 1.0
+# Paired timing (alternating models run by run, robust to a changing load) at 1 thread only: with 2 threads the
+# idle ORT workers of the session that just ran spin-wait on the cores the next session needs (measured: the
+# CIFAR int8 student took 16 ms in turn against 12 ms alone), so ratios at more threads come from the latency
+# table, where each session runs alone.
+PAIRED_THREADS = 1
+PAIRED_METHOD = "alternating models, one run each per round, 1 thread; other threads: the latency table"
 QUICK = [
     "data.train_limit=3000",
     "data.val_size=500",
@@ -157,11 +163,9 @@ def paired_ratios(
     from kdkit.compress.export import ort_session
 
     x = np.random.default_rng(0).standard_normal((batch, *sample_shape)).astype(np.float32)
-    # Without spinning: a session's idle workers busy-wait after each run by default, and with five
-    # sessions in turn they held the cores the next one needed (2 threads timed like 1).
-    out: dict[str, Any] = {"batch": batch, "rounds": rounds, "spinning": False}
+    out: dict[str, Any] = {"batch": batch, "rounds": rounds, "method": PAIRED_METHOD}
     for n in threads:
-        sessions = {k: ort_session(p, n, spin=False) for k, p in onnx.items()}
+        sessions = {k: ort_session(p, n) for k, p in onnx.items()}
         feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
         times: dict[str, list[float]] = {k: [] for k in sessions}
         for r in range(rounds + 5):  # 5 untimed warm-up rounds
@@ -182,13 +186,20 @@ def paired_ratios(
 
 
 def add_paired(derived: dict[str, Any], paired: dict[str, Any]) -> None:
-    """Store the alternately timed ratios and judge the int8 targets on them (the robust measurement)."""
+    """Store the alternately timed ratios and judge the int8 targets: every thread count must reach 2x.
+
+    1 thread is judged on the alternately timed ratio, more threads on the latency table (see PAIRED_THREADS).
+    """
     derived["paired"] = paired
     for key, check in derived["int8"].items():
-        speedups = [v["int8_speedup"][key] for k, v in paired.items() if k.startswith("t")]
-        check["min_paired_speedup"] = min(speedups)
-        check["met"] = min(speedups) >= INT8_SPEEDUP and check["accuracy_drop_points"] <= MAX_DROP
-        check["judged_on"] = "alternately timed ONNX Runtime runs, every thread count"
+        speedups = {k: v["int8_speedup"][key] for k, v in paired.items() if k.startswith("t")}
+        for k, v in check["speed"].items():
+            if k not in speedups and v["speedup"] is not None:
+                speedups[k] = v["speedup"]
+        check["judged_speedups"] = speedups
+        check["min_paired_speedup"] = min(speedups.values())
+        check["met"] = min(speedups.values()) >= INT8_SPEEDUP and check["accuracy_drop_points"] <= MAX_DROP
+        check["judged_on"] = PAIRED_METHOD
 
 
 def measure_paired(comp: dict[str, Any], run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -196,7 +207,8 @@ def measure_paired(comp: dict[str, Any], run_dir: Path, args: argparse.Namespace
     cdir = run_dir / "compress"
     onnx = {k: cdir / f for k, f in ONNX_FILES.items() if k in comp["models"]}
     rounds = 10 if args.quick else args.paired_rounds
-    return paired_ratios(onnx, comp["input"]["shape"][1:], 64, comp["config"]["threads"], rounds)
+    threads = [n for n in comp["config"]["threads"] if n == PAIRED_THREADS]
+    return paired_ratios(onnx, comp["input"]["shape"][1:], 64, threads, rounds)
 
 
 def _compress_config(run_dir: Path) -> dict[str, Any] | None:
@@ -310,12 +322,14 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"{_f(v['speedup'])}x (vs PyTorch eager fp32 {_f(v['speedup_vs_eager'])}x)"
                 for k, v in i8["speed"].items()
             )
-            alt = "; ".join(f"{k[1:]} thread(s) **{paired[k]['int8_speedup'][key]:.2f}x**" for k in threads)
-            judged = " (the issue's target model)" if key == d["int8_target"] else ""
+            judged = "; ".join(
+                f"{k[1:]} thread(s) **{v:.2f}x**" + (" (alternating)" if k in paired else " (latency table)")
+                for k, v in i8.get("judged_speedups", {}).items()
+            )
+            target = " (the issue's target model)" if key == d["int8_target"] else ""
             lines.append(
-                f"- {i8['label']} against its fp32 model{judged}, ONNX Runtime, batch {d['batch']}: timed "
-                f"alternately, run by run ({paired['rounds']} rounds, median of within-round ratios, robust to a "
-                f"changing load): {alt}. From the latency table (models timed one after another): {sp}. "
+                f"- {i8['label']} against its fp32 model{target}, ONNX Runtime, batch {d['batch']}: {judged}. "
+                f"From the latency table (models timed one after another): {sp}. "
                 f"Accuracy {-i8['accuracy_drop_points']:+.2f} points. Target >= {INT8_SPEEDUP:.0f}x at every "
                 f"thread count and <= {MAX_DROP:.0f} point lost: **{'met' if i8['met'] else 'not met'}**."
             )
@@ -330,7 +344,7 @@ def markdown(doc: dict[str, Any]) -> str:
             f"student. Target <= {MAX_DROP:.0f} point: **{'met' if pr['met'] else 'not met'}**.",
             f"- Distilled + pruned + int8 student against the teacher: {vt['params_ratio']:.1f}x fewer parameters, "
             f"{vt['flops_ratio']:.1f}x fewer FLOPs, {vt['onnx_size_ratio']:.1f}x smaller ONNX file, ONNX Runtime "
-            f"latency {lat} faster (alternately timed, batch {paired['batch']}: "
+            f"latency {lat} faster (alternately timed, batch {paired['batch']}, {paired['rounds']} rounds: "
             + "; ".join(
                 f"{k[1:]} thread(s) {paired[k]['teacher_over_int8']:.1f}x, unpruned student/final "
                 f"{paired[k]['student_over_int8']:.1f}x"
@@ -381,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                 if rec["compress"]["config"] == _wanted(load_config(TASKS[task])):
                     console.print(f"[{task}] stored result {path}: skipped", markup=False, highlight=False)
                     tasks[task] = rec
-                    if rec["derived"]["paired"].get("spinning", True):  # timed the older way: again
+                    if rec["derived"]["paired"].get("method") != PAIRED_METHOD:  # timed another way: again
                         add_paired(
                             rec["derived"], measure_paired(rec["compress"], args.runs_dir / task, args)
                         )
@@ -398,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             tmp.cleanup()
     cmd = "python benchmarks/compress.py" + (" --quick" if args.quick else "")
     cmd += f" --threads {args.threads}" if args.threads else ""
+    cmd += f" --cifar-teacher {args.cifar_teacher}" if args.cifar_teacher else ""
     doc = {
         "command": f"KDKIT_DATA={os.environ.get('KDKIT_DATA', '../shared/data')} {cmd}",
         "machine": machine(),

@@ -42,7 +42,8 @@ def test_quick_compress_benchmark_records_models_and_verdicts(tmp_path, data_roo
         assert d["int8"][key]["fp32"] == fp32
         assert sp["fp32_ms"] == models[fp32]["latency_ms"]["ort_b64_t1"]
         assert sp["speedup"] == sp["fp32_ms"] / sp["int8_ms"] > 0
-    assert d["paired"]["spinning"] is False  # sessions timed in turn must not busy-wait between runs
+    assert d["paired"]["method"].startswith("alternating models, one run each per round, 1 thread")
+    assert [k for k in d["paired"] if k.startswith("t")] == ["t1"]  # more threads: from the latency table
     paired = d["paired"]["t1"]
     assert set(paired["median_ms"]) == set(models) and all(v > 0 for v in paired["median_ms"].values())
     assert set(paired["int8_speedup"]) == {"student_int8", "int8_student"}
@@ -106,3 +107,10 @@ def test_derive_checks_the_targets_from_the_rows():
     assert d["int8"]["student_int8"]["min_paired_speedup"] == 2.2 and d["int8"]["student_int8"]["met"]
     add_paired(d, {"batch": 64, "rounds": 3, "t1": t(2.6, 2.4), "t2": t(2.2, 2.1)})
     assert d["int8"]["int8_student"]["met"]
+    # Paired at 1 thread only: 2 threads are judged on the latency table (here 2.5x for both models).
+    add_paired(d, {"batch": 64, "rounds": 3, "t1": t(2.6, 1.9)})
+    assert (
+        d["int8"]["student_int8"]["judged_speedups"] == {"t1": 2.6, "t2": 2.5}
+        and d["int8"]["student_int8"]["met"]
+    )
+    assert d["int8"]["int8_student"]["min_paired_speedup"] == 1.9 and not d["int8"]["int8_student"]["met"]
