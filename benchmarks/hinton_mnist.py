@@ -149,12 +149,7 @@ def resolve(
     The teacher's weights are known by the sha256 its own stored result records (the weights may be gone,
     e.g. in a fresh checkout: results/ is in git, runs/ is not), else by hashing its checkpoint.
     """
-    overrides = list(run.overrides) + [
-        f"runtime.progress={str(progress).lower()}",
-        "runtime.tensorboard=false",
-    ]
-    if threads is not None:
-        overrides.append(f"runtime.threads={threads}")
+    overrides = [*run.overrides, *runtime_overrides(progress, threads)]
     teacher_sha = None
     if run.teacher_from:
         ckpt = _teacher_file(runs_dir, run.teacher_from)
@@ -168,10 +163,23 @@ def resolve(
     return cfg, fingerprint(cfg, teacher_sha)
 
 
+def runtime_overrides(progress: bool, threads: int | None) -> list[str]:
+    """Return the --set overrides of how a benchmark run executes (left out of its fingerprint)."""
+    over = [f"runtime.progress={str(progress).lower()}", "runtime.tensorboard=false"]
+    return [*over, f"runtime.threads={threads}"] if threads is not None else over
+
+
+def current_result(path: Path, fp: str) -> dict[str, Any] | None:
+    """Return the stored result at path if today's recipe (fingerprint fp) made it, else None (run again)."""
+    if not path.exists():
+        return None
+    stored = json.loads(path.read_text())
+    return stored if stored.get("fingerprint") == fp else None
+
+
 def is_done(run: Run, out: Path, runs_dir: Path) -> bool:
     """Return True when the run's stored result was made by today's recipe (and today's teacher)."""
-    path = out / f"{run.name}.json"
-    return path.exists() and json.loads(path.read_text()).get("fingerprint") == resolve(run, out, runs_dir)[1]
+    return current_result(out / f"{run.name}.json", resolve(run, out, runs_dir)[1]) is not None
 
 
 def execute(
@@ -180,11 +188,9 @@ def execute(
     """Run one benchmark entry (or return its stored result) and store its JSON."""
     res_path = out / f"{run.name}.json"
     cfg, fp = resolve(run, out, runs_dir, progress, threads)
-    if res_path.exists():
-        stored = json.loads(res_path.read_text())
-        if stored.get("fingerprint") == fp:
-            return stored
-        # Made with another config (or from another teacher): stale, run again.
+    stored = current_result(res_path, fp)
+    if stored is not None:
+        return stored
     t0 = time.perf_counter()
     summary = run_experiment(cfg, runs_dir / run.name, overwrite=True, console=make_console())
     rec = {

@@ -104,15 +104,6 @@ def test_iterative_pruning_reaches_the_same_target_in_steps():
     assert 1 - rep.params_after / rep.params_before == pytest.approx(0.4, abs=0.04)
 
 
-def test_ort_session_threads_and_spinning(tmp_path):
-    path = export_onnx(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), torch.randn(2, 4), tmp_path / "m.onnx")
-    opts = ort_session(path, threads=2, spin=False).get_session_options()
-    assert opts.intra_op_num_threads == 2
-    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    with pytest.raises(RuntimeError, match="allow_spinning"):  # by default: not set, ORT spins
-        ort_session(path, 1).get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
-
-
 def test_round_to_keeps_channel_counts_simd_friendly():
     model = _resnet8()
     pruned, rep = prune_model(model, torch.randn(1, 3, 16, 16), 0.5, round_to=8, tolerance=0.15)

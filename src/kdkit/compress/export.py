@@ -132,16 +132,10 @@ def export_onnx(
     return path
 
 
-def ort_session(path: str | Path, threads: int | None = None, spin: bool = True) -> Any:
-    """Return an ONNX Runtime CPU InferenceSession for an ONNX file, with `threads` intra-op threads.
-
-    `spin=False` stops the session's idle worker threads from busy-waiting after a run: needed when several
-    sessions run in turn (their spinning workers would otherwise hold the cores the next session needs).
-    """
+def ort_session(path: str | Path, threads: int | None = None) -> Any:
+    """Return an ONNX Runtime CPU InferenceSession for an ONNX file, with `threads` intra-op threads."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if not spin:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1

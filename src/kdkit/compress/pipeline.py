@@ -374,7 +374,6 @@ def _compress(c: _Compressor, ckpt: Path) -> dict[str, Any]:
         targets = [("int8_student", "pruned_student_int8.onnx")]
         if cfg.quantize_unpruned:
             targets.insert(0, ("student_int8", "student_int8.onnx"))
-        ops: dict[str, int] = {}
         for key, name in targets:
             fp32 = INT8_OF[key]
             int8_path = quantize_onnx(paths[fp32], out / name, calib, max_batches=cfg.calibration_batches)
@@ -383,8 +382,8 @@ def _compress(c: _Compressor, ckpt: Path) -> dict[str, Any]:
             for k in ("params", "macs", "flops"):
                 rec[k] = rows[fp32][k]
             rows[key] = rec
-            ops = op_counts(int8_path)
         rows = {k: rows[k] for k in ROWS if k in rows}  # table order: each int8 row after its fp32 model
+        ops = op_counts(out / "pruned_student_int8.onnx")
         quant = {
             "format": "QDQ",
             "weights": "int8 per-channel",
