@@ -1,9 +1,14 @@
-"""Shared fixtures: where the real data sets live."""
+"""Shared fixtures: where the real data sets live, and running a benchmark script on them."""
 
 import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def real_data_root() -> Path | None:
@@ -19,3 +24,18 @@ def data_root() -> Path:
     if root is None or not (root / "mnist").is_dir():
         pytest.skip("real data not found: set KDKIT_DATA to the shared data directory")
     return root
+
+
+@pytest.fixture
+def bench(data_root: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """Return run(script, *args, timeout=600): benchmarks/<script> in a new interpreter on the real data.
+
+    The finished process (text stdout and stderr) is returned whatever its exit status.
+    """
+
+    def run(script: str, *args: object, timeout: float = 600) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)]
+        env = {**os.environ, "KDKIT_DATA": str(data_root), "PYTHONPATH": str(ROOT / "src")}
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+    return run

@@ -1,8 +1,6 @@
 """The CIFAR-10 methods benchmark: run order, shared overrides, the quick mode end to end, resumable parts."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -55,23 +53,13 @@ def test_every_run_overrides_the_same_budget_and_scales_the_epoch_windows():
     assert all(c.distill.teacher_outputs == "online" for c in cfgs.values())
 
 
-def test_quick_benchmark_end_to_end_and_parts_are_skipped_when_run_again(tmp_path, data_root):
+def test_quick_benchmark_end_to_end_and_parts_are_skipped_when_run_again(tmp_path, data_root, bench):
     if not (data_root / "cifar10-jpg.tar.gz").is_file():
         pytest.skip("cifar10-jpg.tar.gz not found")
     results_md = ROOT / "benchmarks" / "RESULTS.md"
     before = _stat(results_md)
-    cmd = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "methods_cifar10.py"),
-        "--quick",
-        "--out",
-        str(tmp_path / "results"),
-        "--runs-dir",
-        str(tmp_path / "runs"),
-        "--no-progress",
-    ]
-    env = {**os.environ, "KDKIT_DATA": str(data_root)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    args = ["--quick", "--out", tmp_path / "results", "--runs-dir", tmp_path / "runs", "--no-progress"]
+    proc = bench("methods_cifar10.py", *args, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((tmp_path / "results" / "methods_cifar10_quick.json").read_text())
     assert list(doc["rows"]) == ["scratch", "kd", "ft"] and doc["missing"] == []
@@ -94,7 +82,7 @@ def test_quick_benchmark_end_to_end_and_parts_are_skipped_when_run_again(tmp_pat
 
     # A second invocation trains nothing; a lost per-run result is run again (resumed from its run dir).
     (tmp_path / "results" / "methods_cifar10_quick" / "kd-s0.json").unlink()
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    again = bench("methods_cifar10.py", *args, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "[teacher]" not in again.stderr and "[student_scratch]" not in again.stderr
     assert "[student_kd] finished earlier" in again.stderr
@@ -104,5 +92,5 @@ def test_quick_benchmark_end_to_end_and_parts_are_skipped_when_run_again(tmp_pat
     )
 
     # Another budget in the same results directory is refused rather than mixed into the table.
-    other = subprocess.run([*cmd, "--epochs", "2"], capture_output=True, text=True, env=env, timeout=300)
+    other = bench("methods_cifar10.py", *args, "--epochs", "2", timeout=300)
     assert other.returncode != 0 and "another setup" in other.stderr

@@ -2,10 +2,7 @@
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,12 +12,10 @@ def _stat(path: Path) -> tuple[int, int] | None:
     return (path.stat().st_mtime_ns, path.stat().st_size) if path.exists() else None
 
 
-def test_quick_speed_benchmark_records_all_variants(tmp_path, data_root):
+def test_quick_speed_benchmark_records_all_variants(tmp_path, bench):
     results_md = ROOT / "benchmarks" / "RESULTS.md"
     before = _stat(results_md)
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--quick", "--out", str(tmp_path)]
-    env = {**os.environ, "KDKIT_DATA": str(data_root)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    proc = bench("speed.py", "--quick", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     last = proc.stdout.strip().splitlines()[-1]

@@ -1,28 +1,15 @@
 """The strategies benchmark in --quick mode: every row runs, reports against its baseline, and resumes."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_quick_strategies_benchmark_writes_every_row_and_skips_finished_ones(tmp_path, data_root):
+def test_quick_strategies_benchmark_writes_every_row_and_skips_finished_ones(tmp_path, bench):
     results_md = (ROOT / "benchmarks" / "RESULTS.md").read_bytes()
-    cmd = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "strategies.py"),
-        "--quick",
-        "--out",
-        str(tmp_path / "results"),
-        "--workdir",
-        str(tmp_path / "runs"),
-        "--no-progress",
-    ]
-    env = {**os.environ, "KDKIT_DATA": str(data_root), "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    args = ["--quick", "--out", tmp_path / "results", "--workdir", tmp_path / "runs", "--no-progress"]
+    proc = bench("strategies.py", *args, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((tmp_path / "results" / "strategies_quick.json").read_text())
     rows = doc["rows"]
@@ -44,7 +31,7 @@ def test_quick_strategies_benchmark_writes_every_row_and_skips_finished_ones(tmp
     assert semi["baseline"]["label"].startswith("student on the 200 labeled")
     assert "<!-- strategies:start -->" in proc.stdout and "| variant |" in proc.stdout
     # A second invocation reuses every row: no training at all.
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    again = bench("strategies.py", *args, timeout=120)
     assert again.returncode == 0 and "epoch" not in again.stderr + again.stdout.split("<!--")[0]
     assert json.loads((tmp_path / "results" / "strategies_quick.json").read_text()) == doc
     assert (ROOT / "benchmarks" / "RESULTS.md").read_bytes() == results_md  # quick never touches it
