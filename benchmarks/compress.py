@@ -240,10 +240,12 @@ def run_task(task: str, args: argparse.Namespace, runs_dir: Path, console: Any) 
     t0 = time.perf_counter()
     resume = (run_dir / "config.yaml").exists()
     recompressed = False
-    if (run_dir / "summary.json").exists() and _compress_config(run_dir) != _wanted(cfg):
-        # The run (teacher, distilled student) is finished and only the compress section changed since:
-        # compress its student again rather than train everything anew.
-        console.print(f"[{task}] compress section changed: compressing {run_dir} again", markup=False)
+    finished = (run_dir / "summary.json").exists()
+    if finished and (args.recompress or _compress_config(run_dir) != _wanted(cfg)):
+        # The run (teacher, distilled student) is finished and only the compress section changed since (or
+        # --recompress asks for fresh measurements): compress its student again rather than train anew.
+        why = "--recompress" if args.recompress else "compress section changed"
+        console.print(f"[{task}] {why}: compressing {run_dir} again", markup=False)
         summary = json.loads((run_dir / "summary.json").read_text())
         comp = compress_run(run_dir, cfg.compress, console, overwrite=True)
         recompressed = True
@@ -363,13 +365,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=None)
     ap.add_argument("--cifar-teacher", default=None, help="reuse this kdkit teacher checkpoint for CIFAR-10")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    ap.add_argument("--runs-dir", type=Path, default=ROOT / "benchmarks" / "runs" / "compress")
+    ap.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=None,
+        help="kdkit run directories (default benchmarks/runs/compress; with --quick a temporary directory)",
+    )
     ap.add_argument("--paired-rounds", type=int, default=100, help="alternating ONNX Runtime runs per model")
     ap.add_argument(
         "--threads",
         type=int,
         default=None,
         help="torch threads for training (latency uses the config's threads)",
+    )
+    ap.add_argument(
+        "--recompress",
+        action="store_true",
+        help="compress finished runs again (prune, distil, quantize, time) instead of reusing stored results, "
+        "e.g. to time them again on a quiet machine",
     )
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     args = ap.parse_args(argv)
@@ -383,22 +396,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = make_console()
     t_start = time.perf_counter()
-    tmp = tempfile.TemporaryDirectory(prefix="kdkit-compress-") if args.quick else None
-    runs_dir = Path(tmp.name) if tmp else args.runs_dir
+    tmp = tempfile.TemporaryDirectory(prefix="kdkit-compress-") if args.quick and not args.runs_dir else None
+    runs_dir = Path(tmp.name) if tmp else args.runs_dir or ROOT / "benchmarks" / "runs" / "compress"
     parts = args.out / ("compress_quick" if args.quick else "compress")
     tasks: dict[str, Any] = {}
     try:
         for task in args.tasks:
             path = parts / f"{task}.json"
-            if path.exists() and not args.quick:
+            if path.exists() and not args.quick and not args.recompress:
                 rec = json.loads(path.read_text())
                 if rec["compress"]["config"] == _wanted(load_config(TASKS[task])):
                     console.print(f"[{task}] stored result {path}: skipped", markup=False, highlight=False)
                     tasks[task] = rec
                     if rec["derived"]["paired"].get("method") != PAIRED_METHOD:  # timed another way: again
-                        add_paired(
-                            rec["derived"], measure_paired(rec["compress"], args.runs_dir / task, args)
-                        )
+                        add_paired(rec["derived"], measure_paired(rec["compress"], runs_dir / task, args))
                         atomic_write_text(path, json.dumps(rec, indent=2))
                     continue
                 console.print(
@@ -412,7 +423,10 @@ def main(argv: list[str] | None = None) -> int:
             tmp.cleanup()
     cmd = "python benchmarks/compress.py" + (" --quick" if args.quick else "")
     cmd += f" --threads {args.threads}" if args.threads else ""
-    cmd += f" --cifar-teacher {args.cifar_teacher}" if args.cifar_teacher else ""
+    cmd += " --recompress" if args.recompress else ""
+    if args.cifar_teacher:
+        ckpt = Path(args.cifar_teacher)
+        cmd += f" --cifar-teacher {ckpt.relative_to(ROOT) if ckpt.is_relative_to(ROOT) else ckpt}"
     doc = {
         "command": f"KDKIT_DATA={os.environ.get('KDKIT_DATA', '../shared/data')} {cmd}",
         "machine": machine(),

@@ -1,8 +1,6 @@
 """The compress benchmark's quick form: a whole MNIST distil -> prune -> int8 pipeline and its derived ratios."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,19 +10,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from compress import add_paired, derive, markdown  # noqa: E402
 
 
-def test_quick_compress_benchmark_records_models_and_verdicts(tmp_path, data_root):
+def test_quick_compress_benchmark_records_models_and_verdicts(tmp_path, bench):
     results_md = ROOT / "benchmarks" / "RESULTS.md"
     before = results_md.read_bytes() if results_md.exists() else None
-    cmd = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "compress.py"),
-        "--quick",
-        "--out",
-        str(tmp_path),
-        "--no-progress",
-    ]
-    env = {**os.environ, "KDKIT_DATA": str(data_root)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    args = ["--quick", "--out", tmp_path, "--runs-dir", tmp_path / "runs", "--no-progress"]
+    proc = bench("compress.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((tmp_path / "compress_quick.json").read_text())
     task = doc["tasks"]["mnist"]
@@ -62,6 +52,20 @@ def test_quick_compress_benchmark_records_models_and_verdicts(tmp_path, data_roo
     r = paired["int8_speedup"]["student_int8"]
     assert "- int8 student against its fp32 model (the issue's target model)" in md and f"**{r:.2f}x**" in md
     assert "- int8 pruned student against its fp32 model, ONNX" in md
+
+    # --recompress compresses the finished run again (fresh timings) without training its teacher or student.
+    summary = tmp_path / "runs" / "mnist" / "compress" / "summary.json"
+    first = json.loads(summary.read_text())
+    again = bench("compress.py", *args, "--recompress")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "--recompress: compressing" in again.stdout + again.stderr
+    assert "[teacher] epoch" not in again.stdout + again.stderr
+    second = json.loads(summary.read_text())
+    assert list(second["models"]) == list(first["models"])
+    assert second["models"]["student"]["accuracy"] == first["models"]["student"]["accuracy"]  # same student
+    assert second["created"] > first["created"]  # written anew
+    doc2 = json.loads((tmp_path / "compress_quick.json").read_text())
+    assert doc2["tasks"]["mnist"]["recompressed"] is True and "--recompress" in doc2["command"].split()
 
 
 def _row(acc, params, flops, mb, lat):
