@@ -1,31 +1,18 @@
 """The shortened Hinton et al. (2015) MNIST benchmark: distillation beats the scratch student."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_quick_hinton_benchmark_distilled_beats_scratch(tmp_path, data_root):
-    cmd = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "hinton_mnist.py"),
-        "--quick",
-        "--seeds",
-        "0",
-        "--out",
-        str(tmp_path / "results"),
-        "--runs-dir",
-        str(tmp_path / "runs"),
-        "--no-progress",
-    ]
-    env = {**os.environ, "KDKIT_DATA": str(data_root)}
+def test_quick_hinton_benchmark_distilled_beats_scratch(tmp_path, bench):
+    args = ["--quick", "--seeds", "0", "--out", tmp_path / "results", "--runs-dir", tmp_path / "runs"]
+    args.append("--no-progress")
     # The first invocation in two one-thread worker processes (teacher and scratch student side by side);
     # the later ones in-process: a stored result is reused whatever the threads were.
-    proc = subprocess.run([*cmd, "--jobs", "2"], capture_output=True, text=True, env=env, timeout=600)
+    proc = bench("hinton_mnist.py", *args, "--jobs", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((tmp_path / "results" / "hinton_mnist_quick.json").read_text())
     rows = doc["rows"]
@@ -36,7 +23,7 @@ def test_quick_hinton_benchmark_distilled_beats_scratch(tmp_path, data_root):
     per_run = sorted(p.name for p in (tmp_path / "results" / "hinton_mnist_quick").glob("*.json"))
     assert per_run == ["distilled-s0.json", "scratch-s0.json", "teacher-s0.json"]
     assert {r["threads"] for r in doc["runs"].values()} == {1} and doc["command"].endswith("--jobs 2")
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    again = bench("hinton_mnist.py", *args, timeout=120)
     assert again.returncode == 0 and "epoch" not in again.stderr
     assert json.loads((tmp_path / "results" / "hinton_mnist_quick.json").read_text())["rows"] == rows
     # A stored result made by another recipe (its fingerprint differs) is run again; the others are kept.
@@ -45,7 +32,7 @@ def test_quick_hinton_benchmark_distilled_beats_scratch(tmp_path, data_root):
     fp = stale["fingerprint"]
     (res / "scratch-s0.json").write_text(json.dumps({**stale, "fingerprint": "another recipe"}))
     kept = {n: (res / n).read_bytes() for n in ("teacher-s0.json", "distilled-s0.json")}
-    third = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    third = bench("hinton_mnist.py", *args, timeout=300)
     assert third.returncode == 0, third.stderr[-3000:]
     assert json.loads((res / "scratch-s0.json").read_text())["fingerprint"] == fp
     assert {n: (res / n).read_bytes() for n in kept} == kept
@@ -61,6 +48,27 @@ def test_fingerprint_follows_the_recipe_and_the_teachers_weights():
     assert fingerprint(load_config(CONFIG, ["runtime.threads=1"]), None) == base  # runtime: not a recipe
     assert fingerprint(load_config(CONFIG, ["student.train.epochs=31"]), None) != base
     assert fingerprint(load_config(CONFIG, []), "a" * 64) != fingerprint(load_config(CONFIG, []), "b" * 64)
+    # Only what a run's phases read: a teacher run ignores the student, a scratch run the teacher and distill.
+    teacher = ["phases=[teacher]"]
+    assert fingerprint(load_config(CONFIG, [*teacher, "student.train.epochs=31"]), None) == fingerprint(
+        load_config(CONFIG, teacher), None
+    )
+    assert fingerprint(load_config(CONFIG, [*teacher, "teacher.train.epochs=3"]), None) != fingerprint(
+        load_config(CONFIG, teacher), None
+    )
+    scratch = ["phases=[scratch]"]
+    for other in ("teacher.train.epochs=3", "distill.temperature=3", "teacher.model.dropout=0.2"):
+        assert fingerprint(load_config(CONFIG, [*scratch, other]), None) == fingerprint(
+            load_config(CONFIG, scratch), None
+        )
+    distill = ["phases=[distill]"]
+    # A distilled run knows its teacher by its weights' hash, not by the recipe that trained it.
+    assert fingerprint(load_config(CONFIG, [*distill, "teacher.train.epochs=3"]), "a" * 64) == fingerprint(
+        load_config(CONFIG, distill), "a" * 64
+    )
+    assert fingerprint(load_config(CONFIG, [*distill, "distill.temperature=3"]), "a" * 64) != fingerprint(
+        load_config(CONFIG, distill), "a" * 64
+    )
 
 
 def test_a_teacher_whose_weights_are_gone_is_trained_again_only_if_a_run_needs_them(tmp_path):

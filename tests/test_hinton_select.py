@@ -1,30 +1,27 @@
 """The Hinton recipe selection: candidates scored on a validation split, the test set never recorded."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_quick_selection_scores_candidates_on_validation_only_and_resumes(tmp_path, data_root):
-    cmd = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "hinton_select.py"),
+def test_quick_selection_scores_candidates_on_validation_only_and_resumes(tmp_path, bench):
+    args = [
         "--quick",
         "--no-progress",
         "--jobs",
         "2",
+        "--out",
+        tmp_path / "results",
+        "--runs-dir",
+        tmp_path / "runs",
     ]
-    cmd += ["--out", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs")]
-    env = {**os.environ, "KDKIT_DATA": str(data_root)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    proc = bench("hinton_select.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((tmp_path / "results" / "hinton_select_quick.json").read_text())
-    assert set(doc["teachers"]) == {"config", "dropout-0.5"} and set(doc["students"]) == {
-        "config",
+    assert set(doc["teachers"]) == {"80ep", "dropout-0.5"} and set(doc["students"]) == {
+        "sgd-clip5-30ep",
         "sgd-clip5-60ep",
     }
     # The chosen candidate is the one with the fewest validation errors (ties: the earlier one).
@@ -41,7 +38,7 @@ def test_quick_selection_scores_candidates_on_validation_only_and_resumes(tmp_pa
     text = next(cfg).read_text()
     assert f"teacher-{doc['chosen_teacher']['name']}" in text and "epochs: 2" in text
     # A second invocation trains nothing.
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    again = bench("hinton_select.py", *args, timeout=120)
     assert again.returncode == 0 and "epoch" not in again.stderr
     assert (
         json.loads((tmp_path / "results" / "hinton_select_quick.json").read_text())["students"]
