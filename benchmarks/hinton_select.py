@@ -36,11 +36,13 @@ from kdkit.experiment import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL = ["data.val_size=10000"]
-# The teacher candidates (the config's regularisation unless named): 80 epochs, then stronger regularisation
+# The teacher candidates, each naming its epochs and dropout (so that a later config does not change what a
+# stored candidate means): 80 epochs, then stronger regularisation
 # (Srivastava et al. 2014 used dropout 0.2 on inputs and 0.5 on hidden units with max-norm 3-4 for MNIST MLPs),
 # with and without max-norm 3.
+_D3 = ["teacher.model.dropout=0.3", "teacher.model.input_dropout=0.1"]  # the first config's dropout
 TEACHERS: dict[str, list[str]] = {
-    "80ep": ["teacher.train.epochs=80"],
+    "80ep": ["teacher.train.epochs=80", *_D3],
     "dropout-0.5": [
         "teacher.train.epochs=80",
         "teacher.model.dropout=0.5",
@@ -54,8 +56,13 @@ TEACHERS: dict[str, list[str]] = {
     ],
     # Longer schedules, sized so that two teachers on 60,000 images (one thread each) fit the 45-minute budget
     # beside the students: 120 epochs at batch 128, or 160 at batch 256 (27% more images per second here).
-    "120ep": ["teacher.train.epochs=120"],
-    "bs256-lr0.2-160ep": ["teacher.train.epochs=160", "teacher.train.batch_size=256", "teacher.train.lr=0.2"],
+    "120ep": ["teacher.train.epochs=120", *_D3],
+    "bs256-lr0.2-160ep": [
+        "teacher.train.epochs=160",
+        "teacher.train.batch_size=256",
+        "teacher.train.lr=0.2",
+        *_D3,
+    ],
     # Within the 120-epoch budget: lighter dropout (quicker to fit), and a one-cycle schedule at a higher peak.
     "dropout-0.2-0.05-120ep": [
         "teacher.train.epochs=120",
@@ -66,6 +73,7 @@ TEACHERS: dict[str, list[str]] = {
         "teacher.train.epochs=120",
         "teacher.train.schedule=onecycle",
         "teacher.train.lr=0.2",
+        *_D3,
     ],
 }
 # The distilled student's optimisation (distill.train; the scratch student keeps student.train). At T=20 the
