@@ -37,9 +37,8 @@ from kdkit.experiment import run_experiment
 ROOT = Path(__file__).resolve().parents[1]
 VAL = ["data.val_size=10000"]
 # The teacher candidates, each naming its epochs and dropout (so that a later config does not change what a
-# stored candidate means): 80 epochs, then stronger regularisation
-# (Srivastava et al. 2014 used dropout 0.2 on inputs and 0.5 on hidden units with max-norm 3-4 for MNIST MLPs),
-# with and without max-norm 3.
+# stored candidate means): 80 epochs, then stronger regularisation (Srivastava et al. 2014 used dropout 0.2 on
+# inputs and 0.5 on hidden units with max-norm 3-4 for MNIST MLPs), with and without max-norm 3.
 _D3 = ["teacher.model.dropout=0.3", "teacher.model.input_dropout=0.1"]  # the first config's dropout
 TEACHERS: dict[str, list[str]] = {
     "80ep": ["teacher.train.epochs=80", *_D3],
