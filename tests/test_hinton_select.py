@@ -28,8 +28,12 @@ def test_quick_selection_scores_candidates_on_validation_only_and_resumes(tmp_pa
     t = doc["teachers"]
     assert doc["chosen_teacher"]["name"] == min(t, key=lambda k: (t[k], list(t).index(k)))
     assert all(0 <= v <= 10000 for v in [*t.values(), *doc["students"].values()])
+    # The chosen student recipe is also distilled from the other teacher; no quick candidate is over budget.
+    other = next(k for k in t if k != doc["chosen_teacher"]["name"])
+    assert set(doc["chosen_student_from_other_teachers"]) == {other}
+    assert doc["students_over_budget"] == []
     per_run = sorted((tmp_path / "results" / "hinton_select_quick").glob("*.json"))
-    assert len(per_run) == 4
+    assert len(per_run) == 5
     for p in per_run:
         rec = json.loads(p.read_text())
         assert not any("test" in k or k in ("accuracy", "errors") for k in rec), rec  # validation only
@@ -44,3 +48,13 @@ def test_quick_selection_scores_candidates_on_validation_only_and_resumes(tmp_pa
         json.loads((tmp_path / "results" / "hinton_select_quick.json").read_text())["students"]
         == doc["students"]
     )
+    # A budget of 30 distillation epochs rules the 60-epoch candidate out without training anything again.
+    stamps = {p.name: p.stat().st_mtime_ns for p in per_run}
+    tight = bench("hinton_select.py", *args, "--max-distill-epochs", "30", timeout=300)
+    assert tight.returncode == 0, tight.stderr[-3000:]
+    doc = json.loads((tmp_path / "results" / "hinton_select_quick.json").read_text())
+    assert doc["students_over_budget"] == ["sgd-clip5-60ep"]
+    assert doc["chosen_student"]["name"] == "sgd-clip5-30ep"
+    assert all(p.stat().st_mtime_ns == stamps[p.name] for p in per_run)
+    none = bench("hinton_select.py", *args, "--max-distill-epochs", "10", timeout=120)
+    assert none.returncode == 2 and "no student candidate trains that briefly" in none.stderr
