@@ -161,7 +161,8 @@ def fingerprint(cfg: Any, teacher_sha256: str | None) -> str:
     return h.hexdigest()
 
 
-def _teacher_file(runs_dir: Path, name: str) -> Path:
+def teacher_file(runs_dir: Path, name: str) -> Path:
+    """Return where the run `name` in runs_dir keeps its trained teacher."""
     return runs_dir / name / "checkpoints" / "teacher.safetensors"
 
 
@@ -176,7 +177,7 @@ def resolve(
     overrides = [*run.overrides, *runtime_overrides(progress, threads)]
     teacher_sha = None
     if run.teacher_from:
-        ckpt = _teacher_file(runs_dir, run.teacher_from)
+        ckpt = teacher_file(runs_dir, run.teacher_from)
         overrides.append(f"teacher.checkpoint={json.dumps(str(ckpt))}")
         stored = out / f"{run.teacher_from}.json"
         if stored.exists():
@@ -229,7 +230,7 @@ def execute(
         "fingerprint": fp,
     }
     if run.role == "teacher":
-        rec["weights_sha256"] = file_sha256(_teacher_file(runs_dir, run.name))
+        rec["weights_sha256"] = file_sha256(teacher_file(runs_dir, run.name))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(res_path, json.dumps(rec, indent=2))
     return rec
@@ -380,7 +381,7 @@ def forget_teachers_without_weights(runs: list[Run], out: Path, runs_dir: Path) 
     trains again first, and every run it teaches follows (their fingerprints name the teacher's weights).
     """
     for run in runs:
-        gone = run.teacher_from and not _teacher_file(runs_dir, run.teacher_from).exists()
+        gone = run.teacher_from and not teacher_file(runs_dir, run.teacher_from).exists()
         if gone and not is_done(run, out, runs_dir):
             (out / f"{run.teacher_from}.json").unlink(missing_ok=True)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from benchcommon import machine
-from hinton_mnist import CONFIG, current_result, fingerprint, runtime_overrides
+from hinton_mnist import CONFIG, current_result, fingerprint, runtime_overrides, teacher_file
 
 from kdkit.checkpoint import atomic_write_text, file_sha256
 from kdkit.config import load_config
@@ -218,19 +218,12 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     doc: dict[str, Any] = {"machine": machine(), "date": dt.date.today().isoformat(), "val_size": 10000}
-    tjobs = [
-        (
-            f"teacher-{k}",
-            [*VAL, "phases=[teacher]", *v, *quick],
-            "teacher",
-            None,
-            out,
-            runs,
-            progress,
-            threads,
-        )
-        for k, v in teachers.items()
-    ]
+
+    def job(name: str, overrides: list[str], role: str, teacher: Path | None = None) -> tuple:
+        """The arguments of run_candidate for one candidate of this invocation."""
+        return (name, [*VAL, *overrides], role, teacher, out, runs, progress, threads)
+
+    tjobs = [job(f"teacher-{k}", ["phases=[teacher]", *v, *quick], "teacher") for k, v in teachers.items()]
     tres = dict(zip(teachers, pool_map(tjobs, args.jobs), strict=True))
     best_t = min(tres, key=lambda k: (tres[k]["val_errors"], list(teachers).index(k)))
     doc["teachers"] = {k: r["val_errors"] for k, r in tres.items()}
@@ -239,16 +232,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def student_job(k: str, t: str) -> tuple:
             """Student candidate k distilled from teacher candidate t."""
-            return (
-                f"student-{k}-from-{t}",
-                [*VAL, "phases=[distill]", *teachers[t], *quick, *student_overrides(students[k], args.quick)],
-                "student_kd",
-                runs / f"teacher-{t}" / "checkpoints" / "teacher.safetensors",
-                out,
-                runs,
-                progress,
-                threads,
-            )
+            over = ["phases=[distill]", *teachers[t], *quick, *student_overrides(students[k], args.quick)]
+            return job(f"student-{k}-from-{t}", over, "student_kd", teacher_file(runs, f"teacher-{t}"))
 
         sres = dict(
             zip(students, pool_map([student_job(k, best_t) for k in students], args.jobs), strict=True)
