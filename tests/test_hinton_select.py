@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,6 +39,9 @@ def test_quick_selection_scores_candidates_on_validation_only_and_resumes(tmp_pa
     for p in per_run:
         rec = json.loads(p.read_text())
         assert not any("test" in k or k in ("accuracy", "errors") for k in rec), rec  # validation only
+    # The summary keeps what the candidates cost when they were trained, also when an invocation reuses them.
+    cost = sum(json.loads(p.read_text())["wall_seconds"] for p in per_run) / 3600
+    assert cost > 0 and doc["candidates_wall_hours"] == pytest.approx(cost, rel=1e-9)
     # The student candidates distil from the chosen teacher, with the quick budget applied to distill.train.
     cfg = (tmp_path / "runs" / "hinton_select_quick").glob("student-sgd-clip5-60ep-from-*/config.yaml")
     text = next(cfg).read_text()
@@ -44,10 +49,10 @@ def test_quick_selection_scores_candidates_on_validation_only_and_resumes(tmp_pa
     # A second invocation trains nothing.
     again = bench("hinton_select.py", *args, timeout=120)
     assert again.returncode == 0 and "epoch" not in again.stderr
-    assert (
-        json.loads((tmp_path / "results" / "hinton_select_quick.json").read_text())["students"]
-        == doc["students"]
-    )
+    redo = json.loads((tmp_path / "results" / "hinton_select_quick.json").read_text())
+    assert redo["students"] == doc["students"]
+    assert redo["candidates_wall_hours"] == pytest.approx(cost, rel=1e-9)
+    assert redo["invocation_minutes"] < doc["invocation_minutes"]
     # A budget of 30 distillation epochs rules the 60-epoch candidate out without training anything again.
     stamps = {p.name: p.stat().st_mtime_ns for p in per_run}
     tight = bench("hinton_select.py", *args, "--max-distill-epochs", "30", timeout=300)
