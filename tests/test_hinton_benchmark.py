@@ -86,3 +86,38 @@ def test_a_teacher_whose_weights_are_gone_is_trained_again_only_if_a_run_needs_t
     (out / "distilled-s0.json").write_text(json.dumps({"fingerprint": "another recipe"}))
     forget_teachers_without_weights(runs, out, runs_dir)
     assert not (out / "teacher-s0.json").exists()  # the student must run again, from a teacher trained anew
+
+
+def test_jittered_transfer_row_is_opt_in_and_labelled_outside_the_papers_setup():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from hinton_mnist import JITTERED_TRANSFER, aggregate, markdown, plan
+
+    assert not [r for r in plan([0, 1], quick=False) if "jittered" in r.name]
+    extra = [r for r in plan([0, 1], quick=False, jittered_transfer=True) if "jittered" in r.name]
+    assert [(r.name, r.teacher_from) for r in extra] == [
+        ("distilled-jittered-s0", "teacher-s0"),
+        ("distilled-jittered-s1", "teacher-s1"),
+    ]
+    assert all(
+        set(JITTERED_TRANSFER) <= set(r.overrides) and "phases=[distill]" in r.overrides for r in extra
+    )
+    # Aggregated per seed like the distilled row, against the paper's distilled figure, and labelled.
+    results = {
+        f"{row}-s{s}": {"tags": {"row": row, "seed": s}, "model": {"errors": e}}
+        for row, errs in (("distilled", (90, 88)), ("distilled_jittered", (70, 66)))
+        for s, e in enumerate(errs)
+    }
+    rows = aggregate(results)["rows"]
+    assert rows["distilled_jittered"]["errors"]["mean"] == 68 and rows["distilled_jittered"]["paper"] == 74
+    assert rows["distilled"]["errors"]["mean"] == 89
+    info = {
+        "command": "python benchmarks/hinton_mnist.py --jittered-transfer",
+        "machine": {"nproc": 2, "cpu": "cpu", "torch": "t"},
+        "precision": "bf16",
+        "date": "d",
+        "total_minutes": 1.0,
+        "invocation_minutes": 1.0,
+    }
+    table = [x for x in markdown({"rows": rows, "sweep": {}}, info).splitlines() if x.startswith("| ")]
+    line = next(x for x in table if "jittered" in x)
+    assert line.startswith("| *not the paper's setup:*") and "| 68.0 ± 2.8 (70, 66) | 2 | 74 | -6.0 |" in line
