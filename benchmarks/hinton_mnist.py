@@ -43,7 +43,13 @@ PAPER = {
     "omit3_bias_threes": 14,
 }
 TEMPERATURES = [1, 2, 2.5, 3, 4, 5, 8, 10, 20]
-SEED_ROWS = ("teacher", "scratch", "distilled", "distilled_jittered")  # rows with a result per seed
+# Rows with a result per seed, and the paper's row each is measured against.
+SEED_ROWS = {
+    "teacher": "teacher",
+    "scratch": "scratch",
+    "distilled": "distilled",
+    "distilled_jittered": "distilled",
+}
 SWEEP_WIDTHS = [30, 300]
 # The sweep's distilled students train as long as its scratch students (30 epochs), which keeps the
 # 18 sweep runs within the 45-minute budget.
@@ -265,13 +271,13 @@ def _stats(values: list[float]) -> dict[str, float]:
 def aggregate(results: dict[str, dict]) -> dict[str, Any]:
     """Return the table rows (mean and spread over seeds) and the temperature sweep."""
     rows: dict[str, Any] = {}
-    for row in SEED_ROWS:
+    for row, paper_row in SEED_ROWS.items():
         recs = [r for r in results.values() if r["tags"].get("row") == row]
         if recs:
             rows[row] = {
                 "errors": _stats([r["model"]["errors"] for r in recs]),
                 "per_seed": {r["tags"]["seed"]: r["model"]["errors"] for r in recs},
-                "paper": PAPER[row.removesuffix("_jittered")],
+                "paper": PAPER[paper_row],
             }
     omit = [r for r in results.values() if r["tags"].get("row") == "omit3"]
     if omit:
