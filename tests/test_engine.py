@@ -11,7 +11,7 @@ from kdkit.data.loader import InMemoryLoader
 from kdkit.engine import Engine, NonFiniteLossError
 from kdkit.losses import Objective, Term
 from kdkit.models import create
-from kdkit.optim import lr_factor
+from kdkit.optim import build_optimizer, lr_factor
 from kdkit.resume import CheckpointPolicy, list_states
 from kdkit.runtime import resolve_runtime
 from kdkit.teacher import FrozenTeacher
@@ -49,6 +49,44 @@ def test_lr_schedules():
     one = TrainConfig(epochs=10, schedule="onecycle")
     peak = max(lr_factor(s, 100, one, 10) for s in range(100))
     assert peak == pytest.approx(1.0, abs=0.01) and lr_factor(99, 100, one, 10) < 0.01
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        TrainConfig(optimizer="adamw", lr=1e-2, weight_decay=1e-2),
+    ],
+    ids=["sgd", "adamw"],
+)
+def test_optimizers_use_the_fused_update_and_match_the_reference_update(cfg):
+    torch.manual_seed(0)
+    a = torch.nn.Linear(20, 7)
+    b = torch.nn.Linear(20, 7)
+    b.load_state_dict(a.state_dict())
+    w0 = a.weight.detach().clone()
+    fused = build_optimizer(a.parameters(), cfg)
+    assert fused.param_groups[0]["fused"] is True and not fused.param_groups[0]["foreach"]
+    # PyTorch's reference (per-parameter) update with the same settings, on an identical copy.
+    ref_cls = torch.optim.SGD if cfg.optimizer == "sgd" else torch.optim.AdamW
+    kw = {"momentum": cfg.momentum, "nesterov": True} if cfg.optimizer == "sgd" else {}
+    ref = ref_cls(b.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False, **kw)
+    x, y = torch.randn(32, 20), torch.randint(0, 7, (32,))
+    for _ in range(5):
+        for model, opt in ((a, fused), (b, ref)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    assert (a.weight - w0).abs().max() > 1e-2  # the weights moved
+    torch.testing.assert_close(a.weight, b.weight, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a.bias, b.bias, rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_falls_back_to_the_multi_tensor_update_without_fused_kernels():
+    # Parameters on the meta device have no fused kernel: the multi-tensor update is chosen instead.
+    model = torch.nn.Linear(4, 2, device="meta")
+    opt = build_optimizer(model.parameters(), TrainConfig(optimizer="adamw", lr=1e-3))
+    assert opt.param_groups[0]["foreach"] is True and not opt.param_groups[0]["fused"]
 
 
 def test_training_learns_and_applies_max_norm(tmp_path):

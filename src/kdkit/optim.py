@@ -15,8 +15,7 @@ from kdkit.config import TrainConfig
 def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     """Return SGD (momentum, optional Nesterov) or AdamW with the configured lr and weight decay."""
     params = [p for p in params if p.requires_grad]
-    # The multi-tensor (foreach) update: PyTorch picks it by default only on CUDA; on this CPU it ran an SGD
-    # step of the MNIST 800-800 student 2.6x faster than the per-parameter loop (0.40 against 1.03 ms).
+    impl = update_kernel(params)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params,
@@ -24,9 +23,22 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.o
             momentum=cfg.momentum,
             nesterov=cfg.nesterov and cfg.momentum > 0,
             weight_decay=cfg.weight_decay,
-            foreach=True,
+            **impl,
         )
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **impl)
+
+
+def update_kernel(params: list[nn.Parameter]) -> dict[str, bool]:
+    """Return the optimizer option that picks its fastest update: fused kernels where PyTorch has them.
+
+    PyTorch's default on CPU is the per-parameter loop. Measured on this CPU for the MNIST 800-800 student
+    (1 thread, ms per optimizer step): AdamW 2.6 fused, 12.7 multi-tensor (foreach); SGD with momentum
+    1.0 fused, 1.4 foreach, and the per-parameter loop 2.6x slower than foreach. Fused kernels exist for
+    floating-point parameters on CPU and CUDA; elsewhere the multi-tensor update is used.
+    """
+    if params and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
+        return {"fused": True}
+    return {"foreach": True}
 
 
 def lr_factor(step: int, total: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
