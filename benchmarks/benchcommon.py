@@ -35,6 +35,18 @@ def machine() -> dict[str, Any]:
     }
 
 
+def section_head(start_mark: str, title: str, command: str, mach: dict[str, Any], date: str) -> list[str]:
+    """Return the first lines of a RESULTS.md section: its mark, title, command, machine and date."""
+    return [
+        start_mark,
+        f"## {title}",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {mach['nproc']} cores, {mach['cpu']}, torch {mach['torch']}; date {date}",
+        "",
+    ]
+
+
 def update_results_md(section: str, path: Path, marks: tuple[str, str]) -> None:
     """Replace one benchmark's marked section of RESULTS.md (or append it), leaving the rest untouched."""
     start, end = marks

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchcommon import machine, update_results_md
+from benchcommon import machine, section_head, update_results_md
 
 from kdkit.checkpoint import atomic_write_text
 from kdkit.compress import compress_run
@@ -280,14 +280,9 @@ def _f(v: float | None, fmt: str = ".2f") -> str:
 
 def markdown(doc: dict[str, Any]) -> str:
     """Return the RESULTS.md section."""
-    mach = doc["machine"]
+    title = "Compression: distilled student -> pruned -> int8, against the teacher"
     lines = [
-        MARKS[0],
-        "## Compression: distilled student -> pruned -> int8, against the teacher",
-        "",
-        f"Command: `{doc['command']}`  ",
-        f"Machine: {mach['nproc']} cores, {mach['cpu']}, torch {mach['torch']}; date {doc['date']}",
-        "",
+        *section_head(MARKS[0], title, doc["command"], doc["machine"], doc["date"]),
         "Each task is `kdkit run configs/compress/<task>.yaml`: teacher, distilled student, then prune 50% of the "
         "student's FLOPs with torch-pruning (narrower layers), distil the pruned student again from the teacher, "
         "int8 static quantization with ONNX Runtime (QDQ, per-channel int8 weights, uint8 activations calibrated on "

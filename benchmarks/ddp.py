@@ -25,8 +25,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from benchcommon import machine, update_results_md  # noqa: E402
+from benchcommon import machine, section_head, update_results_md  # noqa: E402
 
+TITLE = "Data parallel overhead (MNIST 1200-1200 -> 800-800, online teacher, 2 epochs on 30,000 images)"
 CFG = {
     "name": "ddp-bench",
     "data": {"dataset": "mnist", "val_size": 0, "train_limit": 30000},
@@ -140,13 +141,7 @@ def main() -> int:
     ratio = two["samples_per_second"] / one["samples_per_second"]
     section = "\n".join(
         [
-            MARKS[0],
-            "## Data parallel overhead (MNIST 1200-1200 -> 800-800, online teacher, 2 epochs on 30,000 images)",
-            "",
-            "Command: `python benchmarks/ddp.py`  ",
-            f"Machine: {res['machine']['nproc']} cores, "
-            f"{res['machine']['cpu']}, torch {res['machine']['torch']}; date {res['date']}",
-            "",
+            *section_head(MARKS[0], TITLE, "python benchmarks/ddp.py", res["machine"], res["date"]),
             "| setup | samples/s | test accuracy | optimizer steps |",
             "|---|---|---|---|",
             f"| 1 process x 2 threads | {one['samples_per_second']:,.0f} | {one['accuracy'] * 100:.2f}% | {one['steps']} |",

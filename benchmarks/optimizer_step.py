@@ -29,7 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from benchcommon import machine, update_results_md  # noqa: E402
+from benchcommon import machine, section_head, update_results_md  # noqa: E402
 
 from kdkit.checkpoint import atomic_write_text  # noqa: E402
 from kdkit.models import create  # noqa: E402
@@ -104,14 +104,9 @@ def end_to_end(epochs: int, data: str | None, train_limit: int | None) -> dict[s
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    m = doc["machine"]
+    title = "Optimizer update kernels (why kdkit uses fused SGD and AdamW)"
     lines = [
-        MARKS[0],
-        "## Optimizer update kernels (why kdkit uses fused SGD and AdamW)",
-        "",
-        f"Command: `{doc['command']}`  ",
-        f"Machine: {m['nproc']} cores, {m['cpu']}, torch {m['torch']}; date {doc['date']}",
-        "",
+        *section_head(MARKS[0], title, doc["command"], doc["machine"], doc["date"]),
         f"One optimizer step over each student's parameters (random gradients), median ms of {doc['rounds']} "
         f"interleaved rounds of {doc['steps']} steps; loop = PyTorch's CPU default (per parameter), "
         "foreach = multi-tensor (kdkit before), fused = kdkit now:",
