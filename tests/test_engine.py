@@ -60,7 +60,7 @@ def test_lr_schedules():
     ids=["sgd", "adamw"],
 )
 def test_optimizers_match_the_reference_update_also_for_parameters_whose_gradients_start_later(cfg):
-    # b's parameters get no gradient for the first two steps, as an objective term that starts later
+    # The second layer gets no gradient for the first two steps, as an objective term that starts later
     # (FSP's second stage): PyTorch's fused SGD fails there, so kdkit's optimizers must not.
     torch.manual_seed(0)
     nets = [torch.nn.ModuleList([torch.nn.Linear(20, 7), torch.nn.Linear(20, 7)]) for _ in range(2)]
