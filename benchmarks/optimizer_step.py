@@ -40,6 +40,7 @@ MODELS = {
     "mnist mlp 800-800": ("mlp", {"hidden": [800, 800], "in_channels": 1, "image_size": 28}),
     "cifar resnet8": ("resnet8", {}),
 }
+THREADS = (1, 2)
 IMPLS = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
 
@@ -161,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "rounds": args.rounds,
         "steps": args.steps,
-        "threads": [1, 2],
-        "steps_ms": [r for t in (1, 2) for r in step_ms(t, args.rounds, args.steps)],
+        "threads": list(THREADS),
+        "steps_ms": [r for t in THREADS for r in step_ms(t, args.rounds, args.steps)],
     }
     torch.set_num_threads(threads_before)
     if args.epochs > 0:
