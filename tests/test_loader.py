@@ -42,6 +42,20 @@ def test_labels_follow_indices_and_normalisation_is_exact():
         assert b.x.dtype == torch.float32
 
 
+def test_extras_follow_indices_across_ranks_and_as_views():
+    x, y = _data(30)
+    logits = torch.randn(30, 2, 5)  # a (N, K, C) cache; its first draw is a non-contiguous view
+    extras = {"teacher.logits": logits[:, 0], "np": np.arange(30) * 10}
+    for rank in (0, 1):
+        loader = InMemoryLoader(x, y, 8, shuffle=True, seed=2, extras=extras, rank=rank, world_size=2)
+        seen = 0
+        for b in loader:
+            assert torch.equal(b.extras["teacher.logits"], logits[b.index, 0])
+            assert torch.equal(b.extras["np"], torch.as_tensor(extras["np"])[b.index])
+            assert torch.equal(b.x, loader.normalize(torch.as_tensor(x)[b.index]))
+            seen += len(b.index)
+        assert seen == 15  # every second sample of each global batch
+
 def test_channel_stats_match_numpy():
     x, _ = _data(30, c=3)
     mean, std = channel_stats(x)

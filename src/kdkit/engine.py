@@ -25,7 +25,7 @@ from kdkit.data.loader import InMemoryLoader
 from kdkit.errors import KdkitError
 from kdkit.losses.objective import Objective
 from kdkit.metrics import MetricsLogger
-from kdkit.models import apply_constraints
+from kdkit.models import constraints
 from kdkit.optim import build_optimizer, build_scheduler
 from kdkit.resume import (
     CheckpointPolicy,
@@ -267,6 +267,7 @@ class Engine:
             teacher = self.prepare(teacher)
         params = list(model.parameters()) + list(objective.parameters())
         opt = build_optimizer(params, cfg)
+        constrain_fns = constraints(model)  # max-norm and the like, applied after every step
         dinfo = distributed.info()
         # The student trains inside DDP (gradients averaged across ranks); teachers never do, they are frozen.
         # Objective adapters live outside the student: their gradients are averaged explicitly.
@@ -426,7 +427,8 @@ class Engine:
                         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                     opt.step()
                     sched.step()
-                    apply_constraints(model)
+                    for constrain in constrain_fns:
+                        constrain()
                     step += 1
                     if cfg.on_nonfinite == "stop":
                         self._track_non_finite(first_bad, parts, step)

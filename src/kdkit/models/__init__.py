@@ -8,6 +8,7 @@ from kdkit.models.cnn import CNN
 from kdkit.models.mlp import MLP
 from kdkit.models.registry import (
     apply_constraints,
+    constraints,
     count_params,
     create,
     get_classifier,
@@ -35,6 +36,7 @@ __all__ = [
     "BasicBlock",
     "ResNet",
     "apply_constraints",
+    "constraints",
     "count_params",
     "create",
     "get_classifier",

@@ -98,14 +98,14 @@ class MLP(nn.Module):
         """The Linear layers feeding hidden units (the ones max-norm constrains)."""
         return [m for m in self.features if isinstance(m, nn.Linear)]
 
-    @torch.no_grad()
     def constrain_(self) -> None:
         """Renormalize each hidden unit's incoming weight vector to L2 norm <= max_norm."""
         if self.max_norm is None:
-            return
+            return  # called after every step: no grad-mode switch when there is nothing to do
         # Hinton et al. (2012) bound hidden units only; the output layer is left free.
-        for layer in self.hidden_layers():
-            renorm_rows_(layer.weight, self.max_norm)
+        with torch.no_grad():
+            for layer in self.hidden_layers():
+                renorm_rows_(layer.weight, self.max_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.flatten(x)

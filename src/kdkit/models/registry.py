@@ -148,12 +148,19 @@ def model_size_mb(model: nn.Module) -> float:
 
 
 @torch.no_grad()
+def constraints(model: nn.Module) -> list[Callable[[], Any]]:
+    """Return the ``constrain_()`` methods of every submodule defining one, in module order.
+
+    The training loop looks them up once and calls them after each optimizer step.
+    """
+    found = (getattr(module, "constrain_", None) for module in model.modules())
+    return [c for c in found if callable(c)]
+
+
 def apply_constraints(model: nn.Module) -> None:
     """Call ``constrain_()`` on every submodule defining it (run after each optimizer step)."""
-    for module in model.modules():
-        constrain = getattr(module, "constrain_", None)
-        if callable(constrain):
-            constrain()
+    for constrain in constraints(model):
+        constrain()
 
 
 def get_classifier(model: nn.Module) -> nn.Module:
