@@ -47,7 +47,7 @@ from benchcommon import machine, update_results_md
 from rich.console import Console
 from torch import Tensor, nn
 
-from kdkit.checkpoint import atomic_write_text, save_checkpoint
+from kdkit.checkpoint import atomic_write_text, file_sha256, save_checkpoint
 from kdkit.config import ModelSpec, TrainConfig
 from kdkit.console import make_console
 from kdkit.data import load_dataset
@@ -529,8 +529,9 @@ def get_teacher(
             data.mean, data.std = mean, std
             acc = test_accuracy(model, data)
             return {
-                "source": f"reused checkpoint {found.relative_to(ROOT)}",
+                "source": f"reused checkpoint {found.relative_to(ROOT) if found.is_relative_to(ROOT) else found}",
                 "checkpoint": str(found),
+                "weights_sha256": file_sha256(found),
                 "normalize": {"mean": mean, "std": std},
                 "test_accuracy": acc,
                 "schedule": "as recorded with that checkpoint",
@@ -561,6 +562,7 @@ def get_teacher(
         return {
             "source": f"trained here with kdkit ({epochs} epochs, {runtime.precision})",
             "checkpoint": str(st),
+            "weights_sha256": file_sha256(st),
             "normalize": {"mean": data.mean, "std": data.std},
             "test_accuracy": acc,
             "train_seconds": fit.train_seconds,
@@ -578,10 +580,19 @@ def get_teacher(
 
     name = f"{task.name}-teacher"
     info = parts.get(name)
-    if info is not None and not Path(info["checkpoint"]).is_file():
-        say(f"[{name}] its checkpoint {info['checkpoint']} is gone: acquiring the teacher again")
-        assert parts.path(name) is not None
-        parts.path(name).unlink()  # type: ignore[union-attr]
+    if info is not None:
+        # A reused checkpoint can be retrained in place by another benchmark: the recorded accuracy (and every
+        # accuracy part made with it) then belongs to other weights.
+        ckpt = Path(info["checkpoint"])
+        problem = None
+        if not ckpt.is_file():
+            problem = "is gone"
+        elif info.get("weights_sha256") != file_sha256(ckpt):
+            problem = "holds other weights than those recorded"
+        if problem:
+            say(f"[{name}] its checkpoint {ckpt} {problem}: acquiring the teacher again")
+            assert parts.path(name) is not None
+            parts.path(name).unlink()  # type: ignore[union-attr]
     info = parts.run(name, acquire, say)
     model, _ = load_model(info["checkpoint"])
     data.mean, data.std = info["normalize"]["mean"], info["normalize"]["std"]
@@ -1017,15 +1028,20 @@ def run_task(
     if not args.quick and not args.no_accuracy:
         epochs = args.acc_epochs[task.name]
         acc: dict[str, Any] = {"epochs": epochs}
+        # (b) and (d) must learn from the same teacher: each accuracy part records whose weights taught it.
+        teacher_sha = data.teacher_info["weights_sha256"]
         for v in "bd":
             name = f"{task.name}-acc-{v}"
             acc[v] = parts.run(
                 name,
-                lambda v=v: accuracy_run(
-                    v, task, data, runtime, teacher, cached if v == "d" else None, epochs, seed + 1, say
-                ),
+                lambda v=v: {
+                    **accuracy_run(
+                        v, task, data, runtime, teacher, cached if v == "d" else None, epochs, seed + 1, say
+                    ),
+                    "teacher_sha256": teacher_sha,
+                },
                 say,
-                expect={"epochs": epochs, "seed": seed + 1},
+                expect={"epochs": epochs, "seed": seed + 1, "teacher_sha256": teacher_sha},
             )
             say(
                 f"[{name}] {epochs} epoch(s): test accuracy {acc[v]['test_accuracy'] * 100:.2f}% "
@@ -1037,9 +1053,12 @@ def run_task(
         other = seed + 2
         acc["d_other_seed"] = parts.run(
             f"{task.name}-acc-d-seed{other}",
-            lambda: accuracy_run("d", task, data, runtime, teacher, cached, epochs, other, say),
+            lambda: {
+                **accuracy_run("d", task, data, runtime, teacher, cached, epochs, other, say),
+                "teacher_sha256": teacher_sha,
+            },
             say,
-            expect={"epochs": epochs, "seed": other},
+            expect={"epochs": epochs, "seed": other, "teacher_sha256": teacher_sha},
         )
         acc["seed_spread_points"] = 100 * (acc["d"]["test_accuracy"] - acc["d_other_seed"]["test_accuracy"])
         say(

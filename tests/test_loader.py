@@ -56,6 +56,7 @@ def test_extras_follow_indices_across_ranks_and_as_views():
             seen += len(b.index)
         assert seen == 15  # every second sample of each global batch
 
+
 def test_channel_stats_match_numpy():
     x, _ = _data(30, c=3)
     mean, std = channel_stats(x)

@@ -39,3 +39,84 @@ def test_quick_speed_benchmark_records_all_variants(tmp_path, bench):
         assert task["peaks"]["bf16_gflops"] > 0 and task["peaks"]["fp32_gflops"] > 0
     # --quick writes only its own JSON: the RESULTS.md section belongs to the full benchmark.
     assert _stat(results_md) == before
+
+
+def test_reused_teacher_retrained_in_place_is_acquired_again(tmp_path, monkeypatch):
+    """A reused teacher checkpoint overwritten by another benchmark must not keep its old accuracy parts."""
+    import argparse
+    import sys
+
+    import torch
+
+    from kdkit.checkpoint import save_checkpoint
+    from kdkit.models import create
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import speed
+
+    gen = torch.Generator().manual_seed(0)
+    data = speed.TaskData(
+        train_x=torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=gen),
+        train_y=torch.randint(0, 3, (40,), generator=gen),
+        test_x=torch.randint(0, 256, (200, 1, 8, 8), dtype=torch.uint8, generator=gen),
+        test_y=torch.randint(0, 3, (200,), generator=gen),
+        mean=[0.5],
+        std=[0.25],
+        classes=["a", "b", "c"],
+    )
+    base = tmp_path / "runs" / "teacher"
+    meta = {
+        "kind": "model",
+        "role": "teacher",
+        "model": {"name": "mlp", "hidden": [16]},
+        "dataset": "mnist",
+        "num_classes": 3,
+        "in_channels": 1,
+        "image_size": 8,
+        "normalize": {"mean": [0.5], "std": [0.25]},
+    }
+
+    def write_teacher(seed: int) -> None:
+        torch.manual_seed(seed)
+        model = create("mlp", num_classes=3, in_channels=1, image_size=8, hidden=[16])
+        save_checkpoint(base, model.state_dict(), meta)
+
+    ckpt = base.with_suffix(".safetensors")
+    monkeypatch.setattr(speed, "find_teacher_checkpoint", lambda task, root: ckpt)
+    parts = speed.Parts(tmp_path / "parts")
+    args = argparse.Namespace(quick=False, teacher_epochs={"mnist": 1}, no_progress=True)
+    said: list[str] = []
+    task = speed.TASKS["mnist"]
+
+    write_teacher(1)
+    first = speed.get_teacher(task, data, args, tmp_path, parts, said.append)
+    info1 = dict(data.teacher_info)
+    assert info1["weights_sha256"] == speed.file_sha256(ckpt)
+
+    said.clear()
+    speed.get_teacher(task, data, args, tmp_path, parts, said.append)
+    assert any("reused" in s for s in said) and not any("other weights" in s for s in said)
+
+    write_teacher(2)  # retrained in place, as the Hinton benchmark does to its teacher-s0
+    said.clear()
+    second = speed.get_teacher(task, data, args, tmp_path, parts, said.append)
+    assert any("holds other weights than those recorded" in s for s in said), said
+    info2 = data.teacher_info
+    assert info2["weights_sha256"] == speed.file_sha256(ckpt) != info1["weights_sha256"]
+    assert info2["test_accuracy"] == speed.test_accuracy(second, data)
+    assert not torch.equal(first.features[0].weight, second.features[0].weight)
+
+    # Accuracy parts are keyed by the teacher's weights: one made with the old teacher is measured again.
+    parts.run(
+        "mnist-acc-d",
+        lambda: {"epochs": 3, "seed": 1, "teacher_sha256": info1["weights_sha256"]},
+        said.append,
+    )
+    said.clear()
+    redone = parts.run(
+        "mnist-acc-d",
+        lambda: {"epochs": 3, "seed": 1, "teacher_sha256": info2["weights_sha256"]},
+        said.append,
+        expect={"epochs": 3, "seed": 1, "teacher_sha256": info2["weights_sha256"]},
+    )
+    assert any("other settings" in s for s in said) and redone["teacher_sha256"] == info2["weights_sha256"]
