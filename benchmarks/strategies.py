@@ -3,6 +3,7 @@
     python benchmarks/strategies.py                  # every row (resumable: finished rows are skipped)
     python benchmarks/strategies.py --only ensemble  # some rows
     python benchmarks/strategies.py --quick          # every row in a tiny form, in a temporary directory
+    python benchmarks/strategies.py --seeds 0 1 2    # every row once per seed; tables give means over seeds
 
 Rows come from modules beside this file, each defining ``ROWS: dict[str, Callable]``:
 ``strategies_teachers`` (teacher ensembles, unlabeled transfer sets) and, when present,
@@ -23,8 +24,9 @@ It returns at least::
         "notes": str,    # optional
     }
 
-Each finished row is written to ``benchmarks/results/strategies/<row>.json`` (with the command, machine, date
-and the row's wall time) and skipped when the benchmark runs again; the aggregate goes to
+Each finished row is written to ``benchmarks/results/strategies/<row>.json`` (seed 0; ``<row>-s<seed>.json``
+for other seeds) with the command, machine, date and the row's wall time, and skipped when the benchmark runs
+again; the aggregate goes to
 ``benchmarks/results/strategies.json`` and the ``strategies`` section of ``benchmarks/RESULTS.md``.
 ``--quick`` writes into a temporary directory (unless ``--out`` is given); RESULTS.md is updated only by a
 full run into the default results directory.
@@ -36,6 +38,8 @@ import argparse
 import datetime as dt
 import importlib
 import json
+import re
+import statistics
 import sys
 import tempfile
 import time
@@ -87,6 +91,44 @@ def check_result(name: str, res: dict[str, Any]) -> None:
         raise SystemExit(f"row {name!r} returned an incomplete result (missing {missing or 'rows/baseline'})")
 
 
+def stem(name: str, seed: int) -> str:
+    """Return the file stem of a row's result (and run directory) for one seed: seed 0 keeps the bare name."""
+    return name if seed == 0 else f"{name}-s{seed}"
+
+
+def split_stem(value: str) -> tuple[str, int]:
+    """Return (row, seed) of a result file stem."""
+    m = re.fullmatch(r"(.+)-s(\d+)", value)
+    return (m.group(1), int(m.group(2))) if m else (value, 0)
+
+
+def summarize(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Return a row's entries over seeds: per label the test errors of each seed, their mean and spread,
+    and the mean over seeds of the difference from that seed's baseline (labels present in every seed)."""
+    seeds = sorted(by_seed)
+    entries = {s: {e["label"]: e for e in [by_seed[s]["baseline"], *by_seed[s]["rows"]]} for s in seeds}
+    first = by_seed[seeds[0]]
+    labels = [e["label"] for e in [first["baseline"], *first["rows"]]]
+    labels = [lab for lab in labels if all(lab in entries[s] for s in seeds)]
+    base = first["baseline"]["label"]
+    out = []
+    for lab in labels:
+        errs = [entries[s][lab]["test_errors"] for s in seeds]
+        deltas = [entries[s][lab]["test_errors"] - entries[s][base]["test_errors"] for s in seeds]
+        out.append(
+            {
+                "label": lab,
+                "baseline": lab == base,
+                "test_errors": errs,
+                "mean": statistics.fmean(errs),
+                "std": statistics.stdev(errs) if len(errs) > 1 else 0.0,
+                "delta_mean": statistics.fmean(deltas),
+                "seconds_mean": statistics.fmean(entries[s][lab]["seconds"] for s in seeds),
+            }
+        )
+    return {"seeds": seeds, "entries": out}
+
+
 def run_row(
     name: str,
     fn: Callable[..., dict[str, Any]],
@@ -95,15 +137,16 @@ def run_row(
     work: Path,
     command: str,
 ) -> dict[str, Any]:
-    """Run one row (or return its stored result) and store its JSON."""
-    path = out / f"{name}.json"
+    """Run one row for args.seed (or return its stored result) and store its JSON."""
+    path = out / f"{stem(name, args.seed)}.json"
     if path.exists():
         return json.loads(path.read_text())
     t0 = time.perf_counter()
-    res = normalize(fn(args, work / name))
+    res = normalize(fn(args, work / stem(name, args.seed)))
     check_result(name, res)
     rec = {
         "row": name,
+        "seed": args.seed,
         **res,
         "command": command,
         "machine": machine(),
@@ -120,34 +163,65 @@ def _pct(x: float) -> str:
     return f"{x * 100:.2f}%"
 
 
-def markdown(results: dict[str, dict[str, Any]]) -> str:
-    """Return the RESULTS.md section: one table per row, each line against the row's baseline."""
+def _marked(label: str) -> str:
+    return label if label.endswith("(baseline)") else f"{label} (baseline)"
+
+
+def markdown(
+    results: dict[str, dict[str, Any]], seeds: dict[str, dict[int, dict[str, Any]]] | None = None
+) -> str:
+    """Return the RESULTS.md section: one table per row, each line against the row's baseline.
+
+    A row finished for several seeds gets the mean over seeds, each seed's errors and the mean difference from
+    the baseline of the same seed."""
     lines = [MARKS[0], "## Distillation strategies (MNIST)", ""]
     for name, r in results.items():
+        by_seed = (seeds or {}).get(name) or {r.get("seed", 0): r}
         m = r["machine"]
         base = r["baseline"]
+        commands = sorted({rec["command"] for rec in by_seed.values()})
+        dates = sorted(rec["date"][:10] for rec in by_seed.values())
+        walls = [rec["wall_seconds"] / 60 for rec in by_seed.values()]
         lines += [
             f"### {name}",
             "",
-            f"Command: `{r['command']}`  ",
-            f"Machine: {m['nproc']} cores, {m['cpu']}, torch {m['torch']}; date {r['date'][:10]}; "
-            f"row wall time {r['wall_seconds'] / 60:.1f} min  ",
+            "Command: " + "; ".join(f"`{c}`" for c in commands) + "  ",
+            f"Machine: {m['nproc']} cores, {m['cpu']}, torch {m['torch']}; date "
+            + (dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}")
+            + f"; row wall time {statistics.fmean(walls):.1f} min"
+            + (" per seed  " if len(by_seed) > 1 else "  "),
         ]
         if r.get("budget"):
             lines.append(f"Budget: {r['budget']}  ")
-        lines += [
-            "",
-            "| variant | test errors (of 10,000) | test accuracy | vs baseline (errors) | seconds |",
-            "|---|---|---|---|---|",
-            f"| {base['label']} (baseline) | {base['test_errors']} | {_pct(base['test_accuracy'])} | - | "
-            f"{base['seconds']:.0f} |",
-        ]
-        for row in r["rows"]:
-            delta = row["test_errors"] - base["test_errors"]
-            lines.append(
-                f"| {row['label']} | {row['test_errors']} | {_pct(row['test_accuracy'])} | {delta:+d} | "
-                f"{row['seconds']:.0f} |"
-            )
+        if len(by_seed) > 1:
+            summ = summarize(by_seed)
+            ss = ", ".join(map(str, summ["seeds"]))
+            lines += [
+                "",
+                f"| variant | test errors (of 10,000), mean ± std | seeds {ss} | vs baseline (errors, mean) | seconds |",
+                "|---|---|---|---|---|",
+            ]
+            for e in summ["entries"]:
+                each = ", ".join(map(str, e["test_errors"]))
+                delta = "-" if e["baseline"] else f"{e['delta_mean']:+.1f}"
+                label = _marked(e["label"]) if e["baseline"] else e["label"]
+                lines.append(
+                    f"| {label} | {e['mean']:.1f} ± {e['std']:.1f} | {each} | {delta} | {e['seconds_mean']:.0f} |"
+                )
+        else:
+            lines += [
+                "",
+                "| variant | test errors (of 10,000) | test accuracy | vs baseline (errors) | seconds |",
+                "|---|---|---|---|---|",
+                f"| {_marked(base['label'])} | {base['test_errors']} | {_pct(base['test_accuracy'])} | - | "
+                f"{base['seconds']:.0f} |",
+            ]
+            for row in r["rows"]:
+                delta = row["test_errors"] - base["test_errors"]
+                lines.append(
+                    f"| {row['label']} | {row['test_errors']} | {_pct(row['test_accuracy'])} | {delta:+d} | "
+                    f"{row['seconds']:.0f} |"
+                )
         if r.get("notes"):
             lines += ["", r["notes"]]
         lines.append("")
@@ -162,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="every row in a tiny form, into a temporary directory"
     )
     ap.add_argument("--only", nargs="+", default=None, metavar="ROW", help="run only these rows")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="run every row once per seed (default: 0)"
+    )
     ap.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results)")
     ap.add_argument(
         "--workdir", type=Path, default=None, help="kdkit runs (default benchmarks/runs/strategies)"
@@ -188,18 +264,32 @@ def main(argv: list[str] | None = None) -> int:
     out = results_root / ("strategies_quick" if args.quick else "strategies")
     command = "python benchmarks/strategies.py" + (" --quick" if args.quick else "")
     command += (" --only " + " ".join(args.only)) if args.only else ""
-    command += f" --seed {args.seed}" if args.seed else ""
+    command += (" --seeds " + " ".join(map(str, args.seeds))) if args.seeds != [0] else ""
     command += f" --threads {args.threads}" if args.threads else ""
+    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        ap.error(f"--seeds must be distinct non-negative integers, got {args.seeds}")
 
-    results = {name: run_row(name, fn, args, out, work, command) for name, fn in selected.items()}
-    # The aggregate holds every finished row, also those of earlier invocations (--only).
-    every = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
-    ordered = {k: every[k] for k in rows if k in every}
-    ordered.update({k: v for k, v in every.items() if k not in ordered})
-    doc = {"rows": ordered}
+    results = {}
+    for seed in args.seeds:
+        seed_args = argparse.Namespace(**{**vars(args), "seed": seed})
+        for name, fn in selected.items():
+            results[stem(name, seed)] = run_row(name, fn, seed_args, out, work, command)
+    # The aggregate holds every finished row and seed, also those of earlier invocations (--only, --seeds).
+    seeds: dict[str, dict[int, dict[str, Any]]] = {}
+    for p in sorted(out.glob("*.json")):
+        row, seed = split_stem(p.stem)
+        seeds.setdefault(row, {})[seed] = json.loads(p.read_text())
+    order = [k for k in rows if k in seeds] + [k for k in seeds if k not in rows]
+    seeds = {k: dict(sorted(seeds[k].items())) for k in order}
+    ordered = {k: next(iter(v.values())) for k, v in seeds.items()}  # the lowest seed's record, as before
+    doc: dict[str, Any] = {"rows": ordered}
+    several = {k: v for k, v in seeds.items() if len(v) > 1}
+    if several:
+        doc["seeds"] = {k: {str(s): rec for s, rec in v.items()} for k, v in several.items()}
+        doc["summary"] = {k: summarize(v) for k, v in several.items()}
     name = "strategies_quick" if args.quick else "strategies"
     atomic_write_text(results_root / f"{name}.json", json.dumps(doc, indent=2))
-    section = markdown(ordered)
+    section = markdown(ordered, seeds)
     if not args.quick and args.out is None:  # RESULTS.md reports the repository's own results only
         update_results_md(section, ROOT / "benchmarks" / "RESULTS.md", MARKS)
     print(section)

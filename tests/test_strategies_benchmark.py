@@ -35,3 +35,75 @@ def test_quick_strategies_benchmark_writes_every_row_and_skips_finished_ones(tmp
     assert again.returncode == 0 and "epoch" not in again.stderr + again.stdout.split("<!--")[0]
     assert json.loads((tmp_path / "results" / "strategies_quick.json").read_text()) == doc
     assert (ROOT / "benchmarks" / "RESULTS.md").read_bytes() == results_md  # quick never touches it
+
+
+def _rec(seed, base_errors, kd_errors):
+    def entry(label, errors):
+        return {
+            "label": label,
+            "test_errors": errors,
+            "test_accuracy": 1 - errors / 10000,
+            "seconds": 10.0 + seed,
+        }
+
+    return {
+        "row": "toy",
+        "seed": seed,
+        "baseline": entry("scratch (baseline)", base_errors),
+        "rows": [entry("kd", kd_errors)],
+        "command": "python benchmarks/strategies.py" + (f" --seeds 0 {seed}" if seed else ""),
+        "machine": {"nproc": 2, "cpu": "cpu", "torch": "2.13.0"},
+        "date": f"2026-11-2{seed}T00:00:00+00:00",
+        "wall_seconds": 60.0,
+    }
+
+
+def test_several_seeds_are_summarised_against_each_seeds_own_baseline():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import strategies
+
+    assert strategies.split_stem("joint_vs_offline-s2") == ("joint_vs_offline", 2)
+    assert strategies.split_stem("joint_vs_offline") == ("joint_vs_offline", 0)
+    assert strategies.stem("ensemble", 0) == "ensemble" and strategies.stem("ensemble", 3) == "ensemble-s3"
+    by_seed = {0: _rec(0, 300, 250), 1: _rec(1, 200, 230), 2: _rec(2, 250, 240)}
+    summ = strategies.summarize(by_seed)
+    assert summ["seeds"] == [0, 1, 2]
+    base, kd = summ["entries"]
+    assert base["baseline"] and base["test_errors"] == [300, 200, 250] and base["mean"] == 250.0
+    assert base["std"] == 50.0 and base["delta_mean"] == 0.0
+    # Per-seed differences -50, +30, -10: the mean difference is -10, as is the difference of the means.
+    assert kd["test_errors"] == [250, 230, 240] and kd["delta_mean"] == -10.0 and kd["std"] == 10.0
+    assert kd["seconds_mean"] == 11.0
+    md = strategies.markdown({"toy": by_seed[0]}, {"toy": by_seed})
+    assert "| scratch (baseline) | 250.0 ± 50.0 | 300, 200, 250 | - | 11 |" in md
+    assert "| kd | 240.0 ± 10.0 | 250, 230, 240 | -10.0 | 11 |" in md
+    assert "date 2026-11-20 to 2026-11-22" in md and "(baseline) (baseline)" not in md
+    single = strategies.markdown({"toy": by_seed[1]})
+    assert (
+        "| scratch (baseline) | 200 | 98.00% | - | 11 |" in single
+        and "| kd | 230 | 97.70% | +30 | 11 |" in single
+    )
+
+
+def test_quick_row_over_two_seeds_writes_one_result_per_seed(tmp_path, bench):
+    args = ["--quick", "--only", "mutual_vs_independent", "--seeds", "0", "1"]
+    args += ["--out", tmp_path / "results", "--workdir", tmp_path / "runs", "--no-progress"]
+    proc = bench("strategies.py", *args, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    per_row = sorted(p.stem for p in (tmp_path / "results" / "strategies_quick").glob("*.json"))
+    assert per_row == ["mutual_vs_independent", "mutual_vs_independent-s1"]
+    doc = json.loads((tmp_path / "results" / "strategies_quick.json").read_text())
+    recs = doc["seeds"]["mutual_vs_independent"]
+    assert [recs[s]["seed"] for s in ("0", "1")] == [0, 1]
+    assert recs["0"]["command"].endswith("--seeds 0 1")
+    # Different seeds train different models (initial weights, order): the errors are not copies.
+    errs = [[e["test_errors"] for e in [recs[s]["baseline"], *recs[s]["rows"]]] for s in ("0", "1")]
+    assert errs[0] != errs[1]
+    summ = doc["summary"]["mutual_vs_independent"]
+    for i, e in enumerate(summ["entries"]):
+        assert e["test_errors"] == [errs[0][i], errs[1][i]] and e["mean"] == sum(e["test_errors"]) / 2
+    assert "mean ± std" in proc.stdout and "seeds 0, 1" in proc.stdout
+    bad = bench("strategies.py", "--quick", "--seeds", "1", "1", timeout=60)
+    assert bad.returncode == 2 and "--seeds must be distinct" in bad.stderr

@@ -30,7 +30,7 @@ EXPECTED = {
 def test_quick_row_structure_and_numbers(name, tmp_path, data_root):
     rows_module = _rows_module()
     assert set(rows_module.ROWS) == set(EXPECTED)
-    args = argparse.Namespace(quick=True, data_root=data_root)
+    args = argparse.Namespace(quick=True, data_root=data_root, seed=0)
     out = rows_module.ROWS[name](args, tmp_path)
     assert set(out) == {"rows", "baseline", "notes"} and isinstance(out["notes"], str) and out["notes"]
     labels = [r["label"] for r in out["rows"]]
