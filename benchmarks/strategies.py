@@ -104,12 +104,15 @@ def split_stem(value: str) -> tuple[str, int]:
 
 def summarize(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Return a row's entries over seeds: per label the test errors of each seed, their mean and spread,
-    and the mean over seeds of the difference from that seed's baseline (labels present in every seed)."""
+    and the mean over seeds of the difference from that seed's baseline. Only labels present under every seed
+    are summarised; the others are listed in "unmatched"."""
     seeds = sorted(by_seed)
     entries = {s: {e["label"]: e for e in [by_seed[s]["baseline"], *by_seed[s]["rows"]]} for s in seeds}
     first = by_seed[seeds[0]]
     labels = [e["label"] for e in [first["baseline"], *first["rows"]]]
-    labels = [lab for lab in labels if all(lab in entries[s] for s in seeds)]
+    everywhere = [lab for lab in labels if all(lab in entries[s] for s in seeds)]
+    unmatched = sorted({lab for s in seeds for lab in entries[s]} - set(everywhere))
+    labels = everywhere
     base = first["baseline"]["label"]
     out = []
     for lab in labels:
@@ -126,7 +129,7 @@ def summarize(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
                 "seconds_mean": statistics.fmean(entries[s][lab]["seconds"] for s in seeds),
             }
         )
-    return {"seeds": seeds, "entries": out}
+    return {"seeds": seeds, "entries": out, "unmatched": unmatched}
 
 
 def run_row(
@@ -196,6 +199,10 @@ def markdown(
         if len(by_seed) > 1:
             summ = summarize(by_seed)
             ss = ", ".join(map(str, summ["seeds"]))
+            if summ["unmatched"]:
+                lines.append(
+                    "Not under every seed, so not summarised: " + "; ".join(summ["unmatched"]) + "  "
+                )
             lines += [
                 "",
                 f"| variant | test errors (of 10,000), mean ± std | seeds {ss} | vs baseline (errors, mean) | seconds |",
@@ -222,8 +229,11 @@ def markdown(
                     f"| {row['label']} | {row['test_errors']} | {_pct(row['test_accuracy'])} | {delta:+d} | "
                     f"{row['seconds']:.0f} |"
                 )
-        if r.get("notes"):
-            lines += ["", r["notes"]]
+        notes = {seed: rec.get("notes") for seed, rec in by_seed.items() if rec.get("notes")}
+        if len(set(notes.values())) == 1:
+            lines += ["", next(iter(notes.values()))]
+        elif notes:  # notes with figures of their own seed
+            lines += [""] + [f"Seed {seed}: {text}  " for seed, text in notes.items()]
         lines.append("")
     lines.append(MARKS[1])
     return "\n".join(lines)

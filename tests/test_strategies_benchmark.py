@@ -107,3 +107,23 @@ def test_quick_row_over_two_seeds_writes_one_result_per_seed(tmp_path, bench):
     assert "mean ± std" in proc.stdout and "seeds 0, 1" in proc.stdout
     bad = bench("strategies.py", "--quick", "--seeds", "1", "1", timeout=60)
     assert bad.returncode == 2 and "--seeds must be distinct" in bad.stderr
+
+
+def test_entries_missing_under_a_seed_are_named_and_seed_notes_kept_apart():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import strategies
+
+    a, b = _rec(0, 300, 250), _rec(1, 200, 230)
+    b["rows"].append({**b["rows"][0], "label": "only in seed 1"})
+    a["notes"], b["notes"] = "teacher: 100 errors", "teacher: 120 errors"
+    summ = strategies.summarize({0: a, 1: b})
+    assert [e["label"] for e in summ["entries"]] == ["scratch (baseline)", "kd"]
+    assert summ["unmatched"] == ["only in seed 1"]
+    md = strategies.markdown({"toy": a}, {"toy": {0: a, 1: b}})
+    assert "Not under every seed, so not summarised: only in seed 1" in md
+    assert "Seed 0: teacher: 100 errors" in md and "Seed 1: teacher: 120 errors" in md
+    b["notes"] = a["notes"]
+    md = strategies.markdown({"toy": a}, {"toy": {0: a, 1: b}})
+    assert "teacher: 100 errors" in md and "Seed 0:" not in md
