@@ -11,6 +11,13 @@ import torch
 
 from kdkit.checkpoint import atomic_write_text
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shown_path(path: Path) -> Path:
+    """Return a path as the README's commands give it: relative to the repository when inside it."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
 
 def machine() -> dict[str, Any]:
     """Return a description of this machine for the results: cores, CPU model, bf16 support, versions."""

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchcommon import machine, section_head, update_results_md
+from benchcommon import machine, section_head, shown_path, update_results_md
 
 from kdkit.checkpoint import atomic_write_text
 from kdkit.compress import compress_run
@@ -221,11 +221,6 @@ def _wanted(cfg: Any) -> dict[str, Any]:
     return cfg.compress.model_dump(mode="json")
 
 
-def _shown(path: Path) -> Path:
-    """Return a path as the README's commands give it: relative to the repository when inside it."""
-    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
-
-
 def run_task(task: str, args: argparse.Namespace, runs_dir: Path, console: Any) -> dict[str, Any]:
     """Run (or resume) one task's kdkit run with its compress section; return the result record."""
     overrides = ["runtime.tensorboard=false", f"runtime.progress={str(args.progress).lower()}"]
@@ -235,7 +230,7 @@ def run_task(task: str, args: argparse.Namespace, runs_dir: Path, console: Any) 
     if task == "cifar" and args.cifar_teacher:
         ckpt = Path(args.cifar_teacher)
         overrides += [f"teacher.checkpoint={json.dumps(str(ckpt))}", "phases=[distill]"]
-        teacher_note = f"reused kdkit checkpoint {_shown(ckpt)}"
+        teacher_note = f"reused kdkit checkpoint {shown_path(ckpt)}"
     if args.quick:
         overrides += QUICK
     cfg = load_config(TASKS[task], overrides)
@@ -422,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = "python benchmarks/compress.py" + (" --quick" if args.quick else "")
     cmd += f" --threads {args.threads}" if args.threads else ""
     cmd += " --recompress" if args.recompress else ""
-    cmd += f" --cifar-teacher {_shown(Path(args.cifar_teacher))}" if args.cifar_teacher else ""
+    cmd += f" --cifar-teacher {shown_path(Path(args.cifar_teacher))}" if args.cifar_teacher else ""
     doc = {
         "command": f"KDKIT_DATA={os.environ.get('KDKIT_DATA', '../shared/data')} {cmd}",
         "machine": machine(),

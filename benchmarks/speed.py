@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from benchcommon import machine, update_results_md
+from benchcommon import machine, shown_path, update_results_md
 from rich.console import Console
 from torch import Tensor, nn
 
@@ -529,7 +529,7 @@ def get_teacher(
             data.mean, data.std = mean, std
             acc = test_accuracy(model, data)
             return {
-                "source": f"reused checkpoint {found.relative_to(ROOT) if found.is_relative_to(ROOT) else found}",
+                "source": f"reused checkpoint {shown_path(found)}",
                 "checkpoint": str(found),
                 "weights_sha256": file_sha256(found),
                 "normalize": {"mean": mean, "std": std},
@@ -1030,19 +1030,23 @@ def run_task(
         acc: dict[str, Any] = {"epochs": epochs}
         # (b) and (d) must learn from the same teacher: each accuracy part records whose weights taught it.
         teacher_sha = data.teacher_info["weights_sha256"]
-        for v in "bd":
-            name = f"{task.name}-acc-{v}"
-            acc[v] = parts.run(
+
+        def accuracy_part(name: str, v: str, run_seed: int) -> dict[str, Any]:
+            return parts.run(
                 name,
-                lambda v=v: {
+                lambda: {
                     **accuracy_run(
-                        v, task, data, runtime, teacher, cached if v == "d" else None, epochs, seed + 1, say
+                        v, task, data, runtime, teacher, cached if v == "d" else None, epochs, run_seed, say
                     ),
                     "teacher_sha256": teacher_sha,
                 },
                 say,
-                expect={"epochs": epochs, "seed": seed + 1, "teacher_sha256": teacher_sha},
+                expect={"epochs": epochs, "seed": run_seed, "teacher_sha256": teacher_sha},
             )
+
+        for v in "bd":
+            name = f"{task.name}-acc-{v}"
+            acc[v] = accuracy_part(name, v, seed + 1)
             say(
                 f"[{name}] {epochs} epoch(s): test accuracy {acc[v]['test_accuracy'] * 100:.2f}% "
                 f"({acc[v]['samples_per_second']:,.0f} samples/s)"
@@ -1051,15 +1055,7 @@ def run_task(
         # The same kdkit run (d) with another seed (initial weights, order, draws): how far two runs of one
         # implementation land apart at this schedule, for reading the b - d gap.
         other = seed + 2
-        acc["d_other_seed"] = parts.run(
-            f"{task.name}-acc-d-seed{other}",
-            lambda: {
-                **accuracy_run("d", task, data, runtime, teacher, cached, epochs, other, say),
-                "teacher_sha256": teacher_sha,
-            },
-            say,
-            expect={"epochs": epochs, "seed": other, "teacher_sha256": teacher_sha},
-        )
+        acc["d_other_seed"] = accuracy_part(f"{task.name}-acc-d-seed{other}", "d", other)
         acc["seed_spread_points"] = 100 * (acc["d"]["test_accuracy"] - acc["d_other_seed"]["test_accuracy"])
         say(
             f"[{task.name}-acc] b - d = {acc['diff_points']:+.2f} points; (d) seed {seed + 1} - (d) seed {other} = "

@@ -110,9 +110,8 @@ def summarize(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     entries = {s: {e["label"]: e for e in [by_seed[s]["baseline"], *by_seed[s]["rows"]]} for s in seeds}
     first = by_seed[seeds[0]]
     labels = [e["label"] for e in [first["baseline"], *first["rows"]]]
-    everywhere = [lab for lab in labels if all(lab in entries[s] for s in seeds)]
-    unmatched = sorted({lab for s in seeds for lab in entries[s]} - set(everywhere))
-    labels = everywhere
+    labels = [lab for lab in labels if all(lab in entries[s] for s in seeds)]
+    unmatched = sorted({lab for s in seeds for lab in entries[s]} - set(labels))
     base = first["baseline"]["label"]
     out = []
     for lab in labels:
