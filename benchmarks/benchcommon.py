@@ -42,6 +42,43 @@ def machine() -> dict[str, Any]:
     }
 
 
+def machine_id(mach: dict[str, Any] | None = None) -> str:
+    """Return what identifies a machine for timings: cores, CPU model and torch build (threads left out).
+
+    A timing measured on one machine must not be reused, or compared, as if measured on another: the CPUs these
+    benchmarks run on differ between sittings (an AMD EPYC without AMX and an Intel Xeon with AMX have bf16
+    matmul peaks about five times apart).
+    """
+    m = mach or machine()
+    return f"{m['nproc']} cores, {m['cpu']}, torch {m['torch']}"
+
+
+def machines_of(records: Any) -> dict[str, dict[str, float]]:
+    """Return, per machine that made some of the stored runs, how many it made and their wall minutes."""
+    out: dict[str, dict[str, float]] = {}
+    for r in records.values() if isinstance(records, dict) else records:
+        m = out.setdefault(r.get("machine_id", "machine not recorded"), {"runs": 0, "minutes": 0.0})
+        m["runs"] += 1
+        m["minutes"] += r["wall_seconds"] / 60
+    return out
+
+
+def machines_line(machines: dict[str, dict[str, float]], here: dict[str, Any], precision: str) -> str:
+    """Return a section's Machine line: the one machine that made every stored run, or each with its share.
+
+    Stored runs are reused across sittings, which may run on other machines: the line names the machines
+    that made the runs, not the one that assembled the table (`here`, used when there are no runs).
+    """
+    if len(machines) > 1:
+        share = "; ".join(f"{k} ({v['runs']} runs, {v['minutes']:.1f} min)" for k, v in machines.items())
+        return (
+            f"Machines: the stored runs were made on {len(machines)} machines, so their run times are not one "
+            f"machine's: {share}; precision {precision}  "
+        )
+    (only,) = machines or [machine_id(here)]
+    return f"Machine: {only}, precision {precision}  "
+
+
 def section_head(start_mark: str, title: str, command: str, mach: dict[str, Any], date: str) -> list[str]:
     """Return the first lines of a RESULTS.md section: its mark, title, command, machine and date."""
     return [

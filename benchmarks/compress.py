@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchcommon import machine, section_head, shown_path, update_results_md
+from benchcommon import machine, machine_id, section_head, shown_path, update_results_md
 
 from kdkit.checkpoint import atomic_write_text
 from kdkit.compress import compress_run
@@ -266,11 +266,17 @@ def run_task(task: str, args: argparse.Namespace, runs_dir: Path, console: Any) 
         "compress": comp,
         "derived": derived,
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine_id": machine_id(),
     }
 
 
 def _f(v: float | None, fmt: str = ".2f") -> str:
     return "-" if v is None else format(v, fmt)
+
+
+def task_machine(rec: dict[str, Any]) -> str:
+    """Return the machine a stored task result (its latencies) was measured on."""
+    return rec.get("machine_id", "a machine not recorded")
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -290,7 +296,13 @@ def markdown(doc: dict[str, Any]) -> str:
         grid = [(b, n) for b in comp["config"]["batch_sizes"] for n in comp["config"]["threads"]]
         cols = [f"ort_b{b}_t{n}" for b, n in grid] + [f"eager_b{b}_t{n}" for b, n in grid]
         lines += [
-            f"### {t['task']}: {comp['name']} (teacher {t['teacher']}; run {t['wall_seconds'] / 60:.1f} min)",
+            f"### {t['task']}: {comp['name']} (teacher {t['teacher']}; run {t['wall_seconds'] / 60:.1f} min"
+            + (
+                ""
+                if t.get("machine_id") == machine_id(doc["machine"])
+                else f"; measured on {task_machine(t)}"
+            )
+            + ")",
             "",
             "| model | test acc | params | MFLOPs | ONNX MB | "
             + " | ".join(c.replace("_", " ") + " ms" for c in cols)
@@ -400,6 +412,14 @@ def main(argv: list[str] | None = None) -> int:
                 rec = json.loads(path.read_text())
                 if rec["compress"]["config"] == _wanted(load_config(TASKS[task])):
                     console.print(f"[{task}] stored result {path}: skipped", markup=False, highlight=False)
+                    if task_machine(rec) != machine_id():
+                        console.print(
+                            f"[{task}] its latencies were measured on {task_machine(rec)}, not on this machine "
+                            f"({machine_id()}); the section says so. To time them here: --recompress (needs "
+                            f"its run directory) or remove {path}",
+                            markup=False,
+                            highlight=False,
+                        )
                     tasks[task] = rec
                     if rec["derived"]["paired"].get("method") != PAIRED_METHOD:  # timed another way: again
                         add_paired(rec["derived"], measure_paired(rec["compress"], runs_dir / task, args))

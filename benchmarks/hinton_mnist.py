@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchcommon import machine
+from benchcommon import machine, machine_id, machines_line, machines_of
 from benchcommon import update_results_md as _update_results_md
 
 from kdkit.checkpoint import atomic_write_text, file_sha256
@@ -249,6 +249,7 @@ def execute(
         "precision": summary["precision"],
         "threads": summary["threads"],
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine_id": machine_id(),
         "fingerprint": fp,
     }
     if run.role == "teacher":
@@ -343,8 +344,7 @@ def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
         "## Hinton et al. (2015), MNIST (section 3)",
         "",
         f"Command: `{info['command']}`  ",
-        f"Machine: {info['machine']['nproc']} cores, {info['machine']['cpu']}, torch {info['machine']['torch']}, "
-        f"precision {info['precision']}  ",
+        machines_line(info["machines"], info["machine"], info["precision"]),
         f"Date: {info['date']}; total run time {info['total_minutes']:.1f} min "
         f"(sum of the runs' wall times; this invocation {info['invocation_minutes']:.1f} min)",
         "",
@@ -484,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         + (" --jittered-transfer" if args.jittered_transfer else "")
         + (f" --jobs {args.jobs}" if args.jobs > 1 else ""),
         "machine": machine(),
+        "machines": machines_of(results),
         "precision": next(iter(results.values()))["precision"],
         "date": dt.date.today().isoformat(),
         "total_minutes": total / 60,

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchcommon import machine, update_results_md
+from benchcommon import machine, machine_id, machines_line, machines_of, update_results_md
 
 from kdkit.checkpoint import atomic_write_text, file_sha256
 from kdkit.config import ExperimentConfig, build_config, load_yaml
@@ -253,6 +253,7 @@ def run_one(
         "run_dir": str(runs_dir / name),
         "command": command(),
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine_id": machine_id(),
     }
     atomic_write_text(path, json.dumps(rec, indent=2))
     return rec
@@ -319,8 +320,8 @@ def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
         f"Teacher: {t_name}, test accuracy {t_acc * 100:.2f}% as measured by kdkit; {t_how}.  "
         if t_acc is not None
         else f"Teacher: {t_name}; {t_how}.  ",
-        f"Machine: {info['machine']['nproc']} cores, {info['machine']['cpu']}, torch {info['machine']['torch']}, "
-        f"precision {info['precision']}; date {info['date']}.  ",
+        machines_line(info.get("machines") or {}, info["machine"], info["precision"]).rstrip()
+        + f"; date {info['date']}.  ",
         "Commands (each part's runs record theirs): " + "; ".join(f"`{c}`" for c in info["commands"]),
         "",
         "| method | test accuracy (mean) | spread (std over seeds) | Δ vs scratch (points) | wall min / run |",
@@ -486,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         "setup": asdict(setup),
         "teacher": teacher,
         "machine": machine(),
+        "machines": machines_of(results),
         "precision": results[0]["precision"] if results else None,
         "date": dt.date.today().isoformat(),
         "commands": list(dict.fromkeys(r["command"] for r in sorted(results, key=lambda r: r["finished"]))),

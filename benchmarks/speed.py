@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from benchcommon import machine, shown_path, update_results_md
+from benchcommon import machine, machine_id, shown_path, update_results_md
 from rich.console import Console
 from torch import Tensor, nn
 
@@ -164,9 +164,20 @@ class Parts:
         fn: Callable[[], dict[str, Any]],
         say: Callable[[str], None],
         expect: dict[str, Any] | None = None,
+        timed: bool = False,
     ) -> dict[str, Any]:
-        """Return the stored result of a part (if made with the `expect`ed settings), else compute and store it."""
+        """Return the stored result of a part (if made with the `expect`ed settings), else compute and store it.
+
+        A `timed` part (its figures are seconds) is reused only on the machine that measured it.
+        """
         done = self.get(name)
+        here = machine_id()
+        if done is not None and timed and done.get("machine_id") != here:
+            say(
+                f"[{name}] stored timings were measured on another machine "
+                f"({done.get('machine_id', 'not recorded')}; this one: {here}): measuring again"
+            )
+            done = None
         if done is not None and any(done.get(k) != v for k, v in (expect or {}).items()):
             say(f"[{name}] stored result was made with other settings: measuring again")
             done = None
@@ -175,6 +186,7 @@ class Parts:
             return done
         rec = fn()
         rec["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        rec["machine_id"] = here
         p = self.path(name)
         if p is not None:
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -646,7 +658,11 @@ def build_cache(
     draws = draws_for(len(data.train_x), task.augment, spec, seed)
     name = f"{task.name}-cache"
     rec = parts.get(name)
-    if rec is None or rec.get("key") != key or not cache.complete():
+    if rec is not None and rec.get("machine_id") != machine_id():
+        say(
+            f"[{name}] its build was timed on another machine ({rec.get('machine_id', 'not recorded')}): rebuilt"
+        )
+    if rec is None or rec.get("key") != key or rec.get("machine_id") != machine_id() or not cache.complete():
         shutil.rmtree(cache.directory, ignore_errors=True)  # time a build from nothing
         norm = kdkit_loader(task, data, seed).normalize
 
@@ -668,6 +684,7 @@ def build_cache(
             "precision": runtime.precision,
             "directory": str(cache.directory),
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine_id": machine_id(),
         }
         p = parts.path(name)
         if p is not None:
@@ -969,6 +986,7 @@ def run_task(
         measure_all,
         say,
         expect={"steps": steps, "warmup": warmup, "rounds": rounds, "peak_size": args.peak_size},
+        timed=True,
     )
     timing: dict[str, dict[str, Any]] = timed["runs"]
     # Each ratio is the median over rounds of the ratio within a round (variants timed seconds apart), which
@@ -1024,6 +1042,7 @@ def run_task(
             },
             say,
             expect={"steps": args.breakdown_steps[task.name]},
+            timed=True,
         )
     if not args.quick and not args.no_accuracy:
         epochs = args.acc_epochs[task.name]

@@ -52,6 +52,14 @@ def test_quick_compress_benchmark_records_models_and_verdicts(tmp_path, bench):
     r = paired["int8_speedup"]["student_int8"]
     assert "- int8 student against its fp32 model (the issue's target model)" in md and f"**{r:.2f}x**" in md
     assert "- int8 pruned student against its fp32 model, ONNX" in md
+    # Each task records the machine its latencies were measured on; a task timed elsewhere is labelled so.
+    assert doc["tasks"]["mnist"]["machine_id"].startswith(f"{doc['machine']['nproc']} cores, ")
+    assert "measured on" not in md
+    elsewhere = {
+        **doc,
+        "tasks": {"mnist": {**doc["tasks"]["mnist"], "machine_id": "2 cores, Other CPU, torch t"}},
+    }
+    assert "; measured on 2 cores, Other CPU, torch t)" in markdown(elsewhere)
 
     # --recompress compresses the finished run again (fresh timings) without training its teacher or student.
     summary = tmp_path / "runs" / "mnist" / "compress" / "summary.json"

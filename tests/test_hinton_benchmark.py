@@ -113,6 +113,7 @@ def test_jittered_transfer_row_is_opt_in_and_labelled_outside_the_papers_setup()
     info = {
         "command": "python benchmarks/hinton_mnist.py --jittered-transfer",
         "machine": {"nproc": 2, "cpu": "cpu", "torch": "t"},
+        "machines": {},
         "precision": "bf16",
         "date": "d",
         "total_minutes": 1.0,
@@ -121,3 +122,32 @@ def test_jittered_transfer_row_is_opt_in_and_labelled_outside_the_papers_setup()
     table = [x for x in markdown({"rows": rows, "sweep": {}}, info).splitlines() if x.startswith("| ")]
     line = next(x for x in table if "jittered" in x)
     assert line.startswith("| *not the paper's setup:*") and "| 68.0 ± 2.8 (70, 66) | 2 | 74 | -6.0 |" in line
+
+
+def test_machine_line_names_the_machines_that_made_the_stored_runs():
+    """Stored runs are reused across sittings: the header names their machine, not the one that reads them."""
+    from benchcommon import machines_line, machines_of
+
+    here = {"nproc": 2, "cpu": "Intel Xeon", "torch": "2.13.0+cpu"}
+    amd = {"wall_seconds": 600, "machine_id": "2 cores, AMD EPYC, torch 2.13.0+cpu"}
+    intel = {"wall_seconds": 300, "machine_id": "2 cores, Intel Xeon, torch 2.13.0+cpu"}
+    assert (
+        machines_line(machines_of({"a": amd, "b": dict(amd)}), here, "bf16")
+        == "Machine: 2 cores, AMD EPYC, torch 2.13.0+cpu, precision bf16  "
+    )
+    both = machines_of({"a": amd, "b": dict(amd), "c": intel})
+    assert both == {
+        "2 cores, AMD EPYC, torch 2.13.0+cpu": {"runs": 2, "minutes": 20.0},
+        "2 cores, Intel Xeon, torch 2.13.0+cpu": {"runs": 1, "minutes": 5.0},
+    }
+    line = machines_line(both, here, "bf16")
+    assert line.startswith(
+        "Machines: the stored runs were made on 2 machines, so their run times are not one"
+    )
+    assert "AMD EPYC, torch 2.13.0+cpu (2 runs, 20.0 min); 2 cores, Intel Xeon" in line
+    # Runs stored before machines were recorded say so rather than borrowing this machine's name.
+    old = machines_of({"a": {"wall_seconds": 60}})
+    assert machines_line(old, here, "bf16").startswith("Machine: machine not recorded")
+    assert (
+        machines_line({}, here, "fp32") == "Machine: 2 cores, Intel Xeon, torch 2.13.0+cpu, precision fp32  "
+    )

@@ -120,3 +120,46 @@ def test_reused_teacher_retrained_in_place_is_acquired_again(tmp_path, monkeypat
         expect={"epochs": 3, "seed": 1, "teacher_sha256": info2["weights_sha256"]},
     )
     assert any("other settings" in s for s in said) and redone["teacher_sha256"] == info2["weights_sha256"]
+
+
+def test_timings_from_another_machine_are_measured_again(tmp_path, monkeypatch):
+    """A timed part is reused only on the machine that measured it; a result that is not a timing is kept."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import speed
+
+    parts = speed.Parts(tmp_path / "parts")
+    said: list[str] = []
+    calls = {"timing": 0, "acc": 0}
+
+    def timing() -> dict:
+        calls["timing"] += 1
+        return {"seconds": float(calls["timing"])}
+
+    def accuracy() -> dict:
+        calls["acc"] += 1
+        return {"acc": 0.9}
+
+    monkeypatch.setattr(speed, "machine_id", lambda: "2 cores, CPU one, torch x")
+    assert parts.run("t", timing, said.append, timed=True)["seconds"] == 1.0
+    parts.run("acc", accuracy, said.append)
+    assert (
+        json.loads((tmp_path / "parts" / "t.json").read_text())["machine_id"] == "2 cores, CPU one, torch x"
+    )
+    assert parts.run("t", timing, said.append, timed=True)["seconds"] == 1.0  # same machine: reused
+    assert calls["timing"] == 1
+
+    monkeypatch.setattr(speed, "machine_id", lambda: "2 cores, CPU two, torch x")
+    said.clear()
+    again = parts.run("t", timing, said.append, timed=True)
+    assert again["seconds"] == 2.0 and again["machine_id"] == "2 cores, CPU two, torch x"
+    assert any("measured on another machine (2 cores, CPU one, torch x" in s for s in said), said
+    parts.run("acc", accuracy, said.append)  # not a timing: reused wherever it was made
+    assert calls == {"timing": 2, "acc": 1}
+
+    # A part stored before machines were recorded is a timing of unknown origin: measured again.
+    (tmp_path / "parts" / "old.json").write_text(json.dumps({"seconds": 9.0}))
+    said.clear()
+    assert parts.run("old", timing, said.append, timed=True)["seconds"] == 3.0
+    assert any("not recorded" in s for s in said), said
