@@ -164,6 +164,8 @@ def fingerprint(cfg: Any, teacher_sha256: str | None) -> str:
     """
     doc = cfg.model_dump(mode="json")
     doc.pop("runtime", None)
+    if doc["data"].get("split_seed") is None:  # the default (split by the run's seed), as before the field
+        doc["data"].pop("split_seed", None)
     phases = set(cfg.phases)
     if "distill" not in phases:
         doc.pop("distill", None)

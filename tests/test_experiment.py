@@ -181,3 +181,65 @@ def test_test_limit_keeps_evenly_spaced_test_images(data_root):
     assert len(bundle.test) == 7 and keep[0] == 0 and keep[-1] == len(full) - 1
     assert bundle.test.labels.tolist() == full.labels[keep].tolist()
     assert (bundle.test.images == full.images[keep]).all()
+
+
+def test_teacher_trained_on_the_validation_images_is_flagged(tmp_path):
+    """A student seeded differently from its teacher.checkpoint gets another val split, part of which the teacher
+    trained on: its validation figures would be inflated. kdkit counts those images, warns, and
+    data.split_seed keeps one split across seeds."""
+    import io
+
+    from rich.console import Console
+
+    from kdkit import data as kdata
+    from kdkit.experiment import load_data, val_images_trained_on
+
+    base = {
+        **SMALL,
+        "data": {"dataset": "mnist-small", "val_size": 1000},
+        "phases": ["teacher"],
+        "teacher": {**SMALL["teacher"], "train": {"epochs": 1, "batch_size": 256}},
+        "student": {**SMALL["student"], "train": {"epochs": 1, "batch_size": 256}},
+    }
+    run_experiment(build_config(base), tmp_path / "teacher")
+    ckpt = tmp_path / "teacher" / "checkpoints" / "teacher.safetensors"
+    _, meta = load_model(ckpt)
+    assert meta["data_split"] == {"dataset": "mnist-small", "images": 10000, "val_size": 1000, "split_seed": 0}
+
+    # The recorded split is drawn again from the labels alone: the same validation images as the run's.
+    full = kdata.load_dataset("mnist-small", "train")
+    mask = kdata.val_mask(full.labels, full.num_classes, 1000, 0)
+    _, val = kdata.split_train_val(full, 1000, 0)
+    assert mask.sum() == 1000 and (full.labels[mask] == val.labels).all()
+    assert (full.images[mask] == val.images).all()
+
+    def distil(seed: int, **data: object) -> tuple[dict, str]:
+        raw = {
+            **base,
+            "seed": seed,
+            "data": {**base["data"], **data},
+            "phases": ["distill"],
+            "teacher": {**base["teacher"], "checkpoint": str(ckpt)},
+        }
+        out = io.StringIO()
+        summary = run_experiment(
+            build_config(raw), tmp_path / f"s{seed}-{len(data)}", console=Console(file=out, width=400)
+        )
+        return summary["models"]["teacher"], out.getvalue()
+
+    same, said = distil(0)
+    assert same["val_images_trained_on"] == 0 and "warning" not in said
+    other, said = distil(1)
+    # Seed 1 draws another 1,000 of the 10,000: about 90% of them were in the teacher's training set.
+    bundle = load_data(build_config({**base, "seed": 1}).data, 1)
+    expected = int((bundle.val_of_full & ~mask).sum())
+    assert 800 <= other["val_images_trained_on"] == expected < 1000
+    assert f"was trained on {expected:,} of this run's 1,000 validation images" in said
+    assert "data.val_size=1000 and data.split_seed=0" in said
+    fixed, said = distil(1, split_seed=0)
+    assert fixed["val_images_trained_on"] == 0 and "warning" not in said
+
+    # A teacher trained on every image has seen every validation image; a foreign split cannot be judged.
+    assert val_images_trained_on(bundle, {**meta["data_split"], "val_size": 0}) == 1000
+    assert val_images_trained_on(bundle, {**meta["data_split"], "dataset": "cifar10"}) is None
+    assert val_images_trained_on(bundle, None) is None

@@ -81,6 +81,11 @@ class DataConfig(_Strict):
     val_size: float = Field(
         0.1, ge=0, description="held-out validation images: a count (>= 1) or a fraction of the training set"
     )
+    split_seed: int | None = Field(
+        None,
+        description="seed of the train/validation split (default: the run's seed); fix it when runs with other "
+        "seeds must keep one validation set, e.g. students distilled from a teacher trained on that split",
+    )
     image_size: int | None = Field(None, ge=8)
     normalize: bool = True
     train_limit: int | None = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import io
 import json
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydantic
 import torch
 import yaml
@@ -63,6 +65,11 @@ class DataBundle:
     mean: list[float]
     std: list[float]
     unlabeled: kdata.ArrayDataset | None = None  # training images whose labels are hidden (data.labeled_*)
+    # How train and val were drawn from the training set: recorded in every model checkpoint, so that a run
+    # loading a model can tell how many of its validation images that model was trained on.
+    split: dict[str, Any] = dataclasses.field(default_factory=dict)
+    full_labels: np.ndarray | None = None  # labels of the whole training set the split was drawn from
+    val_of_full: np.ndarray | None = None  # which of those images are this run's validation images
 
     @property
     def num_classes(self) -> int:
@@ -94,7 +101,11 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
     val_size: int | float = int(cfg.val_size) if cfg.val_size >= 1 else float(cfg.val_size)
     if isinstance(val_size, int) and val_size >= len(full):
         raise ConfigError(f"data.val_size: {val_size} leaves no training images (the set has {len(full)})")
-    train, val = kdata.split_train_val(full, val_size, seed)
+    split_seed = seed if cfg.split_seed is None else cfg.split_seed
+    is_val = kdata.val_mask(full.labels, full.num_classes, val_size, split_seed, full.name)
+    train = full.subset(np.flatnonzero(~is_val), name=f"{full.name}:train")
+    val = full.subset(np.flatnonzero(is_val), name=f"{full.name}:val")
+    split = {"dataset": cfg.dataset, "images": len(full), "val_size": val_size, "split_seed": split_seed}
     if cfg.normalize:
         mean, std = channel_stats(train.images)
     else:
@@ -108,7 +119,36 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
             )
         labeled = cfg.labeled_count if cfg.labeled_count is not None else cfg.labeled_fraction
         train, unlabeled = kdata.split_labeled(train, labeled or 0, seed)
-    return DataBundle(train=train, val=val, test=test, mean=mean, std=std, unlabeled=unlabeled)
+    return DataBundle(
+        train=train,
+        val=val,
+        test=test,
+        mean=mean,
+        std=std,
+        unlabeled=unlabeled,
+        split=split,
+        full_labels=full.labels,
+        val_of_full=is_val,
+    )
+
+
+def val_images_trained_on(bundle: DataBundle, split: dict[str, Any] | None) -> int | None:
+    """Return how many of the bundle's validation images a model trained on the given split had for training.
+
+    None when that cannot be told: the checkpoint records no split (an older or foreign checkpoint), or it was
+    drawn from another data set or another number of images.
+    """
+    mine = bundle.split
+    if not split or bundle.val_of_full is None or bundle.full_labels is None or not mine:
+        return None
+    if split.get("dataset") != mine["dataset"] or split.get("images") != mine["images"]:
+        return None
+    if not bundle.val_of_full.any():
+        return 0
+    theirs = kdata.val_mask(
+        bundle.full_labels, bundle.num_classes, split["val_size"], int(split["split_seed"])
+    )
+    return int((bundle.val_of_full & ~theirs).sum())
 
 
 def make_loader(
@@ -169,6 +209,7 @@ def save_model(
         "image_size": bundle.image_size,
         "classes": list(bundle.train.classes),
         "normalize": {"mean": bundle.mean, "std": bundle.std},
+        "data_split": bundle.split,
         **extra,
     }
     return save_checkpoint(path, model.state_dict(), meta)
@@ -529,8 +570,39 @@ class _PhaseRunner:
                 f"but {self.cfg.data.dataset} has {self.bundle.num_classes}"
             )
         model = self.engine.prepare(model)
-        self.finish(role, model, ModelSpec.model_validate(meta["model"]), None, loaded_from=path)
+        self.finish(
+            role,
+            model,
+            ModelSpec.model_validate(meta["model"]),
+            None,
+            loaded_from=path,
+            **self.check_split(meta, field, path),
+        )
         return model
+
+    def check_split(self, meta: dict[str, Any], field: str, path: str) -> dict[str, Any]:
+        """Warn when a loaded model was trained on this run's validation images; return what to record.
+
+        Such a model teaches a student about exactly those images, so the student's validation figures would
+        come out better than on images no model of the run has seen (and choices made on them would be biased).
+        """
+        seen = val_images_trained_on(self.bundle, meta.get("data_split"))
+        if seen is None:
+            return {}
+        if seen and distributed.info().is_main:
+            theirs = meta["data_split"]
+            self.engine.console.print(
+                f"warning: {field} {path!r} was trained on {seen:,} of this run's {len(self.bundle.val):,} "
+                f"validation images (its split: val_size {theirs['val_size']}, split seed {theirs['split_seed']}; "
+                f"this run's: val_size {self.bundle.split['val_size']}, split seed {self.bundle.split['split_seed']})"
+                ": validation figures of models it teaches will look better than on unseen images. To validate on "
+                f"images it never saw, set data.val_size={theirs['val_size']} and "
+                f"data.split_seed={theirs['split_seed']}.",
+                style="yellow",
+                highlight=False,
+                markup=False,
+            )
+        return {"val_images_trained_on": seen}
 
     def train(
         self,

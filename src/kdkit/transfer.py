@@ -175,6 +175,7 @@ def load_member(runner: _PhaseRunner, i: int, path: str) -> nn.Module:
         None,
         loaded_from=path,
         label_smoothing=checkpoint_label_smoothing(path),
+        **runner.check_split(meta, f"teacher.ensemble[{i}].checkpoint", path),
     )
     return model
 

@@ -13,7 +13,7 @@ from kdkit.data.sources import (
     data_root,
     load_dataset,
 )
-from kdkit.data.splits import UNLABELED, omit_classes, split_labeled, split_train_val
+from kdkit.data.splits import UNLABELED, omit_classes, split_labeled, split_train_val, val_mask
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -31,5 +31,6 @@ __all__ = [
     "read_idx",
     "split_labeled",
     "split_train_val",
+    "val_mask",
     "write_idx",
 ]

@@ -38,20 +38,31 @@ def _stratified_quota(counts: np.ndarray, n_val: int) -> np.ndarray:
     return quota
 
 
-def split_train_val(ds: ArrayDataset, val_size: int | float, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
-    """Split into (train, val), stratified by class, deterministic in ``seed``; samples keep their order."""
-    n = len(ds)
-    n_val = _val_count(n, val_size, ds.name)
+def val_mask(
+    labels: np.ndarray, num_classes: int, val_size: int | float, seed: int, name: str = "dataset"
+) -> np.ndarray:
+    """Return which samples of a set with these labels `split_train_val` holds out (a boolean mask).
+
+    Only the labels decide the split, so a model's recorded split can be drawn again without its images.
+    """
+    n = len(labels)
+    n_val = _val_count(n, val_size, name)
     rng = np.random.default_rng(seed)
     is_val = np.zeros(n, dtype=bool)
     if n_val:
-        num = max(ds.num_classes, int(ds.labels.max()) + 1 if n else 0)
-        counts = np.bincount(ds.labels, minlength=num)
+        num = max(num_classes, int(labels.max()) + 1 if n else 0)
+        counts = np.bincount(labels, minlength=num)
         quota = _stratified_quota(counts, n_val)
         for c in range(num):
             if quota[c]:
-                members = np.flatnonzero(ds.labels == c)
+                members = np.flatnonzero(labels == c)
                 is_val[rng.choice(members, size=int(quota[c]), replace=False)] = True
+    return is_val
+
+
+def split_train_val(ds: ArrayDataset, val_size: int | float, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
+    """Split into (train, val), stratified by class, deterministic in ``seed``; samples keep their order."""
+    is_val = val_mask(ds.labels, ds.num_classes, val_size, seed, ds.name)
     return (
         ds.subset(np.flatnonzero(~is_val), name=f"{ds.name}:train"),
         ds.subset(np.flatnonzero(is_val), name=f"{ds.name}:val"),
