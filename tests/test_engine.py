@@ -1,5 +1,6 @@
 """The training loop: schedules, constraints, the non-finite guard, precomputed teacher outputs."""
 
+import copy
 import math
 
 import pytest
@@ -11,7 +12,7 @@ from kdkit.data.loader import InMemoryLoader
 from kdkit.engine import Engine, NonFiniteLossError
 from kdkit.losses import Objective, Term
 from kdkit.models import create
-from kdkit.optim import build_optimizer, lr_factor
+from kdkit.optim import FusedSGD, build_optimizer, lr_factor
 from kdkit.resume import CheckpointPolicy, list_states
 from kdkit.runtime import resolve_runtime
 from kdkit.teacher import FrozenTeacher
@@ -61,17 +62,16 @@ def test_lr_schedules():
 )
 def test_optimizers_match_the_reference_update_also_for_parameters_whose_gradients_start_later(cfg):
     # The second layer gets no gradient for the first two steps, as an objective term that starts later
-    # (FSP's second stage): PyTorch's fused SGD fails there, so kdkit's optimizers must not.
+    # (FSP's second stage): PyTorch's own fused SGD fails there, so kdkit's optimizers (both fused) must not.
     torch.manual_seed(0)
     nets = [torch.nn.ModuleList([torch.nn.Linear(20, 7), torch.nn.Linear(20, 7)]) for _ in range(2)]
     nets[1].load_state_dict(nets[0].state_dict())
     w0 = nets[0][1].weight.detach().clone()
     opt = build_optimizer(nets[0].parameters(), cfg)
     group = opt.param_groups[0]
-    if cfg.optimizer == "adamw":
-        assert group["fused"] is True and not group["foreach"]
-    else:
-        assert group["foreach"] is True and not group["fused"]
+    assert group["fused"] is True and not group["foreach"]
+    if cfg.optimizer == "sgd":
+        assert isinstance(opt, FusedSGD)
     # PyTorch's reference (per-parameter) update with the same settings, on an identical copy.
     ref_cls = torch.optim.SGD if cfg.optimizer == "sgd" else torch.optim.AdamW
     kw = {"momentum": cfg.momentum, "nesterov": True} if cfg.optimizer == "sgd" else {}
@@ -84,6 +84,38 @@ def test_optimizers_match_the_reference_update_also_for_parameters_whose_gradien
             torch.nn.functional.cross_entropy(logits, y).backward()
             o.step()
     assert (nets[0][1].weight - w0).abs().max() > 1e-2  # the late parameters moved
+    for p, q in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_sgd_resumes_from_a_state_without_the_buffers_of_late_parameters():
+    """A snapshot taken before a late parameter's first gradient (or by the multi-tensor SGD kdkit used before)
+    lacks that parameter's momentum buffer: after loading it, the fused update must still run and match."""
+    torch.manual_seed(0)
+    nets = [torch.nn.ModuleList([torch.nn.Linear(6, 3), torch.nn.Linear(6, 3)]) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    cfg = TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+
+    def step(net, opt, late: bool) -> None:
+        opt.zero_grad(set_to_none=True)
+        logits = net[0](x) + (net[1](x) if late else 0)
+        torch.nn.functional.cross_entropy(logits, y).backward()
+        opt.step()
+
+    ref = torch.optim.SGD(nets[1].parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3, foreach=True)
+    step(nets[1], ref, late=False)
+    saved = copy.deepcopy(
+        ref.state_dict()
+    )  # the multi-tensor SGD's snapshot: no buffers for the second layer
+    assert len(saved["state"]) == 2
+    opt = build_optimizer(nets[0].parameters(), cfg)
+    nets[0].load_state_dict(nets[1].state_dict())
+    opt.load_state_dict(saved)
+    assert all(opt.state[p]["momentum_buffer"] is not None for p in nets[0].parameters())
+    for _ in range(3):
+        step(nets[0], opt, late=True)
+        step(nets[1], ref, late=True)
     for p, q in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 

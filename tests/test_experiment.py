@@ -204,7 +204,12 @@ def test_teacher_trained_on_the_validation_images_is_flagged(tmp_path):
     run_experiment(build_config(base), tmp_path / "teacher")
     ckpt = tmp_path / "teacher" / "checkpoints" / "teacher.safetensors"
     _, meta = load_model(ckpt)
-    assert meta["data_split"] == {"dataset": "mnist-small", "images": 10000, "val_size": 1000, "split_seed": 0}
+    assert meta["data_split"] == {
+        "dataset": "mnist-small",
+        "images": 10000,
+        "val_size": 1000,
+        "split_seed": 0,
+    }
 
     # The recorded split is drawn again from the labels alone: the same validation images as the run's.
     full = kdata.load_dataset("mnist-small", "train")
