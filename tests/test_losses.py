@@ -45,6 +45,35 @@ def test_kd_gradient_is_T_times_probability_gap():
     torch.testing.assert_close(s.grad, expected, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T", [1.0, 4.0, 20.0])
+def test_kd_fused_path_matches_the_composed_loss_in_value_and_gradient(dtype, T):
+    # A teacher without gradient takes kd's one-node path; it must equal the composed autograd version.
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(int(T))
+    s0 = (torch.randn(64, 10, generator=g) * 6).to(dtype)
+    t = torch.randn(64, 10, generator=g) * 8
+    s = s0.clone().requires_grad_(True)
+    loss = kd(s, t, T)
+    assert loss.grad_fn is not None and type(loss.grad_fn).__name__ == "_KDBackward"
+    (loss * 0.7).backward()
+    r = s0.clone().requires_grad_(True)
+    log_ps = F.log_softmax(r.float() / T, dim=-1)
+    ref = F.kl_div(log_ps, F.log_softmax(t / T, dim=-1), reduction="batchmean", log_target=True) * T * T
+    (ref * 0.7).backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    assert s.grad.dtype == dtype
+    tol = {"rtol": 1e-5, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-4}
+    torch.testing.assert_close(s.grad, r.grad, **tol)
+
+    # A teacher that learns too (joint training, mutual learning) takes the composed path: both get gradients.
+    tt = t.clone().requires_grad_(True)
+    s2 = s0.clone().float().requires_grad_(True)
+    kd(s2, tt, T).backward()
+    assert tt.grad is not None and tt.grad.abs().sum() > 0 and s2.grad is not None
+
+
 def test_kd_high_temperature_gradient_approaches_logit_matching():
     # Hinton et al. eq. (4): with zero-mean logits and high T, the gradient of the T^2-scaled loss is
     # (z_i - v_i) / N, independent of T; without T^2 it would shrink like 1/T^2.

@@ -24,12 +24,41 @@ def kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0)
     _check_pair(student_logits, teacher_logits)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not teacher_logits.requires_grad and student_logits.dim() == 2:
+        # The usual case (a frozen or cached teacher): one autograd node with its gradient made in the forward.
+        return _KD.apply(student_logits, teacher_logits, float(temperature))
     # Both sides as log-probabilities in fp32: KLDivLoss fed probabilities is a classic silent bug,
     # and bf16 log-softmax loses the small soft-target differences distillation lives on.
     log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     return kl * (temperature**2)
+
+
+class _KD(torch.autograd.Function):
+    """`kd` for a teacher that takes no gradient, with its gradient written out: T (p_student - p_teacher) / N.
+
+    The same value and gradient as the composed version in `kd` (log-softmax, KL and scaling: about ten
+    autograd nodes forward and back) in a few operations; on a 3 ms MLP step such small operations are a
+    measurable share of what distillation adds to training the student alone (benchmarks/speed.py, (d)
+    against (a)).
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, s: Tensor, t: Tensor, temperature: float) -> Tensor:
+        log_ps = F.log_softmax(s.float() / temperature, dim=-1)
+        log_pt = F.log_softmax(t.float() / temperature, dim=-1)
+        pt = log_pt.exp()
+        n = s.shape[0]
+        ctx.save_for_backward(log_ps, pt)
+        ctx.scale, ctx.dtype = temperature / n, s.dtype  # type: ignore[attr-defined]
+        return (pt * (log_pt - log_ps)).sum() * (temperature * temperature / n)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None]:
+        log_ps, pt = ctx.saved_tensors  # type: ignore[attr-defined]
+        g = (log_ps.exp() - pt).mul_(grad * ctx.scale)  # type: ignore[attr-defined]
+        return g.to(ctx.dtype), None, None  # type: ignore[attr-defined]
 
 
 def soft_target_kd(student_logits: Tensor, teacher_probs: Tensor, temperature: float = 4.0) -> Tensor:
