@@ -227,8 +227,9 @@ def test_teacher_trained_on_the_validation_images_is_flagged(tmp_path):
             "teacher": {**base["teacher"], "checkpoint": str(ckpt)},
         }
         out = io.StringIO()
+        runs = len(list(tmp_path.glob("student-*")))
         summary = run_experiment(
-            build_config(raw), tmp_path / f"s{seed}-{len(data)}", console=Console(file=out, width=400)
+            build_config(raw), tmp_path / f"student-{runs}", console=Console(file=out, width=10_000)
         )
         return summary["models"]["teacher"], out.getvalue()
 
@@ -248,3 +249,13 @@ def test_teacher_trained_on_the_validation_images_is_flagged(tmp_path):
     assert val_images_trained_on(bundle, {**meta["data_split"], "val_size": 0}) == 1000
     assert val_images_trained_on(bundle, {**meta["data_split"], "dataset": "cifar10"}) is None
     assert val_images_trained_on(bundle, None) is None
+    assert (
+        val_images_trained_on(bundle, {"dataset": "mnist-small", "images": 10000}) is None
+    )  # not kdkit's record
+
+    # A teacher trained on every training image: the advice is not to pick its split (there is none unseen).
+    run_experiment(build_config({**base, "data": {**base["data"], "val_size": 0}}), tmp_path / "teacher-all")
+    ckpt = tmp_path / "teacher-all" / "checkpoints" / "teacher.safetensors"
+    whole, said = distil(0)
+    assert whole["val_images_trained_on"] == 1000
+    assert "trained on the whole training set, so no validation split of it is unseen" in said

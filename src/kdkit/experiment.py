@@ -32,7 +32,7 @@ from kdkit.console import make_console
 from kdkit.data.loader import Augment, AugParams, InMemoryLoader, channel_stats
 from kdkit.engine import Engine, EvalResult, FitResult
 from kdkit.ensemble import EnsembleTeacher
-from kdkit.errors import CheckpointError, ConfigError, ModelError, RunDirError
+from kdkit.errors import CheckpointError, ConfigError, DataError, ModelError, RunDirError
 from kdkit.losses.objective import Objective
 from kdkit.metrics import MetricsLogger
 from kdkit.models import count_params, create, model_size_mb
@@ -102,9 +102,7 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
     if isinstance(val_size, int) and val_size >= len(full):
         raise ConfigError(f"data.val_size: {val_size} leaves no training images (the set has {len(full)})")
     split_seed = seed if cfg.split_seed is None else cfg.split_seed
-    is_val = kdata.val_mask(full.labels, full.num_classes, val_size, split_seed, full.name)
-    train = full.subset(np.flatnonzero(~is_val), name=f"{full.name}:train")
-    val = full.subset(np.flatnonzero(is_val), name=f"{full.name}:val")
+    train, val = kdata.split_train_val(full, val_size, split_seed)
     split = {"dataset": cfg.dataset, "images": len(full), "val_size": val_size, "split_seed": split_seed}
     if cfg.normalize:
         mean, std = channel_stats(train.images)
@@ -128,26 +126,29 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
         unlabeled=unlabeled,
         split=split,
         full_labels=full.labels,
-        val_of_full=is_val,
+        val_of_full=kdata.val_mask(full.labels, full.num_classes, val_size, split_seed, full.name),
     )
 
 
 def val_images_trained_on(bundle: DataBundle, split: dict[str, Any] | None) -> int | None:
     """Return how many of the bundle's validation images a model trained on the given split had for training.
 
-    None when that cannot be told: the checkpoint records no split (an older or foreign checkpoint), or it was
-    drawn from another data set or another number of images.
+    None when that cannot be told: the checkpoint records no split (an older or foreign checkpoint, or one whose
+    record is not kdkit's), or it was drawn from another data set or another number of images.
     """
     mine = bundle.split
-    if not split or bundle.val_of_full is None or bundle.full_labels is None or not mine:
+    if not isinstance(split, dict) or bundle.val_of_full is None or bundle.full_labels is None or not mine:
         return None
     if split.get("dataset") != mine["dataset"] or split.get("images") != mine["images"]:
         return None
     if not bundle.val_of_full.any():
         return 0
-    theirs = kdata.val_mask(
-        bundle.full_labels, bundle.num_classes, split["val_size"], int(split["split_seed"])
-    )
+    try:
+        theirs = kdata.val_mask(
+            bundle.full_labels, bundle.num_classes, split["val_size"], int(split["split_seed"])
+        )
+    except (KeyError, TypeError, ValueError, DataError):
+        return None
     return int((bundle.val_of_full & ~theirs).sum())
 
 
@@ -590,14 +591,18 @@ class _PhaseRunner:
         if seen is None:
             return {}
         if seen and distributed.info().is_main:
-            theirs = meta["data_split"]
+            theirs, mine = meta["data_split"], self.bundle.split
+            fix = (
+                "It was trained on the whole training set, so no validation split of it is unseen by it."
+                if not theirs["val_size"]
+                else f"To validate on images it never saw, set data.val_size={theirs['val_size']} and "
+                f"data.split_seed={theirs['split_seed']}."
+            )
             self.engine.console.print(
                 f"warning: {field} {path!r} was trained on {seen:,} of this run's {len(self.bundle.val):,} "
                 f"validation images (its split: val_size {theirs['val_size']}, split seed {theirs['split_seed']}; "
-                f"this run's: val_size {self.bundle.split['val_size']}, split seed {self.bundle.split['split_seed']})"
-                ": validation figures of models it teaches will look better than on unseen images. To validate on "
-                f"images it never saw, set data.val_size={theirs['val_size']} and "
-                f"data.split_seed={theirs['split_seed']}.",
+                f"this run's: val_size {mine['val_size']}, split seed {mine['split_seed']}): validation figures "
+                f"of models it teaches will look better than on unseen images. {fix}",
                 style="yellow",
                 highlight=False,
                 markup=False,
