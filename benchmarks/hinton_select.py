@@ -59,7 +59,8 @@ TEACHERS: dict[str, list[str]] = {
         *_LR1,
     ],
     # Longer schedules, sized so that two teachers on 60,000 images (one thread each) fit the 45-minute budget
-    # beside the students: 120 epochs at batch 128, or 160 at batch 256 (27% more images per second here).
+    # beside the students: 120 epochs at batch 128, or 160 at batch 256 (27% more images per second on the
+    # AMD EPYC these were sized on).
     "120ep": ["teacher.train.epochs=120", *_D3, *_LR1],
     "bs256-lr0.2-160ep": [
         "teacher.train.epochs=160",
@@ -125,8 +126,8 @@ STUDENTS: dict[str, dict[str, Any]] = {  # distill.train of each candidate
 }
 # The benchmark must finish in 45 minutes. With a 150-epoch teacher (about 23 of them), its distilled runs (two
 # seeds side by side, then omit-3 beside the temperature sweep) fit only up to 60 epochs: a longer candidate
-# is trained and reported but cannot be chosen. (About 4.7 s per distillation epoch on 60,000 images here
-# with the multi-tensor AdamW used then; the fused update kdkit uses since is about 1.2x faster.)
+# is trained and reported but cannot be chosen. (About 4.7 s per distillation epoch on 60,000 images on the
+# AMD EPYC, with the multi-tensor AdamW used then; the fused update kdkit uses since is about 1.2x faster.)
 MAX_DISTILL_EPOCHS = 60
 # The chosen student recipe is also distilled from these teacher candidates: does the teacher with the fewest
 # validation errors also teach best? (A heavier-dropout teacher might give softer, more informative targets.)
