@@ -658,11 +658,12 @@ def build_cache(
     draws = draws_for(len(data.train_x), task.augment, spec, seed)
     name = f"{task.name}-cache"
     rec = parts.get(name)
-    if rec is not None and rec.get("machine_id") != machine_id():
+    elsewhere = rec is not None and rec.get("machine_id") != machine_id()
+    if elsewhere:
         say(
             f"[{name}] its build was timed on another machine ({rec.get('machine_id', 'not recorded')}): rebuilt"
         )
-    if rec is None or rec.get("key") != key or rec.get("machine_id") != machine_id() or not cache.complete():
+    if rec is None or elsewhere or rec.get("key") != key or not cache.complete():
         shutil.rmtree(cache.directory, ignore_errors=True)  # time a build from nothing
         norm = kdkit_loader(task, data, seed).normalize
 

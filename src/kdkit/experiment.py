@@ -69,7 +69,13 @@ class DataBundle:
     # loading a model can tell how many of its validation images that model was trained on.
     split: dict[str, Any] = dataclasses.field(default_factory=dict)
     full_labels: np.ndarray | None = None  # labels of the whole training set the split was drawn from
-    val_of_full: np.ndarray | None = None  # which of those images are this run's validation images
+
+    @property
+    def val_of_full(self) -> np.ndarray | None:
+        """Which images of the whole training set are this run's validation images (drawn again from the split)."""
+        if self.full_labels is None or not self.split:
+            return None
+        return val_mask_of(self.full_labels, self.num_classes, self.split)
 
     @property
     def num_classes(self) -> int:
@@ -126,8 +132,12 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
         unlabeled=unlabeled,
         split=split,
         full_labels=full.labels,
-        val_of_full=kdata.val_mask(full.labels, full.num_classes, val_size, split_seed, full.name),
     )
+
+
+def val_mask_of(labels: np.ndarray, num_classes: int, split: dict[str, Any]) -> np.ndarray:
+    """Return the validation mask of a recorded split (`DataBundle.split`, a checkpoint's `data_split`)."""
+    return kdata.val_mask(labels, num_classes, split["val_size"], int(split["split_seed"]))
 
 
 def val_images_trained_on(bundle: DataBundle, split: dict[str, Any] | None) -> int | None:
@@ -137,16 +147,14 @@ def val_images_trained_on(bundle: DataBundle, split: dict[str, Any] | None) -> i
     record is not kdkit's), or it was drawn from another data set or another number of images.
     """
     mine = bundle.split
-    if not isinstance(split, dict) or bundle.val_of_full is None or bundle.full_labels is None or not mine:
+    if not isinstance(split, dict) or bundle.full_labels is None or not mine:
         return None
     if split.get("dataset") != mine["dataset"] or split.get("images") != mine["images"]:
         return None
-    if not bundle.val_of_full.any():
+    if not len(bundle.val):
         return 0
     try:
-        theirs = kdata.val_mask(
-            bundle.full_labels, bundle.num_classes, split["val_size"], int(split["split_seed"])
-        )
+        theirs = val_mask_of(bundle.full_labels, bundle.num_classes, split)
     except (KeyError, TypeError, ValueError, DataError):
         return None
     return int((bundle.val_of_full & ~theirs).sum())
