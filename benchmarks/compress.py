@@ -61,6 +61,7 @@ QUICK = [
     "compress.calibration_batches=2",
     "compress.batch_sizes=[1,64]",
     "compress.threads=[1]",
+    "compress.qat.epochs=1",
 ]
 
 
@@ -70,13 +71,8 @@ def _ms(rec: dict[str, Any], key: str) -> float | None:
 
 # Each int8 model against the fp32 model it was quantized from (the pipeline's INT8_OF), the unpruned first.
 INT8_PAIRS = (("student", "student_int8"), ("pruned_student", "int8_student"))
-ONNX_FILES = {
-    "teacher": "teacher.onnx",
-    "student": "student.onnx",
-    "student_int8": "student_int8.onnx",
-    "pruned_student": "pruned_student.onnx",
-    "int8_student": "pruned_student_int8.onnx",
-}
+# Each quantization-aware int8 model (compress.qat) against the post-training int8 model of the same fp32 model.
+QAT_PAIRS = (("student_int8", "student_int8_qat"), ("int8_student", "int8_student_qat"))
 
 
 def _int8_check(m: dict[str, Any], fp32: str, int8: str, threads: list[int], batch: int) -> dict[str, Any]:
@@ -132,9 +128,29 @@ def derive(summary: dict[str, Any], batch: int = 64) -> dict[str, Any]:
             if k.startswith("ort_")
         },
     }
+    qat = {}
+    for ptq, key in QAT_PAIRS:
+        if key in m:
+            fp32 = m[next(fp for fp, i8 in INT8_PAIRS if i8 == ptq)]
+            info = summary["qat"]["models"][key]
+            qat[key] = {
+                "label": m[key].get("label", key),
+                "ptq": ptq,
+                "accuracy": m[key]["accuracy"],
+                "ptq_accuracy": m[ptq]["accuracy"],
+                "fp32_accuracy": fp32["accuracy"],
+                "gain_over_ptq_points": pts(m[key], m[ptq]),
+                "drop_from_fp32_points": pts(fp32, m[key]),
+                "train_seconds": info["train_seconds"],
+                "val_accuracy_emulated": [
+                    info["val_accuracy_emulated_before"],
+                    info["val_accuracy_emulated_after"],
+                ],
+            }
     return {
         "batch": batch,
         "int8": checks,
+        "qat": qat,
         "int8_target": next(iter(checks)),
         "prune": {
             "target": summary["prune"]["target"],
@@ -205,7 +221,7 @@ def add_paired(derived: dict[str, Any], paired: dict[str, Any]) -> None:
 def measure_paired(comp: dict[str, Any], run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Return `paired_ratios` for the ONNX files of a finished compress step in run_dir/compress."""
     cdir = run_dir / "compress"
-    onnx = {k: cdir / f for k, f in ONNX_FILES.items() if k in comp["models"]}
+    onnx = {k: cdir / rec["onnx_file"] for k, rec in comp["models"].items()}
     rounds = 10 if args.quick else args.paired_rounds
     threads = [n for n in comp["config"]["threads"] if n == PAIRED_THREADS]
     return paired_ratios(onnx, comp["input"]["shape"][1:], 64, threads, rounds)
@@ -339,6 +355,19 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"From the latency table (models timed one after another): {sp}. "
                 f"Accuracy {-i8['accuracy_drop_points']:+.2f} points. Target >= {INT8_SPEEDUP:.0f}x at every "
                 f"thread count and <= {MAX_DROP:.0f} point lost: **{'met' if i8['met'] else 'not met'}**."
+            )
+        if d.get("qat"):
+            q = comp["qat"]["config"]
+            lines.append(
+                f"- Quantization-aware distillation ({q['epochs']} epoch(s), {q['optimizer']} lr {q['lr']:g}, int8 "
+                "rounding emulated, then the same ONNX Runtime quantization): "
+                + "; ".join(
+                    f"{v['label']} {100 * v['accuracy']:.2f}% against {100 * v['ptq_accuracy']:.2f}% post-training "
+                    f"({v['gain_over_ptq_points']:+.2f} points; fp32 {100 * v['fp32_accuracy']:.2f}%), "
+                    f"{v['train_seconds']:.0f} s of training"
+                    for v in d["qat"].values()
+                )
+                + "."
             )
         widths = ""
         if pr.get("widths_after"):

@@ -39,3 +39,32 @@ def bench(data_root: Path) -> Callable[..., subprocess.CompletedProcess]:
         return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def mnist_mlp():
+    """A small MLP trained for a few hundred steps on the embedded MNIST subset, with its loaders.
+
+    Shared by several test modules: tests copy the model before changing it.
+    """
+    import torch
+    from torch import nn
+
+    from kdkit.data import load_dataset
+    from kdkit.data.loader import InMemoryLoader, channel_stats
+    from kdkit.models import create
+
+    train, test = load_dataset("mnist-small", "train"), load_dataset("mnist-small", "test")
+    mean, std = channel_stats(train.images)
+    tl = InMemoryLoader(train.images, train.labels, 100, shuffle=True, seed=0, mean=mean, std=std)
+    test_loader = InMemoryLoader(test.images, test.labels, 500, mean=mean, std=std)
+    torch.manual_seed(0)
+    model = create("mlp", num_classes=10, in_channels=1, image_size=28, hidden=[128])
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _epoch in range(2):
+        for batch in tl:
+            loss = nn.functional.cross_entropy(model(batch.x), batch.y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval(), tl, test_loader

@@ -33,8 +33,6 @@ from kdkit.compress import (
     torch_latency,
 )
 from kdkit.config import CompressConfig, TrainConfig, build_config
-from kdkit.data import load_dataset
-from kdkit.data.loader import InMemoryLoader, channel_stats
 from kdkit.errors import CheckpointError, ConfigError, ModelError, RunDirError
 from kdkit.experiment import run_experiment
 from kdkit.models import create
@@ -164,25 +162,6 @@ def test_onnx_export_matches_pytorch_with_a_dynamic_batch(tmp_path, kind):
 # --- int8 ----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def mnist_mlp():
-    """A small MLP trained for a few hundred steps on the embedded MNIST subset, with its loaders."""
-    train, test = load_dataset("mnist-small", "train"), load_dataset("mnist-small", "test")
-    mean, std = channel_stats(train.images)
-    tl = InMemoryLoader(train.images, train.labels, 100, shuffle=True, seed=0, mean=mean, std=std)
-    test_loader = InMemoryLoader(test.images, test.labels, 500, mean=mean, std=std)
-    torch.manual_seed(0)
-    model = create("mlp", num_classes=10, in_channels=1, image_size=28, hidden=[128])
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for _epoch in range(2):
-        for batch in tl:
-            loss = nn.functional.cross_entropy(model(batch.x), batch.y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval(), tl, test_loader
-
-
 def _initializer_bytes(path) -> int:
     return sum(onnx.numpy_helper.to_array(t).nbytes for t in onnx.load(str(path)).graph.initializer)
 
@@ -276,6 +255,12 @@ def test_compress_config_is_strict_and_part_of_the_experiment():
     assert exp.compress.prune_by == "params" and exp.compress.latency_runs == 7
     with pytest.raises(ConfigError, match="compress.prune_target"):
         build_config(raw, ["compress.prune_target=1.5"])
+    exp = build_config(raw, ["compress.qat={epochs: 2, optimizer: adamw, lr: 1.0e-4}"])
+    assert (exp.compress.qat.epochs, exp.compress.qat.lr) == (2, 1e-4)
+    with pytest.raises(ConfigError, match="needs compress.quantize: true"):
+        build_config(raw, ["compress.qat={epochs: 1}", "compress.quantize=false"])
+    with pytest.raises(ConfigError, match="at least 1"):
+        build_config(raw, ["compress.qat={epochs: 0}"])
 
 
 # --- the pipeline --------------------------------------------------------------------------------------
@@ -318,7 +303,7 @@ def test_compress_run_writes_the_table_and_refuses_to_overwrite(run_dir):
     summary = compress_run(run_dir, CompressConfig(**FAST))
     out = run_dir / "compress"
     saved = json.loads((out / "summary.json").read_text())
-    assert list(saved["models"]) == list(ROWS)
+    assert list(saved["models"]) == [k for k in ROWS if not k.endswith("_qat")]  # QAT rows need compress.qat
     for key, rec in saved["models"].items():
         assert set(ROW_FIELDS) <= set(rec), key
         for field in ("accuracy", "params", "flops", "macs", "onnx_mb", "latency_ms", "onnx_file"):
@@ -405,6 +390,43 @@ def test_compress_run_writes_the_table_and_refuses_to_overwrite(run_dir):
     with pytest.raises(RunDirError, match="notes.txt"):
         compress_run(run_dir, CompressConfig(**FAST), overwrite=True)
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_quantization_aware_distillation_adds_its_own_int8_rows(run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("compress", ".compress-*"))
+    qat = TrainConfig(epochs=1, batch_size=100, optimizer="adamw", lr=1e-4)
+    summary = compress_run(run, CompressConfig(**{**FAST, "qat": qat}))
+    out, m = run / "compress", summary["models"]
+    assert list(m) == list(ROWS)  # each QAT row right after its post-training row
+    assert summary["qat"]["config"]["epochs"] == 1 and summary["qat"]["config"]["lr"] == 1e-4
+    for key, ptq, fp32 in (
+        ("student_int8_qat", "student_int8", "student"),
+        ("int8_student_qat", "int8_student", "pruned_student"),
+    ):
+        rec = m[key]
+        assert rec["accuracy_backend"] == "onnxruntime" and (out / rec["onnx_file"]).is_file()
+        assert rec["onnx_file"] != m[ptq]["onnx_file"]
+        assert (rec["params"], rec["flops"]) == (m[fp32]["params"], m[fp32]["flops"])
+        assert rec["onnx_mb"] < 0.5 * m[fp32]["onnx_mb"]
+        assert abs(rec["accuracy"] - m[fp32]["accuracy"]) < 0.05
+        # The QAT copy trained from the fp32 model: its int8 weights are not the post-training ones.
+        w_qat, w_ptq = (_int8_weights(out / m[k]["onnx_file"]) for k in (key, ptq))
+        assert w_qat.keys() == w_ptq.keys() and any(not np.array_equal(w_qat[k], w_ptq[k]) for k in w_qat)
+        info = summary["qat"]["models"][key]
+        assert 0.5 < info["val_accuracy_emulated_after"] <= 1 and info["train_seconds"] > 0
+        assert 0.5 < info["val_accuracy_emulated_before"] <= 1
+    # The QAT copies' float graphs were only the quantizer's input: nothing of them is left.
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") or "qat.onnx" in p.name]
+    assert "int8 pruned student (QAT)" in (out / "report.md").read_text()
+
+
+def _int8_weights(path) -> dict[str, np.ndarray]:
+    return {
+        t.name: onnx.numpy_helper.to_array(t)
+        for t in onnx.load(str(path)).graph.initializer
+        if t.data_type == onnx.TensorProto.INT8
+    }
 
 
 def test_compress_needs_a_distilled_student(run_dir, tmp_path):

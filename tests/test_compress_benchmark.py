@@ -19,7 +19,15 @@ def test_quick_compress_benchmark_records_models_and_verdicts(tmp_path, bench):
     doc = json.loads((tmp_path / "compress_quick.json").read_text())
     task = doc["tasks"]["mnist"]
     models = task["compress"]["models"]
-    assert list(models) == ["teacher", "student", "student_int8", "pruned_student", "int8_student"]
+    assert list(models) == [
+        "teacher",
+        "student",
+        "student_int8",
+        "student_int8_qat",
+        "pruned_student",
+        "int8_student",
+        "int8_student_qat",
+    ]
     d = task["derived"]
     # Pruning removed about half of the student's FLOPs; the ratios are computed from the measured rows.
     assert 0.45 <= d["prune"]["achieved"] <= 0.6
@@ -52,6 +60,15 @@ def test_quick_compress_benchmark_records_models_and_verdicts(tmp_path, bench):
     r = paired["int8_speedup"]["student_int8"]
     assert "- int8 student against its fp32 model (the issue's target model)" in md and f"**{r:.2f}x**" in md
     assert "- int8 pruned student against its fp32 model, ONNX" in md
+    # Quantization-aware distillation (the config's qat section): each QAT int8 row against its post-training one.
+    assert list(d["qat"]) == ["student_int8_qat", "int8_student_qat"]
+    for key, ptq in (("student_int8_qat", "student_int8"), ("int8_student_qat", "int8_student")):
+        q = d["qat"][key]
+        assert q["ptq"] == ptq and q["accuracy"] == models[key]["accuracy"]
+        assert q["gain_over_ptq_points"] == round(100 * (models[key]["accuracy"] - models[ptq]["accuracy"]), 2)
+        assert q["train_seconds"] > 0
+        assert f"int8 pruned student (QAT) {100 * models['int8_student_qat']['accuracy']:.2f}% against" in md
+    assert "- Quantization-aware distillation (1 epoch(s), sgd lr 0.002" in md
     # Each task records the machine its latencies were measured on; a task timed elsewhere is labelled so.
     assert doc["tasks"]["mnist"]["machine_id"].startswith(f"{doc['machine']['nproc']} cores, ")
     assert "measured on" not in md

@@ -344,6 +344,12 @@ class CompressConfig(_Strict):
         True, description="with quantize: also an int8 copy of the unpruned distilled student"
     )
     calibration_batches: int = Field(10, ge=1, description="training batches that calibrate int8 ranges")
+    qat: TrainConfig | None = Field(
+        None,
+        description="quantization-aware distillation: before int8, train a copy of each quantized model against "
+        "the teacher with int8 rounding emulated (a few epochs at a small rate); its int8 model is a row of its "
+        "own beside the post-training one. None: post-training quantization only",
+    )
     latency_runs: int = Field(50, ge=1, description="timed runs per (model, backend, batch, threads)")
     latency_warmup: int = Field(10, ge=0, description="untimed runs before timing")
     threads: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
@@ -355,6 +361,14 @@ class CompressConfig(_Strict):
         if any(n < 1 for n in v) or len(set(v)) != len(v):
             raise ValueError(f"expected distinct positive integers, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _qat_needs_quantize(self) -> CompressConfig:
+        if self.qat is not None and not self.quantize:
+            raise ValueError("compress.qat trains for int8 export: it needs compress.quantize: true")
+        if self.qat is not None and self.qat.epochs < 1:
+            raise ValueError("compress.qat.epochs must be at least 1 (leave qat out for post-training only)")
+        return self
 
 
 StrategyKind = Literal["offline", "joint", "mutual", "born_again", "takd"]

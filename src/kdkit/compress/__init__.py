@@ -38,6 +38,7 @@ from kdkit.compress.prune import (
     resize_to_shapes,
     save_pruned_model,
 )
+from kdkit.compress.qat import QatError, QuantizationAware
 from kdkit.compress.quantize import BatchCalibrationReader, QuantizeError, op_counts, quantize_onnx
 from kdkit.config import CompressConfig, CompressDistillConfig
 
@@ -51,6 +52,8 @@ __all__ = [
     "ExportError",
     "Latency",
     "PruneReport",
+    "QatError",
+    "QuantizationAware",
     "QuantizeError",
     "check_onnx",
     "compress_run",

@@ -8,9 +8,11 @@ existing one is replaced only with `overwrite=True`.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import importlib.metadata
 import io
+import itertools
 import json
 import os
 import shutil
@@ -28,10 +30,11 @@ from kdkit.checkpoint import atomic_write_bytes, atomic_write_text
 from kdkit.compress.export import check_onnx, evaluate_onnx, export_onnx, onnx_tolerance
 from kdkit.compress.latency import flops, latency_table, ort_latency, torch_latency
 from kdkit.compress.prune import count_macs_params, layer_widths, prune_model, save_pruned_model
+from kdkit.compress.qat import QuantizationAware
 from kdkit.compress.quantize import op_counts, quantize_onnx
 from kdkit.config import CompressConfig, CompressDistillConfig, ExperimentConfig, TrainConfig, load_config
 from kdkit.console import make_console
-from kdkit.data.loader import Augment
+from kdkit.data.loader import Augment, InMemoryLoader
 from kdkit.engine import Engine
 from kdkit.errors import CheckpointError, RunDirError
 from kdkit.experiment import DataBundle, load_data, load_model, make_loader
@@ -41,16 +44,28 @@ from kdkit.runtime import resolve_runtime, seed_everything
 from kdkit.teacher import FrozenTeacher
 
 COMPRESS_DIR = "compress"
-ROWS = ("teacher", "student", "student_int8", "pruned_student", "int8_student")
+ROWS = (
+    "teacher",
+    "student",
+    "student_int8",
+    "student_int8_qat",
+    "pruned_student",
+    "int8_student",
+    "int8_student_qat",
+)
 ROW_LABELS = {
     "teacher": "teacher",
     "student": "student (distilled)",
     "student_int8": "int8 student",
+    "student_int8_qat": "int8 student (QAT)",
     "pruned_student": "pruned student",
     "int8_student": "int8 pruned student",
+    "int8_student_qat": "int8 pruned student (QAT)",
 }
-# (fp32 row, its int8 row): each int8 model is the same graph as its fp32 model, quantized.
+# (int8 row: its fp32 row): each int8 model is the same graph as its fp32 model, quantized. The QAT rows
+# (only with compress.qat) quantize a copy trained further with int8 rounding emulated.
 INT8_OF = {"student_int8": "student", "int8_student": "pruned_student"}
+QAT_OF = {"student_int8": "student_int8_qat", "int8_student": "int8_student_qat"}
 # Every row of summary.json carries exactly these keys (None where a field does not apply).
 ROW_FIELDS = (
     "label",
@@ -80,6 +95,8 @@ ARTIFACTS = (
     "pruned_student.onnx",
     "pruned_student_int8.onnx",
     "student_int8.onnx",
+    "student_qat_int8.onnx",
+    "pruned_student_qat_int8.onnx",
     "pruned_student.safetensors",
     "pruned_student.json",
 )
@@ -176,7 +193,44 @@ class _Compressor:
             )
         return model, meta
 
-    def prune_and_distill(self, student: nn.Module, teacher: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+    def teach(self, teacher: nn.Module) -> None:
+        """Freeze the teacher that every distillation of this compression (pruning rounds, QAT) learns from."""
+        self.frozen = FrozenTeacher(self.engine.prepare(teacher))
+        self._teacher_logits: Tensor | None = None
+        self.val_loader = make_loader(
+            self.bundle.val, self.bundle, self.exp.runtime.eval_batch_size, train=False
+        )
+
+    def objective(self, tcfg: TrainConfig) -> Objective:
+        """Return the response-based distillation loss of the compression (cfg.distill or the run's)."""
+        d = _distill_settings(self.exp, self.cfg)
+        return Objective.response(d.loss, d.alpha, d.beta, d.temperature, d.mix, tcfg.label_smoothing)
+
+    def train_loader(self, tcfg: TrainConfig, seed: int) -> InMemoryLoader:
+        """Return the shuffled transfer-set loader of one distillation; unaugmented, it carries the teacher logits."""
+        augment = Augment(**tcfg.augment.model_dump())
+        extras: dict[str, Tensor] = {}
+        if not augment.enabled:
+            if self._teacher_logits is None:
+                # One teacher forward per training image serves every unaugmented distillation.
+                plain = make_loader(
+                    self.bundle.train, self.bundle, self.exp.runtime.eval_batch_size, train=False
+                )
+                self._teacher_logits = self.engine.predict_logits(self.frozen, plain)
+            extras["teacher.logits"] = self._teacher_logits
+        seed_everything(seed)
+        return make_loader(
+            self.bundle.train,
+            self.bundle,
+            tcfg.batch_size,
+            train=True,
+            seed=seed,
+            augment=augment,
+            channels_last=self.runtime.channels_last,
+            extras=extras,
+        )
+
+    def prune_and_distill(self, student: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
         """Prune the student to the target in cfg.iterative_steps rounds, distilling after each round."""
         cfg, by = self.cfg, self.cfg.prune_by
         x1 = self.example[:1]
@@ -184,19 +238,9 @@ class _Compressor:
         base = macs0 if by == "flops" else params0
         widths0 = layer_widths(student)
         d = _distill_settings(self.exp, cfg)
-        objective = Objective.response(
-            d.loss, d.alpha, d.beta, d.temperature, d.mix, self.tcfg.label_smoothing
-        )
-        frozen = FrozenTeacher(self.engine.prepare(teacher))
-        augment = Augment(**self.tcfg.augment.model_dump())
-        extras: dict[str, Tensor] = {}
-        if not augment.enabled:
-            # One teacher forward per training image serves every round (the images never change).
-            plain = make_loader(self.bundle.train, self.bundle, self.exp.runtime.eval_batch_size, train=False)
-            extras["teacher.logits"] = self.engine.predict_logits(frozen, plain)
+        objective = self.objective(self.tcfg)
         rounds: list[dict[str, Any]] = []
         model = student
-        val_loader = make_loader(self.bundle.val, self.bundle, self.exp.runtime.eval_batch_size, train=False)
         for step in range(1, cfg.iterative_steps + 1):
             macs, params = count_macs_params(model, x1)
             current = macs if by == "flops" else params
@@ -213,25 +257,14 @@ class _Compressor:
                 f"{by}; {report.params_after:,} params, {report.macs_after:,} MACs"
             )
             if self.tcfg.epochs > 0:
-                seed_everything(self.exp.seed + 100 + step)
-                loader = make_loader(
-                    self.bundle.train,
-                    self.bundle,
-                    self.tcfg.batch_size,
-                    train=True,
-                    seed=self.exp.seed + 100 + step,
-                    augment=augment,
-                    channels_last=self.runtime.channels_last,
-                    extras=extras,
-                )
                 fit = self.engine.fit(
                     f"prune_distill_{step}",
                     model,
                     objective,
-                    loader,
+                    self.train_loader(self.tcfg, self.exp.seed + 100 + step),
                     self.tcfg,
-                    teacher=frozen,
-                    val_loader=val_loader,
+                    teacher=self.frozen,
+                    val_loader=self.val_loader,
                 )
                 model = fit.model
                 rec["train_seconds"] = round(fit.train_seconds, 3)
@@ -254,6 +287,38 @@ class _Compressor:
             "finetune": self.tcfg.model_dump(mode="json"),
         }
         return model.cpu().float().to(memory_format=torch.contiguous_format), info
+
+    def quantization_aware(
+        self, model: nn.Module, calibration: list[Tensor], name: str
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        """Distill a copy of `model` from the teacher with int8 rounding emulated; return it and a record."""
+        qcfg = self.cfg.qat
+        assert qcfg is not None
+        qa = QuantizationAware(copy.deepcopy(model))
+        qa.calibrate(calibration, len(calibration))
+        # The validation accuracy of the emulated int8 model, before and after: what QAT changed.
+        before = self.engine.evaluate(self.engine.prepare(qa.model), self.val_loader)
+        fit = self.engine.fit(
+            f"qat_{name}",
+            qa.model,
+            self.objective(qcfg),
+            self.train_loader(qcfg, self.exp.seed + 200),
+            qcfg,
+            teacher=self.frozen,
+            val_loader=self.val_loader,
+        )
+        after = fit.val if fit.val is not None else self.engine.evaluate(fit.model, self.val_loader)
+        trained = qa.remove().cpu().float().to(memory_format=torch.contiguous_format)
+        rec = {
+            "val_accuracy_emulated_before": before.accuracy,
+            "val_accuracy_emulated_after": after.accuracy,
+            "train_seconds": round(fit.train_seconds, 3),
+        }
+        self.say(
+            f"[compress] QAT of the {name.replace('_', ' ')}: emulated int8 validation accuracy "
+            f"{before.accuracy:.2%} -> {after.accuracy:.2%} in {fit.train_seconds:.0f} s"
+        )
+        return trained, rec
 
     def row(self, key: str, model: nn.Module | None, onnx_path: Path, st_path: Path | None) -> dict[str, Any]:
         """Return one table row: accuracy, size, FLOPs, ONNX check and latency of a model."""
@@ -350,7 +415,8 @@ def _compress(c: _Compressor, ckpt: Path) -> dict[str, Any]:
         f"[compress] {c.exp.name}: pruning {cfg.prune_target:.0%} of the student's {cfg.prune_by} "
         f"in {cfg.iterative_steps} round(s), then distilling again from the teacher"
     )
-    pruned, prune_info = c.prune_and_distill(student, teacher)
+    c.teach(teacher)
+    pruned, prune_info = c.prune_and_distill(student)
     pruned_st = save_pruned_model(
         out / "pruned_student",
         pruned,
@@ -367,21 +433,34 @@ def _compress(c: _Compressor, ckpt: Path) -> dict[str, Any]:
         "pruned_student": c.row("pruned_student", pruned, paths["pruned_student"], pruned_st),
     }
     quant: dict[str, Any] | None = None
+    qat: dict[str, Any] | None = None
     if cfg.quantize:
-        calib = make_loader(
-            c.bundle.train, c.bundle, c.tcfg.batch_size, train=True, seed=c.exp.seed + 7
-        )  # shuffled, never augmented: calibration should see the data the model will see
-        targets = [("int8_student", "pruned_student_int8.onnx")]
+        # Shuffled, never augmented: calibration should see the data the model will see. The same batches
+        # calibrate every int8 model (and the QAT copies' emulated ranges).
+        loader = make_loader(c.bundle.train, c.bundle, c.tcfg.batch_size, train=True, seed=c.exp.seed + 7)
+        calib = [b.x for b in itertools.islice(loader, cfg.calibration_batches)]
+        targets = [("int8_student", "pruned_student")]
         if cfg.quantize_unpruned:
-            targets.insert(0, ("student_int8", "student_int8.onnx"))
-        for key, name in targets:
-            fp32 = INT8_OF[key]
-            int8_path = quantize_onnx(paths[fp32], out / name, calib, max_batches=cfg.calibration_batches)
+            targets.insert(0, ("student_int8", "student"))
+        fp32_models = {"student": student, "pruned_student": pruned}
+        qat = {"config": cfg.qat.model_dump(mode="json"), "models": {}} if cfg.qat is not None else None
+
+        def add_int8_row(key: str, fp32: str, int8_path: Path) -> None:
             rec = c.row(key, None, int8_path, None)
             # Same graph, same multiply-accumulates, in int8: counts carried over from the fp32 model.
             for k in ("params", "macs", "flops"):
                 rec[k] = rows[fp32][k]
             rows[key] = rec
+
+        for key, fp32 in targets:
+            add_int8_row(key, fp32, quantize_onnx(paths[fp32], out / f"{fp32}_int8.onnx", calib, len(calib)))
+            if qat is not None:
+                trained, qat["models"][QAT_OF[key]] = c.quantization_aware(fp32_models[fp32], calib, fp32)
+                # The QAT copy's float graph is only the quantizer's input; the int8 file is what ships.
+                float_path = export_onnx(trained, c.example, out / f".{fp32}_qat.onnx", log=c.say)
+                int8_path = quantize_onnx(float_path, out / f"{fp32}_qat_int8.onnx", calib, len(calib))
+                float_path.unlink()
+                add_int8_row(QAT_OF[key], fp32, int8_path)
         rows = {k: rows[k] for k in ROWS if k in rows}  # table order: each int8 row after its fp32 model
         ops = op_counts(out / "pruned_student_int8.onnx")
         quant = {
@@ -389,7 +468,7 @@ def _compress(c: _Compressor, ckpt: Path) -> dict[str, Any]:
             "weights": "int8 per-channel",
             "activations": "uint8 (MinMax calibration)",
             "models": [key for key, _ in targets],
-            "calibration_batches": min(cfg.calibration_batches, len(calib)),
+            "calibration_batches": len(calib),
             "calibration_batch_size": c.tcfg.batch_size,
             # Of the int8 pruned student's graph.
             "quantize_linear_nodes": ops.get("QuantizeLinear", 0),
@@ -416,6 +495,7 @@ def _compress(c: _Compressor, ckpt: Path) -> dict[str, Any]:
         "config": cfg.model_dump(mode="json"),
         "prune": prune_info,
         "quantize": quant,
+        "qat": qat,
         "models": rows,
     }
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from kdkit.errors import ModelError
 from kdkit.models.registry import register_model
@@ -105,7 +106,14 @@ class MLP(nn.Module):
         # Hinton et al. (2012) bound hidden units only; the output layer is left free.
         with torch.no_grad():
             for layer in self.hidden_layers():
-                renorm_rows_(layer.weight, self.max_norm)
+                # A parametrized weight (e.g. int8 rounding in quantization-aware training) is computed on
+                # each access: the bound applies to the trained tensor behind it.
+                weight = (
+                    layer.parametrizations.weight.original
+                    if parametrize.is_parametrized(layer, "weight")
+                    else layer.weight
+                )
+                renorm_rows_(weight, self.max_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.flatten(x)
