@@ -65,7 +65,9 @@ def test_quick_compress_benchmark_records_models_and_verdicts(tmp_path, bench):
     for key, ptq in (("student_int8_qat", "student_int8"), ("int8_student_qat", "int8_student")):
         q = d["qat"][key]
         assert q["ptq"] == ptq and q["accuracy"] == models[key]["accuracy"]
-        assert q["gain_over_ptq_points"] == round(100 * (models[key]["accuracy"] - models[ptq]["accuracy"]), 2)
+        assert q["gain_over_ptq_points"] == round(
+            100 * (models[key]["accuracy"] - models[ptq]["accuracy"]), 2
+        )
         assert q["train_seconds"] > 0
         assert f"int8 pruned student (QAT) {100 * models['int8_student_qat']['accuracy']:.2f}% against" in md
     assert "- Quantization-aware distillation (1 epoch(s), sgd lr 0.002" in md

@@ -24,6 +24,8 @@ from kdkit.losses.feature import (
 from kdkit.losses.modules import CRDLoss, Paraphraser, Translator, VIDLoss
 from kdkit.losses.relation import (
     correlation_congruence,
+    dist,
+    dist_parts,
     dkd,
     dkd_parts,
     dkd_warmup,
@@ -538,6 +540,63 @@ def test_dkd_gradient_warmup_and_errors():
         dkd(s, t, y.float())
     with pytest.raises(ValueError, match="integer class labels"):
         dkd(s, t, y[:2])
+
+
+# ---------------------------------------------------------------------------------------------- DIST
+
+
+def _softmax_np(z, temp):
+    e = np.exp(z / temp - (z / temp).max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _dist_ref(s, t, temp):
+    # Paper definition with numpy's Pearson correlation: rows (samples) for inter, columns (classes) for intra.
+    ps, pt = _softmax_np(_np(s), temp), _softmax_np(_np(t), temp)
+    inter = 1 - np.mean([np.corrcoef(ps[i], pt[i])[0, 1] for i in range(ps.shape[0])])
+    intra = 1 - np.mean([np.corrcoef(ps[:, c], pt[:, c])[0, 1] for c in range(ps.shape[1])])
+    return temp**2 * inter, temp**2 * intra
+
+
+def test_dist_is_one_minus_pearson_over_samples_and_over_classes():
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(6, 5, generator=g), 3 * torch.randn(6, 5, generator=g)
+    for temp in (1.0, 4.0):
+        inter, intra = dist_parts(s, t, temp)
+        ref_inter, ref_intra = _dist_ref(s, t, temp)
+        _close(inter, ref_inter, rel=1e-5, abs_=1e-6)
+        _close(intra, ref_intra, rel=1e-5, abs_=1e-6)
+        _close(dist(s, t, 2.0, 0.5, temp), 2.0 * ref_inter + 0.5 * ref_intra, rel=1e-5, abs_=1e-6)
+    # Identical predictions correlate perfectly: no loss. bf16 logits are computed in fp32.
+    assert abs(dist(t, t).item()) < 1e-6
+    assert dist(s.bfloat16(), t.bfloat16()).dtype == torch.float32
+    # Pearson ignores scale and shift: a student whose probabilities are an affine map of the teacher's
+    # has no inter-class loss, where KL does not vanish. Logits log(a p + b) give probabilities (a p + b) / Z.
+    pt = torch.softmax(t, dim=1)
+    s_affine = torch.log(0.3 * pt + 0.05)
+    inter, _ = dist_parts(s_affine, t)
+    assert abs(inter.item()) < 1e-6 and kd(s_affine, t, 1.0).item() > 1e-3
+
+
+def test_dist_gradient_and_errors():
+    g = torch.Generator().manual_seed(4)
+    s = torch.randn(8, 10, generator=g, requires_grad=True)
+    t = torch.randn(8, 10, generator=g)
+    loss = dist(s, t, temperature=4.0)
+    loss.backward()
+    assert loss.item() > 0 and s.grad.abs().sum() > 0 and torch.isfinite(s.grad).all()
+    with pytest.raises(ValueError, match="same shape"):
+        dist(torch.randn(4, 10), torch.randn(4, 9))
+    with pytest.raises(ValueError, match="same shape"):
+        dist(torch.randn(10), torch.randn(10))
+    with pytest.raises(ValueError, match="temperature"):
+        dist(torch.randn(4, 10), torch.randn(4, 10), temperature=0.0)
+    # One sample: the intra-class correlation over the batch is undefined; its term is a constant 1 (x T^2).
+    one = torch.randn(1, 10, requires_grad=True)
+    inter, intra = dist_parts(one, torch.randn(1, 10), 2.0)
+    assert intra.item() == pytest.approx(4.0)
+    intra.backward()
+    assert one.grad.abs().max().item() == 0.0
 
 
 # ---------------------------------------------------------------------------------------------- VID

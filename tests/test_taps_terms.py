@@ -101,6 +101,7 @@ def test_linear_adapter_for_flat_features_and_none_is_refused():
         ({"loss": "fitnet", "student": "layer2"}, "set both `student` and `teacher`"),
         ({"loss": "kd", "student": "layer2"}, "reads logits"),
         ({"loss": "nope"}, "unknown loss 'nope'"),
+        ({"loss": "dist", "options": {"betta": 2.0}}, "unexpected keyword argument 'betta'"),
     ],
 )
 def test_bad_terms_fail_before_training(term, fragment):
@@ -142,6 +143,7 @@ def test_run_with_feature_terms_saves_adapters_apart_from_the_student(tmp_path):
                     "stop_epoch": 1,
                 },
                 {"loss": "rkd", "weight": 0.1, "student": "features.act1", "teacher": "features.act2"},
+                {"loss": "dist", "weight": 0.5, "options": {"gamma": 2}},
             ]
         },
         "phases": ["teacher", "distill"],
@@ -163,6 +165,7 @@ def test_run_with_feature_terms_saves_adapters_apart_from_the_student(tmp_path):
     epochs = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     ends = [r for r in epochs if r["phase"] == "student_kd" and "train_accuracy" in r and "lr" not in r]
     assert "loss.fitnet" in ends[0] and "loss.fitnet" not in ends[1] and "loss.rkd" in ends[1]
+    assert all(0 < r["loss.dist"] < 2 + 2 * 2 for r in ends)  # 1 - Pearson <= 2 per part; gamma 2
 
 
 def test_vid_and_crd_terms_train_their_modules_inside_a_run(tmp_path):

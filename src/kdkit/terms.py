@@ -61,6 +61,7 @@ LOSSES: dict[str, LossSpec] = {
     "logit_mse": LossSpec(L.logit_mse, "logits"),
     "kd_mse_mix": LossSpec(L.kd_mse_mix, "logits"),
     "dkd": LossSpec(L.dkd, "labels"),
+    "dist": LossSpec(L.dist, "logits"),
     "ce": LossSpec(L.cross_entropy, "ce"),
     "fitnet": LossSpec(_fitnet_term, "feature", needs_adapter_when_shapes_differ=True),
     "attention_transfer": LossSpec(L.attention_transfer, "feature"),

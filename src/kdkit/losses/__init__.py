@@ -13,6 +13,8 @@ from kdkit.losses.modules import CRDLoss, Paraphraser, Translator, VIDLoss
 from kdkit.losses.objective import RESPONSE_LOSSES, Objective, Term
 from kdkit.losses.relation import (
     correlation_congruence,
+    dist,
+    dist_parts,
     dkd,
     dkd_parts,
     dkd_warmup,
@@ -38,6 +40,8 @@ __all__ = [
     "contrast_loss",
     "correlation_congruence",
     "cross_entropy",
+    "dist",
+    "dist_parts",
     "dkd",
     "dkd_parts",
     "dkd_warmup",

@@ -1,7 +1,7 @@
-"""Relation and embedding losses (they compare how samples of a batch relate), and decoupled KD.
+"""Relation and embedding losses (they compare how samples of a batch relate), decoupled KD and DIST.
 
 Each function restates a published reference implementation (HobbitLong/RepDistiller ``distiller_zoo``,
-megvii-research/mdistiller ``DKD.py``); docstrings name it and any deliberate deviation. The math runs in
+megvii-research/mdistiller ``DKD.py``, hunto/DIST_KD); docstrings name it and any deliberate deviation. The math runs in
 fp32 whatever the input dtype. Embedding inputs of shape (batch, ...) are flattened to (batch, -1).
 """
 
@@ -101,6 +101,62 @@ def dkd_warmup(epoch: float, warmup_epochs: float = 20) -> float:
     if warmup_epochs == 0:
         return 1.0
     return min(epoch / warmup_epochs, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# DIST (Huang et al. 2022, "Knowledge Distillation from A Stronger Teacher"): correlations of predictions.
+
+
+def _pearson_distance(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+    """Return 1 - the Pearson correlation of matching rows of a and b, averaged over the rows.
+
+    The correlation is the cosine of the centred rows with `eps` added to the product of their norms (the
+    reference's form), so a constant row correlates 0 with anything instead of dividing by zero.
+    """
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    corr = (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+    return 1.0 - corr.mean()
+
+
+def dist_parts(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """Return DIST's (inter-class, intra-class) relation losses, each T^2-scaled.
+
+    On the softmax predictions at temperature T: the inter-class loss is 1 - the Pearson correlation of
+    each sample's student and teacher class scores, averaged over the batch; the intra-class loss is the
+    same for each class's scores across the batch, averaged over the classes. Matching correlations
+    rather than the probabilities themselves (as KL does) leaves the student free in scale and shift,
+    which the paper found to help when the teacher is much stronger than the student.
+    """
+    if student_logits.dim() != 2 or student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"dist needs student and teacher logits of the same shape (batch, classes); got "
+            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    p_s = F.softmax(student_logits.float() / temperature, dim=1)
+    p_t = F.softmax(teacher_logits.float() / temperature, dim=1)
+    t2 = temperature**2
+    return t2 * _pearson_distance(p_s, p_t), t2 * _pearson_distance(p_s.t(), p_t.t())
+
+
+def dist(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Return beta * inter-class + gamma * intra-class relation loss of DIST (see ``dist_parts``).
+
+    The defaults are the reference implementation's (beta = gamma = 1, T = 1). The intra-class term needs
+    more than one sample per batch (with one it is a constant, without gradient).
+    """
+    inter, intra = dist_parts(student_logits, teacher_logits, temperature)
+    return beta * inter + gamma * intra
 
 
 # --------------------------------------------------------------------------------------------------------
