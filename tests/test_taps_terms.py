@@ -7,7 +7,7 @@ from kdkit.adapters import ConvAdapter, LinearAdapter
 from kdkit.config import TermConfig, build_config
 from kdkit.errors import ConfigError, ModelError
 from kdkit.experiment import load_model, run_experiment
-from kdkit.losses import Term, fitnet, kd
+from kdkit.losses import Term, activation_boundary, fitnet, kd
 from kdkit.models import create
 from kdkit.taps import Tap
 
@@ -29,6 +29,88 @@ def test_wrong_path_lists_nearest_names():
         Tap(m, ["layer3.0", "layr2"])
     assert "'layr2'" in str(e.value) and "layer2" in str(e.value)
     assert all(not mod._forward_hooks for mod in m.modules())  # nothing half-hooked
+
+
+def test_input_taps_read_pre_activations_even_of_in_place_modules():
+    torch.manual_seed(0)
+    m = create("resnet8", num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    block = m.layer3[0]
+    paths = [
+        "layer3.0:input",
+        "layer3.0.relu_out:input",
+        "layer3.0.relu_out",
+        "layer3.0.relu:input",
+        "layer3.0.bn1",
+    ]
+    with Tap(m, paths) as tap:
+        m(x)
+        out = dict(tap.outputs)
+    pre, post = out["layer3.0.relu_out:input"], out["layer3.0.relu_out"]
+    # The block's sum before its last ReLU, recomputed from the block's input: negative values included, and
+    # the ReLU of it is the block's output.
+    with torch.no_grad():
+        x_in = out["layer3.0:input"]
+        branch = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x_in)))))
+        torch.testing.assert_close(pre, branch + block.downsample(x_in))
+    assert (pre < 0).any() and torch.equal(torch.relu(pre), post)
+    # block.relu is nn.ReLU(inplace=True): the input tap copies what it receives, while bn1's output tensor
+    # is the very tensor that ReLU then overwrites (an output tap before an in-place op sees its result).
+    relu_in = out["layer3.0.relu:input"]
+    assert (relu_in < 0).any() and torch.equal(torch.relu(relu_in), out["layer3.0.bn1"])
+    assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in m.modules())
+    with pytest.raises(ModelError, match="no module 'layer3.0.relu_ot'"):
+        Tap(m, ["layer3.0.relu_ot:input"])
+
+
+def test_activation_boundary_pushes_pre_activations_past_the_margin():
+    t = torch.tensor([[2.0, 0.5, -1.0, 0.0, -3.0]])
+    s = torch.tensor([[1.5, 3.0, -2.0, 0.2, -0.5]], requires_grad=True)
+    # Teacher active (2.0, 0.5): the student's 1.5 and 3.0 are past the margin 1, no loss.
+    # Teacher inactive (-1, 0, -3): student above -1 -> 0.2 gives (0.2 + 1)^2 = 1.44, -0.5 gives 0.25; -2 none.
+    loss = activation_boundary(s, t, margin=1.0)
+    assert loss.item() == pytest.approx((1.44 + 0.25) / 5)
+    loss.backward()
+    assert s.grad[0].tolist() == pytest.approx([0.0, 0.0, 0.0, 2 * 1.2 / 5, 2 * 0.5 / 5])  # pushed down only
+    # A student active where the teacher is, below the margin: pushed up. margin 0 is the plain sign match.
+    assert activation_boundary(torch.tensor([0.4]), torch.tensor([2.0]), margin=1.0).item() == pytest.approx(
+        0.36
+    )
+    assert activation_boundary(torch.tensor([0.4]), torch.tensor([2.0]), margin=0.0).item() == 0.0
+    with pytest.raises(ValueError, match="equal shapes"):
+        activation_boundary(torch.zeros(2, 3), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="margin"):
+        activation_boundary(torch.zeros(2), torch.zeros(2), margin=-1.0)
+
+
+def test_activation_boundary_term_on_pre_activations_gets_the_connector():
+    torch.manual_seed(0)
+    student, teacher = create("resnet8", num_classes=10), create("resnet8x4", num_classes=10)
+    path = "layer3.0.relu_out:input"
+    obj, x = _terms_objective(
+        [{"loss": "activation_boundary", "student": path, "teacher": path, "options": {"margin": 0.5}}],
+        student,
+        teacher,
+    )
+    adapter = obj.adapters["term0"]  # the paper's connector: 1x1 conv + BN to the teacher's width
+    assert isinstance(adapter, ConvAdapter) and (adapter.conv.in_channels, adapter.conv.out_channels) == (
+        64,
+        256,
+    )
+    with Tap(student, [path]) as st, Tap(teacher, [path]) as tt:
+        student(x), teacher(x)
+        tensors = {
+            "student.logits": torch.zeros(8, 10),
+            "teacher.logits": torch.zeros(8, 10),
+            f"student:{path}": st.outputs[path],
+            f"teacher:{path}": tt.outputs[path].detach(),
+        }
+    total, _ = obj(tensors)
+    torch.testing.assert_close(
+        total, activation_boundary(adapter(tensors[f"student:{path}"]), tensors[f"teacher:{path}"], 0.5)
+    )
+    total.backward()
+    assert adapter.conv.weight.grad.abs().sum() > 0
 
 
 def test_term_windows_and_warmup():
@@ -184,6 +266,12 @@ def test_vid_and_crd_terms_train_their_modules_inside_a_run(tmp_path):
                     "teacher": "avgpool",
                     "options": {"nce_k": 256},
                 },
+                {
+                    "loss": "activation_boundary",
+                    "weight": 0.5,
+                    "student": "layer3.0.relu_out:input",
+                    "teacher": "layer3.0.relu_out:input",
+                },
             ]
         },
         "phases": ["teacher", "distill"],
@@ -198,3 +286,13 @@ def test_vid_and_crd_terms_train_their_modules_inside_a_run(tmp_path):
     assert any(k.startswith("adapters.term1.") and "scale" in k for k in state)
     bank = [v for k, v in state.items() if k.startswith("adapters.term2.") and "memory" in k]
     assert bank and all(b.shape[0] == 1000 for b in bank)
+    # Pre-activation taps (":input") work inside a run: the AB term was computed and logged every epoch.
+    import json
+
+    lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    ab = [
+        r["loss.activation_boundary"]
+        for r in lines
+        if r["phase"] == "student_kd" and "loss.activation_boundary" in r
+    ]
+    assert ab and all(v > 0 for v in ab)

@@ -2,6 +2,10 @@
 
 A tap never rewrites a model's `forward`, so kdkit's zoo, torchvision, timm and a user's own models are all
 distillable as they are. Removing the tap leaves the model exactly as it was.
+
+A path ending in ":input" reads what the module receives instead of what it returns (a forward pre-hook):
+"layer3.2.relu_out:input" is the pre-activation of a CIFAR ResNet block, which activation-boundary
+distillation and RepDistiller's `preact` features need.
 """
 
 from __future__ import annotations
@@ -42,6 +46,14 @@ def _first_tensor(out: Any) -> Tensor:
     raise ModelError(f"tapped module returned {type(out).__name__}, not a tensor")
 
 
+INPUT_SUFFIX = ":input"
+
+
+def module_path(path: str) -> str:
+    """Return the module part of a tap path (without a trailing ":input")."""
+    return path.removesuffix(INPUT_SUFFIX)
+
+
 class Tap:
     """Record the outputs of named submodules on every forward pass; use as a context manager or `remove()`."""
 
@@ -49,13 +61,25 @@ class Tap:
         self.paths = list(dict.fromkeys(paths))
         self.outputs: dict[str, Tensor] = {}
         self._handles: list[RemovableHandle] = []
-        modules = {p: resolve_module(model, p, what) for p in self.paths}  # validate all before hooking any
+        # Validate all before hooking any.
+        modules = {p: resolve_module(model, module_path(p), what) for p in self.paths}
         for path, module in modules.items():
-            self._handles.append(module.register_forward_hook(self._hook(path)))
+            if path.endswith(INPUT_SUFFIX):
+                self._handles.append(module.register_forward_pre_hook(self._input_hook(path)))
+            else:
+                self._handles.append(module.register_forward_hook(self._hook(path)))
 
     def _hook(self, path: str):
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             self.outputs[path] = _first_tensor(output)
+
+        return hook
+
+    def _input_hook(self, path: str):
+        def hook(module: nn.Module, args: Any) -> None:
+            x = _first_tensor(args)
+            # An in-place module (nn.ReLU(inplace=True)) would overwrite the tensor it received: keep a copy.
+            self.outputs[path] = x.clone() if getattr(module, "inplace", False) else x
 
         return hook
 

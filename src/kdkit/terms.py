@@ -65,6 +65,7 @@ LOSSES: dict[str, LossSpec] = {
     "ce": LossSpec(L.cross_entropy, "ce"),
     "fitnet": LossSpec(_fitnet_term, "feature", needs_adapter_when_shapes_differ=True),
     "attention_transfer": LossSpec(L.attention_transfer, "feature"),
+    "activation_boundary": LossSpec(L.activation_boundary, "feature", needs_adapter_when_shapes_differ=True),
     "similarity_preserving": LossSpec(L.similarity_preserving, "feature"),
     "nst": LossSpec(L.nst, "feature"),
     "pkt": LossSpec(_flat(L.pkt), "embedding"),

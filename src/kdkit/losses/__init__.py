@@ -2,6 +2,7 @@
 
 from kdkit.losses.contrastive import ContrastLoss, ContrastMemory, Embed, contrast_loss
 from kdkit.losses.feature import (
+    activation_boundary,
     attention_transfer,
     attention_transfer_multi,
     factor_transfer,
@@ -35,6 +36,7 @@ __all__ = [
     "Term",
     "Translator",
     "VIDLoss",
+    "activation_boundary",
     "attention_transfer",
     "attention_transfer_multi",
     "contrast_loss",

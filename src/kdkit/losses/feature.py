@@ -59,6 +59,31 @@ def fitnet(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
     return F.mse_loss(student_feat.float(), teacher_feat.float())
 
 
+def activation_boundary(student_preact: Tensor, teacher_preact: Tensor, margin: float = 1.0) -> Tensor:
+    """Return the activation-boundary loss (Heo et al. 2019) between same-shaped pre-activations.
+
+    Where a teacher neuron is active (pre-activation > 0) the student's pre-activation is pushed above
+    +margin, where it is inactive below -margin, by a squared hinge: the student learns on which side of
+    the ReLU's boundary each neuron falls, not the teacher's values. RepDistiller ``ABLoss``: the same
+    masks and squares; it sums over elements and divides by batch x 1000, here the mean over elements (a
+    constant factor of the term's weight), and one scalar margin where RepDistiller derives a margin per
+    channel from the teacher's BatchNorm statistics. Read pre-activations with ":input" tap paths
+    (``layer3.2.relu_out:input``); a student of another width needs an adapter (the paper's connector).
+    """
+    if student_preact.shape != teacher_preact.shape:
+        raise ValueError(
+            f"activation_boundary needs equal shapes, got student {_shape(student_preact)} and teacher "
+            f"{_shape(teacher_preact)}; map the student feature to the teacher's shape with an adapter"
+        )
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    s, t = student_preact.float(), teacher_preact.float()
+    zero = s.new_zeros(())
+    below = torch.where((t > 0) & (s <= margin), (s - margin) ** 2, zero)
+    above = torch.where((t <= 0) & (s > -margin), (s + margin) ** 2, zero)
+    return (below + above).mean()
+
+
 def _attention_map(f: Tensor, p: float) -> Tensor:
     # Channel-averaged |activation|^p, flattened per sample and L2-normalised (Zagoruyko & Komodakis 2017).
     return F.normalize(f.pow(p).mean(1).reshape(f.shape[0], -1))
