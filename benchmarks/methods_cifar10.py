@@ -45,7 +45,23 @@ from kdkit.experiment import run_experiment
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "cifar10"
 NAME = "methods_cifar10"
-METHODS = ["kd", "dkd", "fitnet", "at", "sp", "nst", "pkt", "rkd", "cc", "vid", "crd", "fsp", "ft"]
+METHODS = [
+    "kd",
+    "dkd",
+    "dist",
+    "fitnet",
+    "ab",
+    "at",
+    "sp",
+    "nst",
+    "pkt",
+    "rkd",
+    "cc",
+    "vid",
+    "crd",
+    "fsp",
+    "ft",
+]
 ALL = ["scratch", *METHODS]
 DEFAULT_SEEDS = [0, 1]
 # Measured with `--estimate 30` on 2 cores (benchmarks/results/methods_cifar10_estimate.json): with the online
