@@ -420,6 +420,17 @@ def test_quantization_aware_distillation_adds_its_own_int8_rows(run_dir, tmp_pat
     assert not [p.name for p in out.iterdir() if p.name.startswith(".") or "qat.onnx" in p.name]
     assert "int8 pruned student (QAT)" in (out / "report.md").read_text()
 
+    # Without a validation split QAT still runs; what it changed on validation is unknown, not 0%.
+    cfg_path = run / "config.yaml"
+    cfg_path.write_text(cfg_path.read_text().replace("val_size: 200", "val_size: 0"))
+    again = compress_run(
+        run, CompressConfig(**{**FAST, "qat": qat, "quantize_unpruned": False}), overwrite=True
+    )
+    assert list(again["qat"]["models"]) == ["int8_student_qat"]
+    info = again["qat"]["models"]["int8_student_qat"]
+    assert info["val_accuracy_emulated_before"] is None and info["val_accuracy_emulated_after"] is None
+    assert again["models"]["int8_student_qat"]["accuracy"] > 0.5
+
 
 def _int8_weights(path) -> dict[str, np.ndarray]:
     return {

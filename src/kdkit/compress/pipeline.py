@@ -296,8 +296,10 @@ class _Compressor:
         assert qcfg is not None
         qa = QuantizationAware(copy.deepcopy(model))
         qa.calibrate(calibration, len(calibration))
-        # The validation accuracy of the emulated int8 model, before and after: what QAT changed.
-        before = self.engine.evaluate(self.engine.prepare(qa.model), self.val_loader)
+        # The validation accuracy of the emulated int8 model, before and after: what QAT changed (None
+        # without a validation split).
+        has_val = len(self.val_loader.images) > 0
+        before = self.engine.evaluate(self.engine.prepare(qa.model), self.val_loader) if has_val else None
         fit = self.engine.fit(
             f"qat_{name}",
             qa.model,
@@ -307,17 +309,23 @@ class _Compressor:
             teacher=self.frozen,
             val_loader=self.val_loader,
         )
-        after = fit.val if fit.val is not None else self.engine.evaluate(fit.model, self.val_loader)
+        after = (
+            fit.val
+            if fit.val is not None or not has_val
+            else self.engine.evaluate(fit.model, self.val_loader)
+        )
         trained = qa.remove().cpu().float().to(memory_format=torch.contiguous_format)
         rec = {
-            "val_accuracy_emulated_before": before.accuracy,
-            "val_accuracy_emulated_after": after.accuracy,
+            "val_accuracy_emulated_before": before.accuracy if before is not None else None,
+            "val_accuracy_emulated_after": after.accuracy if after is not None else None,
             "train_seconds": round(fit.train_seconds, 3),
         }
-        self.say(
-            f"[compress] QAT of the {name.replace('_', ' ')}: emulated int8 validation accuracy "
-            f"{before.accuracy:.2%} -> {after.accuracy:.2%} in {fit.train_seconds:.0f} s"
+        change = (
+            f"emulated int8 validation accuracy {before.accuracy:.2%} -> {after.accuracy:.2%}"
+            if before is not None and after is not None
+            else "no validation split to measure it on"
         )
+        self.say(f"[compress] QAT of the {name.replace('_', ' ')}: {change}; {fit.train_seconds:.0f} s")
         return trained, rec
 
     def row(self, key: str, model: nn.Module | None, onnx_path: Path, st_path: Path | None) -> dict[str, Any]:
@@ -439,9 +447,7 @@ def _compress(c: _Compressor, ckpt: Path) -> dict[str, Any]:
         # calibrate every int8 model (and the QAT copies' emulated ranges).
         loader = make_loader(c.bundle.train, c.bundle, c.tcfg.batch_size, train=True, seed=c.exp.seed + 7)
         calib = [b.x for b in itertools.islice(loader, cfg.calibration_batches)]
-        targets = [("int8_student", "pruned_student")]
-        if cfg.quantize_unpruned:
-            targets.insert(0, ("student_int8", "student"))
+        targets = [(k, INT8_OF[k]) for k in INT8_OF if cfg.quantize_unpruned or k != "student_int8"]
         fp32_models = {"student": student, "pruned_student": pruned}
         qat = {"config": cfg.qat.model_dump(mode="json"), "models": {}} if cfg.qat is not None else None
 
