@@ -20,18 +20,40 @@ from torch.utils.hooks import RemovableHandle
 from kdkit.errors import ModelError
 
 
+def _walk(model: nn.Module, path: str) -> nn.Module | None:
+    """Return the submodule at `path`, where a negative index counts from the end of a Sequential/ModuleList."""
+    module = model
+    for part in path.split("."):
+        children = module._modules
+        if part in children and children[part] is not None:
+            module = children[part]
+        elif (
+            part.startswith("-") and part[1:].isdigit() and isinstance(module, (nn.Sequential, nn.ModuleList))
+        ):
+            if int(part) < -len(module):
+                return None
+            module = module[int(part)]
+        else:
+            return None
+    return module
+
+
 def resolve_module(model: nn.Module, path: str, what: str = "model") -> nn.Module:
-    """Return the submodule at `path`, or raise ModelError listing the nearest valid paths."""
+    """Return the submodule at `path`, or raise ModelError listing the nearest valid paths.
+
+    "layer3.-1" is the last block of layer3 (negative indices count from the end of a Sequential or
+    ModuleList), so one path fits networks of any depth.
+    """
     names = [n for n, _ in model.named_modules() if n]
-    try:
-        return model.get_submodule(path)
-    except AttributeError:
+    found = _walk(model, path) if path else model
+    if found is None:
         close = difflib.get_close_matches(path, names, n=5, cutoff=0.4)
         hint = f"; nearest: {close}" if close else ""
         shown = names if len(names) <= 30 else names[:30] + ["..."]
         raise ModelError(
             f"{what} ({type(model).__name__}) has no module {path!r}{hint}; valid paths include {shown}"
-        ) from None
+        )
+    return found
 
 
 def _first_tensor(out: Any) -> Tensor:
