@@ -113,6 +113,24 @@ def test_activation_boundary_term_on_pre_activations_gets_the_connector():
     assert adapter.conv.weight.grad.abs().sum() > 0
 
 
+def test_negative_indices_count_blocks_from_the_end_at_any_depth():
+    from kdkit.taps import resolve_module
+
+    for name, blocks in (("resnet8", 1), ("resnet20", 3)):
+        m = create(name, num_classes=10)
+        assert resolve_module(m, "layer3.-1") is m.layer3[blocks - 1]
+        assert resolve_module(m, "layer2.-1.relu_out") is m.layer2[blocks - 1].relu_out
+        assert resolve_module(m, f"layer1.-{blocks}") is m.layer1[0]
+        with pytest.raises(ModelError, match=f"no module 'layer1.-{blocks + 1}'"):
+            resolve_module(m, f"layer1.-{blocks + 1}")
+    with pytest.raises(ModelError, match="no module 'conv1.-1'"):  # conv1 is no Sequential
+        resolve_module(m, "conv1.-1")
+    x = torch.randn(2, 3, 32, 32)
+    with Tap(m, ["layer3.-1", "layer3.2"]) as tap:
+        m(x)
+        assert torch.equal(tap.outputs["layer3.-1"], tap.outputs["layer3.2"])
+
+
 def test_term_windows_and_warmup():
     t = Term("x", kd, ("a", "b"), start_epoch=1, stop_epoch=3, warmup_epochs=2)
     assert [t.factor(e) for e in (0.5, 1.0, 2.0, 2.99, 3.0)] == [0.0, 0.0, 0.5, pytest.approx(0.995), 0.0]
