@@ -118,13 +118,15 @@ class QuantizationAware:
                 f"layer(s) {taken} are already parametrized; quantization-aware training needs plain layers"
             )
         self.model = model
+        # The ranges live beside the model, not in it (its state_dict holds no ranges), on the model's device.
+        device = next(model.parameters()).device
         self.observers: dict[str, ActivationFakeQuant] = {}
         self._handles: list[Any] = []
         for name, layer in layers:
             parametrize.register_parametrization(layer, "weight", WeightFakeQuant())
-            obs = self.observers[f"{name}:input"] = ActivationFakeQuant()
+            obs = self.observers[f"{name}:input"] = ActivationFakeQuant().to(device)
             self._handles.append(layer.register_forward_pre_hook(self._input_hook(obs)))
-        out = self.observers["output"] = ActivationFakeQuant()
+        out = self.observers["output"] = ActivationFakeQuant().to(device)
         self._handles.append(model.register_forward_hook(self._output_hook(out)))
 
     @staticmethod
