@@ -56,7 +56,7 @@ def resolve_module(model: nn.Module, path: str, what: str = "model") -> nn.Modul
     return found
 
 
-def _first_tensor(out: Any) -> Tensor:
+def _first_tensor(out: Any, verb: str = "returned") -> Tensor:
     if isinstance(out, Tensor):
         return out
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
@@ -65,7 +65,7 @@ def _first_tensor(out: Any) -> Tensor:
         for v in out.values():
             if isinstance(v, Tensor):
                 return v
-    raise ModelError(f"tapped module returned {type(out).__name__}, not a tensor")
+    raise ModelError(f"tapped module {verb} {type(out).__name__}, not a tensor")
 
 
 INPUT_SUFFIX = ":input"
@@ -99,7 +99,7 @@ class Tap:
 
     def _input_hook(self, path: str):
         def hook(module: nn.Module, args: Any) -> None:
-            x = _first_tensor(args)
+            x = _first_tensor(args, "received")
             # An in-place module (nn.ReLU(inplace=True)) would overwrite the tensor it received: keep a copy.
             self.outputs[path] = x.clone() if getattr(module, "inplace", False) else x
 
