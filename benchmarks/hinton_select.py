@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,19 +184,23 @@ def fewest_errors(results: dict[str, dict[str, Any]], eligible: list[str]) -> st
     return min(eligible, key=lambda k: (results[k]["val_errors"], eligible.index(k)))
 
 
-def _call(job: tuple) -> dict[str, Any]:
-    return run_candidate(*job)
+def _call(fn: Callable[..., dict[str, Any]], job: tuple) -> dict[str, Any]:
+    return fn(*job)
 
 
-def pool_map(jobs: list[tuple], workers: int) -> list[dict[str, Any]]:
-    """Run candidates in order, in `workers` one-thread processes when more than 1 (spawned: torch is loaded)."""
+def pool_map(
+    jobs: list[tuple], workers: int, fn: Callable[..., dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Run fn(*job) for every job in order (fn: run_candidate by default), in `workers` one-thread processes
+    when more than 1 (spawned: torch is loaded)."""
+    fn = fn or run_candidate
     if workers <= 1:
-        return [run_candidate(*j) for j in jobs]
+        return [fn(*j) for j in jobs]
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(_call, jobs))
+        return list(pool.map(functools.partial(_call, fn), jobs))
 
 
 def main(argv: list[str] | None = None) -> int:
