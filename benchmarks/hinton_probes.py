@@ -44,6 +44,9 @@ TEACHERS: dict[str, list[str]] = {
     "no-maxnorm": ["teacher.model.max_norm=null"],
     "maxnorm-1": ["teacher.model.max_norm=1.0"],
     "maxnorm-2-lr0.1": ["teacher.model.max_norm=2.0", "teacher.train.lr=0.1"],
+    # Raw pixels in [0, 1] (as Hinton et al. fed their nets) instead of the standardised inputs kdkit's
+    # loader gives by default; teacher and student alike (data.normalize).
+    "raw-pixels": ["data.normalize=false"],
 }
 # Student probes: (teacher, overrides). The config's distilled recipe unless the overrides say otherwise.
 STUDENTS: dict[str, tuple[str, list[str]]] = {
@@ -56,7 +59,15 @@ STUDENTS: dict[str, tuple[str, list[str]]] = {
     "maxnorm-1-T20-s1": ("maxnorm-1", ["seed=1"]),
     "maxnorm-2-lr0.1-T20-s0": ("maxnorm-2-lr0.1", []),
     "maxnorm-2-lr0.1-T20-s1": ("maxnorm-2-lr0.1", ["seed=1"]),
+    # Not the paper's single teacher: is the dark knowledge of one teacher noisy? The mean of two teachers'
+    # softened probabilities (distill.ensemble's default) from the two teachers of the config's rate.
+    "ensemble-base+maxnorm-1-T20-s0": ("base+maxnorm-1", []),
+    "ensemble-base+maxnorm-1-T20-s1": ("base+maxnorm-1", ["seed=1"]),
+    "raw-pixels-T20-s0": ("raw-pixels", []),
+    "raw-pixels-T20-s1": ("raw-pixels", ["seed=1"]),
 }
+# Scratch students (student.train, hard labels), the baseline of the probes that change the data.
+SCRATCH: dict[str, list[str]] = {"scratch-s0": [], "scratch-raw-pixels-s0": ["data.normalize=false"]}
 QUICK = ["data.train_limit=12000", "teacher.train.epochs=2", "distill.train.epochs=2"]
 
 
@@ -94,6 +105,16 @@ def run_probe(
     return rec
 
 
+def student_job(name: str, teacher: str, overrides: list[str], out: Path, runs: Path) -> tuple:
+    """The arguments of run_probe for a student probe; teacher "a+b" is the ensemble of teachers a and b."""
+    if "+" not in teacher:
+        over = ["phases=[distill]", *TEACHERS[teacher], *overrides]
+        return (f"student-{name}", over, "student_kd", teacher_file(runs, f"teacher-{teacher}"), out, runs)
+    members = [str(teacher_file(runs, f"teacher-{t}")) for t in teacher.split("+")]
+    over = ["phases=[distill]", "teacher.model=null", f"teacher.ensemble={json.dumps(members)}", *overrides]
+    return (f"student-{name}", over, "student_kd", None, out, runs)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=1, help="worker processes of one thread each (default 1)")
@@ -106,23 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     out, runs = res / name, (args.runs_dir or ROOT / "benchmarks" / "runs") / name
     quick = QUICK if args.quick else []  # last: the quick budget overrides the probes' epochs
     probes = dict(list(STUDENTS.items())[:2]) if args.quick else STUDENTS
+    scratch = dict(list(SCRATCH.items())[:1]) if args.quick else SCRATCH
     t0 = time.perf_counter()
     tjobs = [
         (f"teacher-{k}", ["phases=[teacher]", *v, *quick], "teacher", None, out, runs)
         for k, v in TEACHERS.items()
     ]
-    teachers = dict(zip(TEACHERS, pool_map(tjobs, args.jobs, run_probe), strict=True))
-    sjobs = [
-        (
-            f"student-{k}",
-            ["phases=[distill]", *TEACHERS[t], *v, *quick],
-            "student_kd",
-            teacher_file(runs, f"teacher-{t}"),
-            out,
-            runs,
-        )
-        for k, (t, v) in probes.items()
+    # The scratch probes need no teacher: they run beside the teachers.
+    xjobs = [
+        (f"student-{k}", ["phases=[scratch]", *v, *quick], "student_scratch", None, out, runs)
+        for k, v in scratch.items()
     ]
+    done = pool_map([*tjobs, *xjobs], args.jobs, run_probe)
+    teachers = dict(zip(TEACHERS, done[: len(tjobs)], strict=True))
+    scratches = dict(zip(scratch, done[len(tjobs) :], strict=True))
+    sjobs = [student_job(k, t, [*v, *quick], out, runs) for k, (t, v) in probes.items()]
     students = dict(zip(probes, pool_map(sjobs, args.jobs, run_probe), strict=True))
     doc: dict[str, Any] = {
         "what": "teacher-side probes of the distilled gap; validation errors on the 50,000/10,000 split "
@@ -131,13 +150,14 @@ def main(argv: list[str] | None = None) -> int:
         "students": {
             k: {"teacher": STUDENTS[k][0], "val_errors": r["val_errors"]} for k, r in students.items()
         },
-        "wall_hours": sum(r["wall_seconds"] for r in [*teachers.values(), *students.values()]) / 3600,
+        "scratch": {k: {"val_errors": r["val_errors"]} for k, r in scratches.items()},
+        "wall_hours": sum(r["wall_seconds"] for r in done + list(students.values())) / 3600,
         "invocation_minutes": (time.perf_counter() - t0) / 60,
         "machine": machine(),
         "date": dt.date.today().isoformat(),
     }
     atomic_write_text(res / f"{name}.json", json.dumps(doc, indent=2))
-    print(json.dumps({k: doc[k] for k in ("teachers", "students")}, indent=1))
+    print(json.dumps({k: doc[k] for k in ("teachers", "students", "scratch")}, indent=1))
     return 0
 
 
