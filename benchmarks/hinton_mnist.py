@@ -177,6 +177,8 @@ def fingerprint(cfg: Any, teacher_sha256: str | None) -> str:
         doc.pop("teacher", None)
     teacher = doc.get("teacher", {})
     teacher.pop("checkpoint", None)
+    for member in teacher.get("ensemble") or []:  # loaded members: the hashes of their weights stand for them
+        member.pop("checkpoint", None)
     if "teacher" not in phases:
         teacher.pop("train", None)
     h = hashlib.sha256(json.dumps(doc, sort_keys=True).encode())

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from benchcommon import machine
 from hinton_mnist import CONFIG, teacher_file
-from hinton_select import pool_map, run_candidate
+from hinton_select import Teachers, pool_map, run_candidate, teachers_to_retrain
 
 from kdkit.checkpoint import atomic_write_text
 from kdkit.config import load_config
@@ -94,25 +94,27 @@ def logit_stats(teacher: Path, overrides: list[str]) -> dict[str, float]:
     }
 
 
-def run_probe(
-    name: str, overrides: list[str], role: str, teacher: Path | None, out: Path, runs: Path
-) -> dict:
-    """Train one probe through hinton_select's candidate runner (stored results are reused)."""
-    rec = run_candidate(name, [*VAL, *overrides], role, teacher, out, runs, False, 1)
+def run_probe(*job: Any) -> dict[str, Any]:
+    """Train one probe through hinton_select's candidate runner (stored results are reused); a teacher's
+    result also gets the statistics of its logits."""
+    rec = run_candidate(*job)
+    name, overrides, role, _teacher, out, runs = job[:6]
     if role == "teacher" and "logits" not in rec:
-        rec["logits"] = logit_stats(teacher_file(runs, name), [*VAL, *overrides])
+        rec["logits"] = logit_stats(teacher_file(runs, name), overrides)
         atomic_write_text(out / f"{name}.json", json.dumps(rec, indent=2))
     return rec
 
 
+def probe_job(name: str, overrides: list[str], role: str, teacher: Teachers, out: Path, runs: Path) -> tuple:
+    """The arguments of run_candidate for one probe (one thread, on the probes' split)."""
+    return (name, [*VAL, *overrides], role, teacher, out, runs, False, 1)
+
+
 def student_job(name: str, teacher: str, overrides: list[str], out: Path, runs: Path) -> tuple:
-    """The arguments of run_probe for a student probe; teacher "a+b" is the ensemble of teachers a and b."""
-    if "+" not in teacher:
-        over = ["phases=[distill]", *TEACHERS[teacher], *overrides]
-        return (f"student-{name}", over, "student_kd", teacher_file(runs, f"teacher-{teacher}"), out, runs)
-    members = [str(teacher_file(runs, f"teacher-{t}")) for t in teacher.split("+")]
-    over = ["phases=[distill]", "teacher.model=null", f"teacher.ensemble={json.dumps(members)}", *overrides]
-    return (f"student-{name}", over, "student_kd", None, out, runs)
+    """The job of a student probe; teacher "a+b" is the ensemble of teachers a and b."""
+    paths = [teacher_file(runs, f"teacher-{t}") for t in teacher.split("+")]
+    over = ["phases=[distill]", *(TEACHERS[teacher] if len(paths) == 1 else []), *overrides]
+    return probe_job(f"student-{name}", over, "student_kd", paths[0] if len(paths) == 1 else paths, out, runs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="12,000 images, 2 epochs, two student probes")
     ap.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results)")
     ap.add_argument("--runs-dir", type=Path, default=None, help="run directories (default benchmarks/runs)")
+    ap.add_argument(
+        "--retrain-teachers",
+        action="store_true",
+        help="train again the teachers whose weights are gone when a student probe needs them",
+    )
     args = ap.parse_args(argv)
     name = "hinton_probes_quick" if args.quick else "hinton_probes"
     res = args.out or ROOT / "benchmarks" / "results"
@@ -130,18 +137,28 @@ def main(argv: list[str] | None = None) -> int:
     scratch = dict(list(SCRATCH.items())[:1]) if args.quick else SCRATCH
     t0 = time.perf_counter()
     tjobs = [
-        (f"teacher-{k}", ["phases=[teacher]", *v, *quick], "teacher", None, out, runs)
+        probe_job(f"teacher-{k}", ["phases=[teacher]", *v, *quick], "teacher", None, out, runs)
         for k, v in TEACHERS.items()
     ]
     # The scratch probes need no teacher: they run beside the teachers.
     xjobs = [
-        (f"student-{k}", ["phases=[scratch]", *v, *quick], "student_scratch", None, out, runs)
+        probe_job(f"student-{k}", ["phases=[scratch]", *v, *quick], "student_scratch", None, out, runs)
         for k, v in scratch.items()
     ]
     done = pool_map([*tjobs, *xjobs], args.jobs, run_probe)
+    sjobs = [student_job(k, t, [*v, *quick], out, runs) for k, (t, v) in probes.items()]
+    gone = teachers_to_retrain(sjobs)
+    if gone and not args.retrain_teachers:
+        ap.error(
+            f"the weights of teacher probe(s) {', '.join(gone)} are gone ({runs} is not kept in git) and "
+            "student probes without a current result need them: run again with --retrain-teachers"
+        )
+    if gone:  # trained again, their new results replace the stored ones (and the students follow them)
+        redo = [next(j for j in tjobs if j[0] == g) for g in gone]
+        again = dict(zip(gone, pool_map([(*j, True) for j in redo], args.jobs, run_probe), strict=True))
+        done = [again.get(j[0], r) for j, r in zip([*tjobs, *xjobs], done, strict=True)]
     teachers = dict(zip(TEACHERS, done[: len(tjobs)], strict=True))
     scratches = dict(zip(scratch, done[len(tjobs) :], strict=True))
-    sjobs = [student_job(k, t, [*v, *quick], out, runs) for k, (t, v) in probes.items()]
     students = dict(zip(probes, pool_map(sjobs, args.jobs, run_probe), strict=True))
     doc: dict[str, Any] = {
         "what": "teacher-side probes of the distilled gap; validation errors on the 50,000/10,000 split "

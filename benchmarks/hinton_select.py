@@ -142,26 +142,85 @@ def student_overrides(train: dict[str, Any], quick: bool) -> list[str]:
     return ["distill.train=" + json.dumps({**train, "epochs": 2} if quick else train)]
 
 
+Teachers = Path | list[Path] | None  # a candidate's teacher: one checkpoint, an ensemble's, or none
+
+
+def teacher_paths(teacher: Teachers) -> list[Path]:
+    """The checkpoints a candidate's teacher loads."""
+    return [] if teacher is None else teacher if isinstance(teacher, list) else [teacher]
+
+
+def weights_sha(teacher: Path, out: Path) -> str | None:
+    """The sha256 of a teacher candidate's weights: of its checkpoint, else as its stored result records it
+    (the weights may be gone, e.g. in a fresh checkout: results/ is in git, runs/ is not); None if unknown."""
+    if teacher.exists():
+        return file_sha256(teacher)
+    rec = out / f"{teacher.parent.parent.name}.json"  # teacher_file(runs, name): runs/<name>/checkpoints/
+    return json.loads(rec.read_text()).get("weights_sha256") if rec.exists() else None
+
+
+def _resolve(
+    overrides: list[str], teacher: Teachers, out: Path, progress: bool, threads: int | None
+) -> tuple[Any, str | None]:
+    """Return (config, fingerprint) of a candidate; the fingerprint is None while a teacher's weights are unknown."""
+    over = [*overrides, *runtime_overrides(progress, threads)]
+    if isinstance(teacher, list):
+        over += ["teacher.model=null", "teacher.ensemble=" + json.dumps([str(p) for p in teacher])]
+    elif teacher is not None:
+        over.append(f"teacher.checkpoint={json.dumps(str(teacher))}")
+    cfg = load_config(CONFIG, over)
+    shas = [weights_sha(p, out) for p in teacher_paths(teacher)]
+    if None in shas:
+        return cfg, None
+    return cfg, fingerprint(cfg, "+".join(shas) if shas else None)
+
+
+def is_current(job: tuple) -> bool:
+    """Return True when a candidate job (run_candidate's arguments) has a result made by today's recipe."""
+    name, overrides, _role, teacher, out, _runs, progress, threads = job[:8]
+    fp = _resolve(overrides, teacher, out, progress, threads)[1]
+    return fp is not None and current_result(out / f"{name}.json", fp) is not None
+
+
+def teachers_to_retrain(jobs: list[tuple]) -> list[str]:
+    """The teacher candidates whose weights are gone but that a job without a current result needs."""
+    need = {
+        p.parent.parent.name for j in jobs if not is_current(j) for p in teacher_paths(j[3]) if not p.exists()
+    }
+    return sorted(need)
+
+
 def run_candidate(
     name: str,
     overrides: list[str],
     role: str,
-    teacher: Path | None,
+    teacher: Teachers,
     out: Path,
     runs: Path,
     progress: bool,
     threads: int | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Train one candidate (or return its stored result) and keep its validation errors only."""
+    """Train one candidate (or return its stored result) and keep its validation errors only.
+
+    A teacher candidate's result records the sha256 of its weights, which stands for them once they are gone;
+    force trains it again although its result is current (its weights are gone and a student needs them).
+    """
     path = out / f"{name}.json"
-    over = [*overrides, *runtime_overrides(progress, threads)]
-    if teacher is not None:
-        over.append(f"teacher.checkpoint={json.dumps(str(teacher))}")
-    cfg = load_config(CONFIG, over)
-    fp = fingerprint(cfg, None if teacher is None else file_sha256(teacher))
-    stored = current_result(path, fp)
+    cfg, fp = _resolve(overrides, teacher, out, progress, threads)
+    stored = None if force or fp is None else current_result(path, fp)
+    weights = runs / name / "checkpoints" / "teacher.safetensors"
     if stored is not None:
+        if role == "teacher" and "weights_sha256" not in stored and weights.exists():
+            stored["weights_sha256"] = file_sha256(weights)  # results stored before the field
+            atomic_write_text(path, json.dumps(stored, indent=2))
         return stored
+    missing = [str(p) for p in teacher_paths(teacher) if not p.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{name}: its teacher's weights {missing} are gone and no current result of it is stored; "
+            "train that teacher candidate again first (teachers_to_retrain)"
+        )
     t0 = time.perf_counter()
     summary = run_experiment(cfg, runs / name, overwrite=True, console=make_console())
     m = summary["models"][role]
@@ -174,6 +233,8 @@ def run_candidate(
         "fingerprint": fp,
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if role == "teacher":
+        rec["weights_sha256"] = file_sha256(weights)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(rec, indent=2))
     return rec
@@ -217,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
         default=MAX_DISTILL_EPOCHS,
         help=f"longest distill.train that may be chosen (default {MAX_DISTILL_EPOCHS}: the benchmark's budget)",
     )
+    ap.add_argument(
+        "--retrain-teachers",
+        action="store_true",
+        help="train again the teacher candidates whose weights are gone (their new results replace the stored ones)",
+    )
     args = ap.parse_args(argv)
     progress = not args.no_progress
     tmp = tempfile.TemporaryDirectory(prefix="kdkit-hinton-select-") if args.quick and not args.out else None
@@ -241,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         return (name, [*VAL, *overrides], role, teacher, out, runs, progress, threads)
 
     tjobs = [job(f"teacher-{k}", ["phases=[teacher]", *v, *quick], "teacher") for k, v in teachers.items()]
+    if args.retrain_teachers:
+        tjobs = [(*j, not teacher_file(runs, j[0]).exists()) for j in tjobs]
     tres = dict(zip(teachers, pool_map(tjobs, args.jobs), strict=True))
     best_t = fewest_errors(tres, list(teachers))
     records = list(tres.values())  # every candidate this summary draws on
@@ -253,9 +321,16 @@ def main(argv: list[str] | None = None) -> int:
             over = ["phases=[distill]", *teachers[t], *quick, *student_overrides(students[k], args.quick)]
             return job(f"student-{k}-from-{t}", over, "student_kd", teacher_file(runs, f"teacher-{t}"))
 
-        sres = dict(
-            zip(students, pool_map([student_job(k, best_t) for k in students], args.jobs), strict=True)
-        )
+        def run_students(jobs: list[tuple]) -> list[dict[str, Any]]:
+            gone = teachers_to_retrain(jobs)
+            if gone:
+                ap.error(
+                    f"the weights of teacher candidate(s) {', '.join(gone)} are gone ({runs} is not kept in git) "
+                    "and student candidates without a current result need them: run again with --retrain-teachers"
+                )
+            return pool_map(jobs, args.jobs)
+
+        sres = dict(zip(students, run_students([student_job(k, best_t) for k in students]), strict=True))
         best_s = fewest_errors(sres, allowed)
         records += sres.values()
         doc["students"] = {k: r["val_errors"] for k, r in sres.items()}
@@ -264,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         # Quick runs check the same path with the other quick teacher.
         also = [k for k in teachers if k != best_t] if args.quick else ALSO_FROM
         others = [t for t in also if t in teachers and t != best_t]
-        xres = pool_map([student_job(best_s, t) for t in others], args.jobs)
+        xres = run_students([student_job(best_s, t) for t in others])
         records += xres
         doc["chosen_student_from_other_teachers"] = {
             t: r["val_errors"] for t, r in zip(others, xres, strict=True)

@@ -1,6 +1,7 @@
 """The Hinton teacher probes: validation errors and teacher logit statistics, resumable."""
 
 import json
+import shutil
 
 import pytest
 
@@ -38,3 +39,32 @@ def test_quick_probes_record_validation_errors_and_teacher_logits_and_resume(tmp
     redo = json.loads((tmp_path / "results" / "hinton_probes_quick.json").read_text())
     assert redo["teachers"] == doc["teachers"] and redo["students"] == doc["students"]
     assert all(p.stat().st_mtime_ns == stamps[p.name] for p in per_run)
+    # A fresh checkout keeps results/ but not runs/: the stored students stand on their teachers' recorded
+    # weight hashes, so nothing is trained again.
+    assert all(
+        json.loads((tmp_path / "results" / "hinton_probes_quick" / f"teacher-{k}.json").read_text())[
+            "weights_sha256"
+        ]
+        for k in doc["teachers"]
+    )
+    shutil.rmtree(tmp_path / "runs")
+    fresh = bench("hinton_probes.py", *args, timeout=120)
+    assert fresh.returncode == 0 and "epoch" not in fresh.stderr, fresh.stderr[-2000:]
+    assert all(p.stat().st_mtime_ns == stamps[p.name] for p in per_run)
+    # A student without a current result whose teacher's weights are gone: a clear error, unless asked to
+    # train that teacher again.
+    (tmp_path / "results" / "hinton_probes_quick" / "student-base-T20-s1.json").unlink()
+    refused = bench("hinton_probes.py", *args, timeout=120)
+    assert (
+        refused.returncode == 2
+        and "teacher-base" in refused.stderr
+        and "--retrain-teachers" in refused.stderr
+    )
+    redone = bench("hinton_probes.py", *args, "--retrain-teachers")
+    assert redone.returncode == 0, redone.stderr[-3000:]
+    assert (
+        tmp_path / "runs" / "hinton_probes_quick" / "teacher-base" / "checkpoints" / "teacher.safetensors"
+    ).exists()
+    assert (tmp_path / "results" / "hinton_probes_quick" / "student-base-T20-s1.json").exists()
+    # Only the teacher that was needed is trained again.
+    assert not (tmp_path / "runs" / "hinton_probes_quick" / "teacher-maxnorm-1").exists()

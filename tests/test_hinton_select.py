@@ -1,6 +1,7 @@
 """The Hinton recipe selection: candidates scored on a validation split, the test set never recorded."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,11 @@ def test_quick_selection_scores_candidates_on_validation_only_and_resumes(tmp_pa
     assert all(p.stat().st_mtime_ns == stamps[p.name] for p in per_run)
     none = bench("hinton_select.py", *args, "--max-distill-epochs", "10", timeout=120)
     assert none.returncode == 2 and "no student candidate trains that briefly" in none.stderr
+    # A fresh checkout (results/ kept, runs/ gone): stored students stand on their teachers' recorded hashes;
+    # a student that must be trained again while its teacher's weights are gone gets a clear error.
+    shutil.rmtree(tmp_path / "runs")
+    fresh = bench("hinton_select.py", *args, timeout=120)
+    assert fresh.returncode == 0 and "epoch" not in fresh.stderr, fresh.stderr[-2000:]
+    next((tmp_path / "results" / "hinton_select_quick").glob("student-sgd-clip5-30ep-from-*.json")).unlink()
+    refused = bench("hinton_select.py", *args, timeout=120)
+    assert refused.returncode == 2 and "--retrain-teachers" in refused.stderr, refused.stderr[-2000:]
