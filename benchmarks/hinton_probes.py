@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     if gone and not args.retrain_teachers:
         ap.error(
             f"the weights of teacher probe(s) {', '.join(gone)} are gone ({runs} is not kept in git) and "
-            "student probes without a current result need them: run again with --retrain-teachers"
+            "student probes need them (no stored result of theirs can be matched to those weights): "
+            "run again with --retrain-teachers"
         )
     if gone:  # trained again, their new results replace the stored ones (and the students follow them)
         redo = [next(j for j in tjobs if j[0] == g) for g in gone]

@@ -162,7 +162,8 @@ def weights_sha(teacher: Path, out: Path) -> str | None:
 def _resolve(
     overrides: list[str], teacher: Teachers, out: Path, progress: bool, threads: int | None
 ) -> tuple[Any, str | None]:
-    """Return (config, fingerprint) of a candidate; the fingerprint is None while a teacher's weights are unknown."""
+    """Return (config, fingerprint) of a candidate; the fingerprint is None while its teacher's weights are
+    unknown."""
     over = [*overrides, *runtime_overrides(progress, threads)]
     if isinstance(teacher, list):
         over += ["teacher.model=null", "teacher.ensemble=" + json.dumps([str(p) for p in teacher])]
@@ -326,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             if gone:
                 ap.error(
                     f"the weights of teacher candidate(s) {', '.join(gone)} are gone ({runs} is not kept in git) "
-                    "and student candidates without a current result need them: run again with --retrain-teachers"
+                    "and student candidates need them (no stored result of theirs can be matched to those "
+                    "weights): run again with --retrain-teachers"
                 )
             return pool_map(jobs, args.jobs)
 
