@@ -396,6 +396,15 @@ def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def runs_dates(results: dict[str, dict[str, Any]]) -> str:
+    """The day (or first and last days, UTC) the results' runs finished: stored runs are reused, so the day an
+    invocation renders the table is not the day its figures were measured. Today for runs that record none."""
+    days = sorted({r["finished"][:10] for r in results.values() if r.get("finished")})
+    if not days:
+        return dt.date.today().isoformat()
+    return days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
+
+
 def update_results_md(section: str, path: Path, marks: tuple[str, str] = (MARK_START, MARK_END)) -> None:
     """Replace a marked section of RESULTS.md (this benchmark's by default); see benchcommon."""
     _update_results_md(section, path, marks)
@@ -490,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "machines": machines_of(results),
         "precision": next(iter(results.values()))["precision"],
-        "date": dt.date.today().isoformat(),
+        "date": runs_dates(results),
         "total_minutes": total / 60,
         "invocation_minutes": (time.perf_counter() - t0) / 60,
     }

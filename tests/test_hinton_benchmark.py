@@ -151,3 +151,15 @@ def test_machine_line_names_the_machines_that_made_the_stored_runs():
     assert (
         machines_line({}, here, "fp32") == "Machine: 2 cores, Intel Xeon, torch 2.13.0+cpu, precision fp32  "
     )
+
+
+def test_the_date_is_when_the_runs_finished_not_when_the_table_was_rendered():
+    import datetime as dt
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from hinton_mnist import runs_dates
+
+    one = {"a": {"finished": "2026-11-25T04:09:25+00:00"}, "b": {"finished": "2026-11-25T05:00:00+00:00"}}
+    assert runs_dates(one) == "2026-11-25"
+    assert runs_dates({**one, "c": {"finished": "2026-12-03T10:00:00+00:00"}}) == "2026-11-25 to 2026-12-03"
+    assert runs_dates({"a": {"wall_seconds": 1}}) == dt.date.today().isoformat()
