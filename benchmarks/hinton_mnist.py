@@ -192,24 +192,28 @@ def teacher_file(runs_dir: Path, name: str) -> Path:
     return runs_dir / name / "checkpoints" / "teacher.safetensors"
 
 
+def weights_sha(out: Path, name: str, ckpt: Path) -> str | None:
+    """The sha256 of the teacher weights run `name` trained: as its stored result in `out` records it (the
+    weights may be gone, e.g. in a fresh checkout: results/ is in git, runs/ is not), else by hashing its
+    checkpoint `ckpt`; None when neither is there."""
+    stored = out / f"{name}.json"
+    sha = json.loads(stored.read_text()).get("weights_sha256") if stored.exists() else None
+    return file_sha256(ckpt) if sha is None and ckpt.exists() else sha
+
+
 def resolve(
     run: Run, out: Path, runs_dir: Path, progress: bool = False, threads: int | None = None
 ) -> tuple[Any, str]:
     """Return (config, fingerprint) of a run.
 
-    The teacher's weights are known by the sha256 its own stored result records (the weights may be gone,
-    e.g. in a fresh checkout: results/ is in git, runs/ is not), else by hashing its checkpoint.
+    The teacher's weights are known by their sha256 (weights_sha).
     """
     overrides = [*run.overrides, *runtime_overrides(progress, threads)]
     teacher_sha = None
     if run.teacher_from:
         ckpt = teacher_file(runs_dir, run.teacher_from)
         overrides.append(f"teacher.checkpoint={json.dumps(str(ckpt))}")
-        stored = out / f"{run.teacher_from}.json"
-        if stored.exists():
-            teacher_sha = json.loads(stored.read_text()).get("weights_sha256")
-        if teacher_sha is None and ckpt.exists():
-            teacher_sha = file_sha256(ckpt)
+        teacher_sha = weights_sha(out, run.teacher_from, ckpt)
     cfg = load_config(CONFIG, overrides)
     return cfg, fingerprint(cfg, teacher_sha)
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from benchcommon import machine
 from hinton_mnist import CONFIG, teacher_file
-from hinton_select import Teachers, pool_map, run_candidate, teachers_to_retrain
+from hinton_select import Teachers, gone_teachers_error, pool_map, run_candidate, teachers_to_retrain
 
 from kdkit.checkpoint import atomic_write_text
 from kdkit.config import load_config
@@ -149,11 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     sjobs = [student_job(k, t, [*v, *quick], out, runs) for k, (t, v) in probes.items()]
     gone = teachers_to_retrain(sjobs)
     if gone and not args.retrain_teachers:
-        ap.error(
-            f"the weights of teacher probe(s) {', '.join(gone)} are gone ({runs} is not kept in git) and "
-            "student probes need them (no stored result of theirs can be matched to those weights): "
-            "run again with --retrain-teachers"
-        )
+        ap.error(gone_teachers_error(gone, runs, "student probes"))
     if gone:  # trained again, their new results replace the stored ones (and the students follow them)
         redo = [next(j for j in tjobs if j[0] == g) for g in gone]
         again = dict(zip(gone, pool_map([(*j, True) for j in redo], args.jobs, run_probe), strict=True))

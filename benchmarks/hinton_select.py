@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from benchcommon import machine
-from hinton_mnist import CONFIG, current_result, fingerprint, runtime_overrides, teacher_file
+from hinton_mnist import CONFIG, current_result, fingerprint, runtime_overrides, teacher_file, weights_sha
 
 from kdkit.checkpoint import atomic_write_text, file_sha256
 from kdkit.config import load_config
@@ -150,15 +150,6 @@ def teacher_paths(teacher: Teachers) -> list[Path]:
     return [] if teacher is None else teacher if isinstance(teacher, list) else [teacher]
 
 
-def weights_sha(teacher: Path, out: Path) -> str | None:
-    """The sha256 of a teacher candidate's weights: of its checkpoint, else as its stored result records it
-    (the weights may be gone, e.g. in a fresh checkout: results/ is in git, runs/ is not); None if unknown."""
-    if teacher.exists():
-        return file_sha256(teacher)
-    rec = out / f"{teacher.parent.parent.name}.json"  # teacher_file(runs, name): runs/<name>/checkpoints/
-    return json.loads(rec.read_text()).get("weights_sha256") if rec.exists() else None
-
-
 def _resolve(
     overrides: list[str], teacher: Teachers, out: Path, progress: bool, threads: int | None
 ) -> tuple[Any, str | None]:
@@ -170,7 +161,8 @@ def _resolve(
     elif teacher is not None:
         over.append(f"teacher.checkpoint={json.dumps(str(teacher))}")
     cfg = load_config(CONFIG, over)
-    shas = [weights_sha(p, out) for p in teacher_paths(teacher)]
+    # teacher_file(runs, name) is runs/<name>/checkpoints/teacher.safetensors
+    shas = [weights_sha(out, p.parent.parent.name, p) for p in teacher_paths(teacher)]
     if None in shas:
         return cfg, None
     return cfg, fingerprint(cfg, "+".join(shas) if shas else None)
@@ -189,6 +181,14 @@ def teachers_to_retrain(jobs: list[tuple]) -> list[str]:
         p.parent.parent.name for j in jobs if not is_current(j) for p in teacher_paths(j[3]) if not p.exists()
     }
     return sorted(need)
+
+
+def gone_teachers_error(gone: list[str], runs: Path, what: str) -> str:
+    """The message when the teachers `gone` have lost their weights but some `what` (students) need them."""
+    return (
+        f"the weights of teacher(s) {', '.join(gone)} are gone ({runs} is not kept in git) and {what} need "
+        "them (no stored result of theirs can be matched to those weights): run again with --retrain-teachers"
+    )
 
 
 def run_candidate(
@@ -210,7 +210,7 @@ def run_candidate(
     path = out / f"{name}.json"
     cfg, fp = _resolve(overrides, teacher, out, progress, threads)
     stored = None if force or fp is None else current_result(path, fp)
-    weights = runs / name / "checkpoints" / "teacher.safetensors"
+    weights = teacher_file(runs, name)
     if stored is not None:
         if role == "teacher" and "weights_sha256" not in stored and weights.exists():
             stored["weights_sha256"] = file_sha256(weights)  # results stored before the field
@@ -325,11 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         def run_students(jobs: list[tuple]) -> list[dict[str, Any]]:
             gone = teachers_to_retrain(jobs)
             if gone:
-                ap.error(
-                    f"the weights of teacher candidate(s) {', '.join(gone)} are gone ({runs} is not kept in git) "
-                    "and student candidates need them (no stored result of theirs can be matched to those "
-                    "weights): run again with --retrain-teachers"
-                )
+                ap.error(gone_teachers_error(gone, runs, "student candidates"))
             return pool_map(jobs, args.jobs)
 
         sres = dict(zip(students, run_students([student_job(k, best_t) for k in students]), strict=True))
