@@ -47,6 +47,11 @@ TEACHERS: dict[str, list[str]] = {
     # Raw pixels in [0, 1] (as Hinton et al. fed their nets) instead of the standardised inputs kdkit's
     # loader gives by default; teacher and student alike (data.normalize).
     "raw-pixels": ["data.normalize=false"],
+    # Other lengths of the config's schedule (same rate, cosine decay to zero). Shorter: teachers stopped
+    # early teach better than fully trained ones in Cho & Hariharan (2019), "On the efficacy of knowledge
+    # distillation". Here they taught worse (40 and 80 epochs),.
+    "40ep": ["teacher.train.epochs=40"],
+    "80ep": ["teacher.train.epochs=80"],
 }
 # Student probes: (teacher, overrides). The config's distilled recipe unless the overrides say otherwise.
 STUDENTS: dict[str, tuple[str, list[str]]] = {
@@ -65,6 +70,10 @@ STUDENTS: dict[str, tuple[str, list[str]]] = {
     "ensemble-base+maxnorm-1-T20-s1": ("base+maxnorm-1", ["seed=1"]),
     "raw-pixels-T20-s0": ("raw-pixels", []),
     "raw-pixels-T20-s1": ("raw-pixels", ["seed=1"]),
+    "40ep-T20-s0": ("40ep", []),
+    "40ep-T20-s1": ("40ep", ["seed=1"]),
+    "80ep-T20-s0": ("80ep", []),
+    "80ep-T20-s1": ("80ep", ["seed=1"]),
 }
 # Scratch students (student.train, hard labels), the baseline of the probes that change the data.
 SCRATCH: dict[str, list[str]] = {"scratch-s0": [], "scratch-raw-pixels-s0": ["data.normalize=false"]}
