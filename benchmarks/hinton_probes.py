@@ -52,6 +52,7 @@ TEACHERS: dict[str, list[str]] = {
     # distillation". Here they taught worse (40 and 80 epochs),.
     "40ep": ["teacher.train.epochs=40"],
     "80ep": ["teacher.train.epochs=80"],
+    "220ep": ["teacher.train.epochs=220"],
 }
 # Student probes: (teacher, overrides). The config's distilled recipe unless the overrides say otherwise.
 STUDENTS: dict[str, tuple[str, list[str]]] = {
@@ -74,6 +75,8 @@ STUDENTS: dict[str, tuple[str, list[str]]] = {
     "40ep-T20-s1": ("40ep", ["seed=1"]),
     "80ep-T20-s0": ("80ep", []),
     "80ep-T20-s1": ("80ep", ["seed=1"]),
+    "220ep-T20-s0": ("220ep", []),
+    "220ep-T20-s1": ("220ep", ["seed=1"]),
 }
 # Scratch students (student.train, hard labels), the baseline of the probes that change the data.
 SCRATCH: dict[str, list[str]] = {"scratch-s0": [], "scratch-raw-pixels-s0": ["data.normalize=false"]}
