@@ -49,7 +49,7 @@ TEACHERS: dict[str, list[str]] = {
     "raw-pixels": ["data.normalize=false"],
     # Other lengths of the config's schedule (same rate, cosine decay to zero). Shorter: teachers stopped
     # early teach better than fully trained ones in Cho & Hariharan (2019), "On the efficacy of knowledge
-    # distillation". Here they taught worse (40 and 80 epochs),.
+    # distillation". Here they taught worse (40 and 80 epochs), so a longer one (220 epochs) is probed too.
     "40ep": ["teacher.train.epochs=40"],
     "80ep": ["teacher.train.epochs=80"],
     "220ep": ["teacher.train.epochs=220"],
