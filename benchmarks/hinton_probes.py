@@ -54,29 +54,29 @@ TEACHERS: dict[str, list[str]] = {
     "80ep": ["teacher.train.epochs=80"],
     "220ep": ["teacher.train.epochs=220"],
 }
+
+
+def seeds(probe: str, teacher: str, overrides: list[str] | None = None) -> dict[str, tuple[str, list[str]]]:
+    """A student probe with seeds 0 and 1 (both validated on the same split, data.split_seed=0)."""
+    over = overrides or []
+    return {f"{probe}-s0": (teacher, over), f"{probe}-s1": (teacher, [*over, "seed=1"])}
+
+
 # Student probes: (teacher, overrides). The config's distilled recipe unless the overrides say otherwise.
 STUDENTS: dict[str, tuple[str, list[str]]] = {
-    "base-T20-s0": ("base", []),
-    "base-T20-s1": ("base", ["seed=1"]),
+    **seeds("base-T20", "base"),
     # A lower temperature is what a teacher with proportionally larger logits would give at T=20.
     "base-T10-s0": ("base", ["distill.temperature=10"]),
     "base-T5-s0": ("base", ["distill.temperature=5"]),
-    "maxnorm-1-T20-s0": ("maxnorm-1", []),
-    "maxnorm-1-T20-s1": ("maxnorm-1", ["seed=1"]),
-    "maxnorm-2-lr0.1-T20-s0": ("maxnorm-2-lr0.1", []),
-    "maxnorm-2-lr0.1-T20-s1": ("maxnorm-2-lr0.1", ["seed=1"]),
+    **seeds("maxnorm-1-T20", "maxnorm-1"),
+    **seeds("maxnorm-2-lr0.1-T20", "maxnorm-2-lr0.1"),
     # Not the paper's single teacher: is the dark knowledge of one teacher noisy? The mean of two teachers'
     # softened probabilities (distill.ensemble's default) from the two teachers of the config's rate.
-    "ensemble-base+maxnorm-1-T20-s0": ("base+maxnorm-1", []),
-    "ensemble-base+maxnorm-1-T20-s1": ("base+maxnorm-1", ["seed=1"]),
-    "raw-pixels-T20-s0": ("raw-pixels", []),
-    "raw-pixels-T20-s1": ("raw-pixels", ["seed=1"]),
-    "40ep-T20-s0": ("40ep", []),
-    "40ep-T20-s1": ("40ep", ["seed=1"]),
-    "80ep-T20-s0": ("80ep", []),
-    "80ep-T20-s1": ("80ep", ["seed=1"]),
-    "220ep-T20-s0": ("220ep", []),
-    "220ep-T20-s1": ("220ep", ["seed=1"]),
+    **seeds("ensemble-base+maxnorm-1-T20", "base+maxnorm-1"),
+    **seeds("raw-pixels-T20", "raw-pixels"),
+    **seeds("40ep-T20", "40ep"),
+    **seeds("80ep-T20", "80ep"),
+    **seeds("220ep-T20", "220ep"),
 }
 # Scratch students (student.train, hard labels), the baseline of the probes that change the data.
 SCRATCH: dict[str, list[str]] = {"scratch-s0": [], "scratch-raw-pixels-s0": ["data.normalize=false"]}
