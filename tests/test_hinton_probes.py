@@ -20,6 +20,7 @@ def test_quick_probes_record_validation_errors_and_teacher_logits_and_resume(tmp
         "40ep",
         "80ep",
         "220ep",
+        "300ep",
     }
     assert set(doc["scratch"]) == {"scratch-s0"} and 0 <= doc["scratch"]["scratch-s0"]["val_errors"] <= 10000
     assert set(doc["students"]) == {"base-T20-s0", "base-T20-s1"}
@@ -32,7 +33,7 @@ def test_quick_probes_record_validation_errors_and_teacher_logits_and_resume(tmp
         assert lg["logit_range_mean"] >= lg["top_lead_mean"] > 0
         assert 0.1 < lg["p_max_at_T_mean"] < 1 and lg["temperature"] == 20.0
     per_run = sorted((tmp_path / "results" / "hinton_probes_quick").glob("*.json"))
-    assert len(per_run) == 11  # 8 teachers, 1 scratch student, 2 distilled students
+    assert len(per_run) == 12  # 9 teachers, 1 scratch student, 2 distilled students
     for p in per_run:
         rec = json.loads(p.read_text())
         assert not any("test" in k or k in ("accuracy", "errors") for k in rec), rec  # validation only
