@@ -153,6 +153,22 @@ def plan(seeds: list[int], quick: bool, jittered_transfer: bool = False) -> list
     return runs
 
 
+# Config fields added after results were stored, whose default (None) keeps the behaviour from before them:
+# data.split_seed (split by the run's seed) and train.ema_decay (no weight average). Left out at their default,
+# so that stored results stay current.
+_LATER_FIELDS = frozenset({"split_seed", "ema_decay"})
+
+
+def _without_later_defaults(doc: Any) -> Any:
+    if isinstance(doc, dict):
+        return {
+            k: _without_later_defaults(v) for k, v in doc.items() if not (k in _LATER_FIELDS and v is None)
+        }
+    if isinstance(doc, list):
+        return [_without_later_defaults(v) for v in doc]
+    return doc
+
+
 def fingerprint(cfg: Any, teacher_sha256: str | None) -> str:
     """Return a hash of what a run's result depends on: its resolved config and its teacher's weights.
 
@@ -164,8 +180,6 @@ def fingerprint(cfg: Any, teacher_sha256: str | None) -> str:
     """
     doc = cfg.model_dump(mode="json")
     doc.pop("runtime", None)
-    if doc["data"].get("split_seed") is None:  # the default (split by the run's seed), as before the field
-        doc["data"].pop("split_seed", None)
     phases = set(cfg.phases)
     if "distill" not in phases:
         doc.pop("distill", None)
@@ -181,7 +195,7 @@ def fingerprint(cfg: Any, teacher_sha256: str | None) -> str:
         member.pop("checkpoint", None)
     if "teacher" not in phases:
         teacher.pop("train", None)
-    h = hashlib.sha256(json.dumps(doc, sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps(_without_later_defaults(doc), sort_keys=True).encode())
     if teacher_sha256 is not None:
         h.update(teacher_sha256.encode())
     return h.hexdigest()

@@ -5,14 +5,16 @@ import math
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from kdkit.checkpoint import load_checkpoint
 from kdkit.config import TrainConfig
 from kdkit.data.loader import InMemoryLoader
 from kdkit.engine import Engine, NonFiniteLossError
+from kdkit.errors import KdkitError
 from kdkit.losses import Objective, Term
 from kdkit.models import create
-from kdkit.optim import FusedSGD, build_optimizer, lr_factor
+from kdkit.optim import FusedSGD, WeightEma, build_optimizer, lr_factor
 from kdkit.resume import CheckpointPolicy, list_states
 from kdkit.runtime import resolve_runtime
 from kdkit.teacher import FrozenTeacher
@@ -233,3 +235,110 @@ def test_compile_failure_falls_back_to_eager_with_a_message(monkeypatch):
     res = eng.fit("t", _mlp(), Objective.hard_labels(), InMemoryLoader(x, y, 16), TrainConfig(epochs=2))
     assert res.steps == 8 and "torch.compile failed (RuntimeError: no compiler here)" in out.getvalue()
     assert res.history[-1]["loss"] < res.history[0]["loss"]
+
+
+def test_weight_ema_averages_float_state_with_warmup_and_copies_integer_buffers():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = WeightEma(net, decay=0.9)
+    w0 = net[0].weight.detach().clone()
+    expected = w0.clone()
+    for n in range(200):
+        with torch.no_grad():
+            net[0].weight.add_(1.0)
+        net(torch.randn(8, 3))  # moves the batch-norm statistics and its integer batch count
+        d = min(0.9, (1 + n) / (10 + n))
+        assert ema.current_decay() == pytest.approx(d)
+        expected = d * expected + (1 - d) * net[0].weight.detach()
+        ema.update()
+    torch.testing.assert_close(ema.shadow["0.weight"], expected)
+    # Once warmed up (decay 0.9 from update 80 on) the average of weights moving +1 per step lags them by
+    # decay / (1 - decay) = 9 steps.
+    lag = (net[0].weight - ema.shadow["0.weight"]).mean().item()
+    assert lag == pytest.approx(9.0, abs=1e-3)
+    assert int(ema.shadow["1.num_batches_tracked"]) == 200  # copied, not averaged
+    rm = ema.shadow["1.running_mean"]
+    assert not torch.equal(rm, net[1].running_mean) and not torch.equal(rm, torch.zeros(2))
+    copy_ = copy.deepcopy(net)
+    ema.copy_to(copy_)
+    torch.testing.assert_close(copy_[0].weight, expected)
+    torch.testing.assert_close(net[0].weight.detach(), w0 + 200)  # the live model is untouched
+    with pytest.raises(ValueError, match="decay"):
+        WeightEma(net, decay=1.0)
+
+
+def test_fit_with_ema_validates_and_returns_the_average_and_resumes_bit_identically(tmp_path):
+    x, y = _blobs()
+    val = InMemoryLoader(x[:128], y[:128], 64, mean=[0.3], std=[0.3])
+    cfg = TrainConfig(epochs=4, lr=0.1, ema_decay=0.95)
+
+    def loader():
+        return InMemoryLoader(x, y, 32, shuffle=True, seed=0, mean=[0.3], std=[0.3])
+
+    # The reference average, built from the weights after every optimizer step of the same run.
+    torch.manual_seed(0)
+    model = _mlp()
+    ref = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    n = [0]
+
+    def follow(opt, args, kwargs):
+        d = min(0.95, (1 + n[0]) / (10 + n[0]))
+        for k, v in model.state_dict().items():
+            ref[k].mul_(d).add_(v.detach(), alpha=1 - d)
+        n[0] += 1
+
+    handle = register_optimizer_step_post_hook(follow)
+    try:
+        res = _engine().fit(
+            "t",
+            model,
+            Objective.hard_labels(),
+            loader(),
+            cfg,
+            val_loader=val,
+            checkpoint=CheckpointPolicy(tmp_path / "a", keep=10),
+        )
+    finally:
+        handle.remove()
+    assert n[0] == 4 * 16 and res.model is model
+    for k, v in res.model.state_dict().items():
+        torch.testing.assert_close(v, ref[k], rtol=1e-5, atol=1e-6)
+    # Validation was on the average: the returned model's accuracy is what the last epoch recorded.
+    acc = _engine().evaluate(res.model, val).accuracy
+    assert res.val.accuracy == acc == res.history[-1]["val_accuracy"] and acc > 0.9
+
+    # Resumed from the state after epoch 2 (which holds the average), the run ends bit for bit the same.
+    states = list_states(tmp_path / "a", "t")
+    assert [s for s, _ in states] == [16, 32, 48, 64]
+    tensors, meta = load_checkpoint(states[1][1])
+    assert meta["ema"]["updates"] == 32 and any(k.startswith("ema.") for k in tensors)
+    (tmp_path / "b").mkdir()
+    for suffix in (".json", ".safetensors"):
+        src = states[1][1].with_suffix(suffix)
+        (tmp_path / "b" / src.name).write_bytes(src.read_bytes())
+    torch.manual_seed(123)
+    again = _engine().fit(
+        "t",
+        _mlp(),
+        Objective.hard_labels(),
+        loader(),
+        cfg,
+        val_loader=val,
+        checkpoint=CheckpointPolicy(tmp_path / "b", keep=10, resume=True),
+    )
+    for (k, a), b in zip(res.model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+    # A state written without an average cannot continue a run that keeps one.
+    plain = TrainConfig(epochs=1, lr=0.1)
+    _engine().fit(
+        "p", _mlp(), Objective.hard_labels(), loader(), plain, checkpoint=CheckpointPolicy(tmp_path / "c")
+    )
+    with pytest.raises(KdkitError, match="no weight average"):
+        _engine().fit(
+            "p",
+            _mlp(),
+            Objective.hard_labels(),
+            loader(),
+            TrainConfig(epochs=2, lr=0.1, ema_decay=0.9),
+            checkpoint=CheckpointPolicy(tmp_path / "c", resume=True),
+        )

@@ -59,6 +59,13 @@ class TrainConfig(_Strict):
     warmup_epochs: float = Field(0.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this value")
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="keep an exponential moving average of the weights (decay per step, warmed up as "
+        "min(decay, (1 + step) / (10 + step))); the phase validates and returns the averaged weights",
+    )
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="stop: end the run naming the step and term; skip: drop such batches (counted)"
     )

@@ -6,6 +6,7 @@ where needed, a teacher.
 
 from __future__ import annotations
 
+import copy
 import io
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from kdkit.errors import KdkitError
 from kdkit.losses.objective import Objective
 from kdkit.metrics import MetricsLogger
 from kdkit.models import constraints
-from kdkit.optim import build_optimizer, build_scheduler
+from kdkit.optim import WeightEma, build_optimizer, build_scheduler
 from kdkit.resume import (
     CheckpointPolicy,
     load_latest_state,
@@ -268,6 +269,9 @@ class Engine:
         params = list(model.parameters()) + list(objective.parameters())
         opt = build_optimizer(params, cfg)
         constrain_fns = constraints(model)  # max-norm and the like, applied after every step
+        # With an average of the weights, the phase validates and returns the average: `shipped` holds it.
+        ema = WeightEma(model, cfg.ema_decay) if cfg.ema_decay is not None else None
+        shipped = copy.deepcopy(model) if ema is not None else model
         dinfo = distributed.info()
         # The student trains inside DDP (gradients averaged across ranks); teachers never do, they are frozen.
         # Objective adapters live outside the student: their gradients are averaged explicitly.
@@ -294,6 +298,12 @@ class Engine:
             model.load_state_dict(unprefixed("model.", tensors))
             objective.load_state_dict(unprefixed("objective.", tensors))
             load_optimizer_state(opt, unprefixed("optimizer.", tensors), meta["optimizer"])
+            if ema is not None:
+                if "ema" not in meta:
+                    raise KdkitError(
+                        f"phase {phase!r}: the saved state has no weight average but train.ema_decay is set"
+                    )
+                ema.load(unprefixed("ema.", tensors), meta["ema"])
             sched.load_state_dict(meta["scheduler"])
             epoch0, batch0, step, samples = meta["epoch"], meta["batch"], meta["step"], meta["samples"]
             history, seconds_before = meta["history"], meta["train_seconds"]
@@ -319,6 +329,9 @@ class Engine:
                 **prefixed("optimizer.", opt_t),
                 **(current.tensors() if current else {}),
             }
+            if ema is not None:
+                ema_t, ema_m = ema.state()
+                tensors.update(prefixed("ema.", ema_t))
             meta = {
                 "epoch": epoch,
                 "batch": batch,
@@ -329,6 +342,7 @@ class Engine:
                 "optimizer": opt_m,
                 "scheduler": sched.state_dict(),
                 "train_seconds": seconds_before + time.perf_counter() - t0,
+                **({"ema": ema_m} if ema is not None else {}),
             }
             save_state(checkpoint, phase, step, tensors, meta)
 
@@ -429,6 +443,8 @@ class Engine:
                     sched.step()
                     for constrain in constrain_fns:
                         constrain()
+                    if ema is not None:
+                        ema.update()
                     step += 1
                     if cfg.on_nonfinite == "stop":
                         self._track_non_finite(first_bad, parts, step)
@@ -500,12 +516,14 @@ class Engine:
                     rec["skipped_batches"] = sums.skipped
                 self._check_finite(phase, first_bad)
                 if val_loader is not None and len(val_loader.images):
-                    val_result = self.evaluate(model, val_loader)
+                    if ema is not None:
+                        ema.copy_to(shipped)
+                    val_result = self.evaluate(shipped, val_loader)
                     rec["val_accuracy"] = val_result.accuracy
                     rec["val_loss"] = val_result.loss
-                    if isinstance(model, Cohort):  # every trained member, not only the primary
-                        for name, member in model.members.items():
-                            acc = val_result if name == model.primary else self.evaluate(member, val_loader)
+                    if isinstance(shipped, Cohort):  # every trained member, not only the primary
+                        for name, member in shipped.members.items():
+                            acc = val_result if name == shipped.primary else self.evaluate(member, val_loader)
                             rec[f"val_accuracy.{name}"] = acc.accuracy
                 rec["elapsed_seconds"] = seconds_before + time.perf_counter() - t0
                 history.append(rec)
@@ -531,6 +549,8 @@ class Engine:
             for tap in (s_tap, t_tap):
                 if tap is not None:
                     tap.remove()
+        if ema is not None:
+            ema.copy_to(model)  # the phase's result is the average
         if val_result is None and val_loader is not None and len(val_loader.images) and history:
             val_result = self.evaluate(model, val_loader)
         return FitResult(

@@ -97,3 +97,62 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total, cfg, steps_per_epoch)
     )
+
+
+class WeightEma:
+    """Exponential moving average of a model's weights, for the phase to validate and return.
+
+    Every floating-point entry of the model's state (parameters and buffers such as batch-norm statistics)
+    is averaged in place, one fused lerp per step; integer buffers (batch counts) are copied. The decay is
+    warmed up as min(decay, (1 + n) / (10 + n)) after n updates, so that the average forgets its random
+    initialisation early in training (as TensorFlow's ExponentialMovingAverage and timm's ModelEmaV3 do).
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0 < decay < 1:
+            raise ValueError(f"ema decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.updates = 0
+        state = model.state_dict()
+        self.names = list(state)
+        self._live = [
+            state[k] for k in self.names
+        ]  # the model's own tensors (state_dict() detaches, no copy)
+        self.shadow = {k: v.detach().clone() for k, v in state.items()}
+        self._float = [i for i, v in enumerate(self._live) if v.is_floating_point()]
+        self._other = [i for i, v in enumerate(self._live) if not v.is_floating_point()]
+
+    def current_decay(self) -> float:
+        """Return the decay the next update uses."""
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Move the average towards the model's current weights."""
+        d = self.current_decay()
+        shadow = [self.shadow[self.names[i]] for i in self._float]
+        live = [self._live[i] for i in self._float]
+        if shadow:
+            torch._foreach_lerp_(shadow, live, 1.0 - d)
+        for i in self._other:
+            self.shadow[self.names[i]].copy_(self._live[i])
+        self.updates += 1
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Return the averaged tensors and the update count, for a checkpoint."""
+        return dict(self.shadow), {"updates": self.updates, "decay": self.decay}
+
+    @torch.no_grad()
+    def load(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Restore the average written by state()."""
+        missing = set(self.names) - set(tensors)
+        if missing:
+            raise KeyError(f"ema state lacks {sorted(missing)[:3]}")
+        for k in self.names:
+            self.shadow[k].copy_(tensors[k])
+        self.updates = int(meta["updates"])
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Load the averaged weights into a model of the same architecture."""
+        model.load_state_dict(self.shadow)
