@@ -80,6 +80,18 @@ STUDENTS: dict[str, tuple[str, list[str]]] = {
     **seeds("80ep-T20", "80ep"),
     **seeds("220ep-T20", "220ep"),
     **seeds("300ep-T20", "300ep"),
+    # On the student's side, from the best teacher above: an exponential moving average of the student's
+    # weights (train.ema_decay; validated and returned instead of the last iterate), with a horizon of about
+    # 2.5 and about 25 of the 60 epochs (1,000 and 10,000 of 23,460 steps).
+    **seeds("220ep-T20-ema0.999", "220ep", ["distill.train.ema_decay=0.999"]),
+    **seeds("220ep-T20-ema0.9999", "220ep", ["distill.train.ema_decay=0.9999"]),
+    # The average of a trajectory that keeps moving (Izmailov et al. 2018, stochastic weight averaging): the
+    # rate held constant, where the last iterate alone did worse than the cosine schedule (RESULTS.md).
+    **seeds(
+        "220ep-T20-const-ema0.9999",
+        "220ep",
+        ["distill.train.schedule=constant", "distill.train.ema_decay=0.9999"],
+    ),
 }
 # Scratch students (student.train, hard labels), the baseline of the probes that change the data.
 SCRATCH: dict[str, list[str]] = {"scratch-s0": [], "scratch-raw-pixels-s0": ["data.normalize=false"]}

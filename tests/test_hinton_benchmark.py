@@ -47,6 +47,13 @@ def test_fingerprint_follows_the_recipe_and_the_teachers_weights():
     base = fingerprint(load_config(CONFIG, []), None)
     assert fingerprint(load_config(CONFIG, ["runtime.threads=1"]), None) == base  # runtime: not a recipe
     assert fingerprint(load_config(CONFIG, ["student.train.epochs=31"]), None) != base
+    # Fields added after results were stored count once set, and not at their default (None: the behaviour
+    # from before them), so that stored results stay current; the distilled student's inherited train too.
+    assert fingerprint(load_config(CONFIG, ["distill.train.ema_decay=0.999"]), None) != base
+    assert fingerprint(load_config(CONFIG, ["teacher.train.ema_decay=0.999"]), None) != base
+    assert fingerprint(load_config(CONFIG, ["data.split_seed=0"]), None) != base
+    stored = json.loads((ROOT / "benchmarks/results/hinton_mnist/teacher-s0.json").read_text())
+    assert fingerprint(load_config(CONFIG, ["seed=0", "phases=[teacher]"]), None) == stored["fingerprint"]
     assert fingerprint(load_config(CONFIG, []), "a" * 64) != fingerprint(load_config(CONFIG, []), "b" * 64)
     # Only what a run's phases read: a teacher run ignores the student, a scratch run the teacher and distill.
     teacher = ["phases=[teacher]"]
