@@ -92,8 +92,8 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
     return st
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Return (tensors, meta) of a kdkit checkpoint given its .safetensors, .json or base path."""
+def _checkpoint_files(path: str | Path) -> tuple[Path, Path]:
+    """Return (safetensors, json) of a kdkit checkpoint given either file or the base path; both must exist."""
     given = Path(path)
     if given.suffix not in ("", ".safetensors", ".json"):
         raise CheckpointError(
@@ -106,12 +106,28 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(f"checkpoint metadata {str(js)!r} is missing (expected beside {str(st)!r})")
     if not st.is_file():
         raise CheckpointError(f"checkpoint tensors {str(st)!r} are missing (expected beside {str(js)!r})")
+    return st, js
+
+
+def _read_meta(js: Path) -> dict[str, Any]:
     try:
         meta = json.loads(js.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint metadata {str(js)!r} is not valid JSON: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f'{str(js)!r} is not kdkit checkpoint metadata (no "format": "{FORMAT}")')
+    return meta
+
+
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """Return the metadata of a kdkit checkpoint (both files must exist; the tensors are not read)."""
+    return _read_meta(_checkpoint_files(path)[1])
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Return (tensors, meta) of a kdkit checkpoint given its .safetensors, .json or base path."""
+    st, js = _checkpoint_files(path)
+    meta = _read_meta(js)
     try:
         tensors = load_file(str(st))
     except (SafetensorError, OSError, ValueError) as exc:

@@ -476,6 +476,17 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"phases must not repeat, got {v}")
         return v
 
+    @field_validator("student")
+    @classmethod
+    def _student_is_trained(cls, v: PhaseModel) -> PhaseModel:
+        if v.checkpoint is not None:
+            raise ValueError(
+                "checkpoint is not used here: the student is what a run trains (from scratch and distilled, "
+                "from the same initial weights); to evaluate a trained student use `kdkit eval CHECKPOINT`, to "
+                "teach with one set teacher.checkpoint or strategy.assistant.checkpoint"
+            )
+        return v
+
     @model_validator(mode="after")
     def _strategies(self) -> ExperimentConfig:
         # Cross-section rules of ensembles and unlabeled transfer sets, each naming the fields involved.

@@ -239,14 +239,19 @@ def rebuild_model(meta: dict[str, Any], path: str | Path) -> nn.Module:
         raise CheckpointError(f"{str(path)!r}: cannot rebuild the model it describes: {exc}") from None
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Return (model, metadata) rebuilt from a kdkit model checkpoint."""
-    tensors, meta = load_checkpoint(path)
+def check_model_meta(meta: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """Return a checkpoint's metadata, or raise CheckpointError when it does not describe a model."""
     if meta.get("kind") != "model" or "model" not in meta:
         raise CheckpointError(
             f"{str(path)!r} is a {meta.get('kind', 'unknown')!r} checkpoint, not a model checkpoint"
         )
-    model = rebuild_model(meta, path)
+    return meta
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Return (model, metadata) rebuilt from a kdkit model checkpoint."""
+    tensors, meta = load_checkpoint(path)
+    model = rebuild_model(check_model_meta(meta, path), path)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise CheckpointError(
@@ -318,13 +323,19 @@ def _eval_record(
     return rec
 
 
-def adjust_class_bias(model: nn.Module, class_bias: dict[int, float]) -> None:
-    """Add the given amounts to the output bias of these classes (Hinton et al. 2015, section 3)."""
+def bias_head(model: nn.Module) -> nn.Module:
+    """Return the model's `classifier` layer, or raise ModelError when it has none with a bias."""
     head = getattr(model, "classifier", None)
     if head is None or getattr(head, "bias", None) is None:
         raise ModelError(
             f"class_bias needs a model with a `classifier` layer that has a bias; {type(model).__name__} has none"
         )
+    return head
+
+
+def adjust_class_bias(model: nn.Module, class_bias: dict[int, float]) -> None:
+    """Add the given amounts to the output bias of these classes (Hinton et al. 2015, section 3)."""
+    head = bias_head(model)
     with torch.no_grad():
         for c, v in class_bias.items():
             if not 0 <= c < head.bias.shape[0]:
@@ -404,7 +415,8 @@ def run_experiment(
     With `resume`, phases that finished are loaded from their checkpoints and the interrupted one continues
     from its newest training state.
     """
-    from kdkit.strategies import check_strategy, needs_trained_teacher, run_strategy  # builds on this module
+    from kdkit.preflight import preflight  # builds on this module
+    from kdkit.strategies import check_strategy, needs_trained_teacher, run_strategy
 
     console = console or make_console()
     check_strategy(cfg)
@@ -418,6 +430,10 @@ def run_experiment(
         raise ConfigError(
             "phases: 'distill' needs a teacher: add 'teacher' to phases or set teacher.checkpoint"
         )
+    # The data and every check that needs no training come first: a mistake fails in seconds, before the
+    # run directory is made and before any phase trains.
+    bundle = load_data(cfg.data, cfg.seed)
+    preflight(cfg, bundle)
     dinfo = distributed.init(cfg.runtime.backend)
     main = dinfo.is_main
     if not main:
@@ -446,7 +462,6 @@ def run_experiment(
     )
     t_start = time.perf_counter()
     try:
-        bundle = load_data(cfg.data, cfg.seed)
         console.print(
             f"data {cfg.data.dataset}: train {len(bundle.train)}, val {len(bundle.val)}, test {len(bundle.test)}; "
             f"precision {runtime.precision}, {torch.get_num_threads()} threads, run dir {run_dir}",
