@@ -1,4 +1,4 @@
-"""The `kdkit` command line: run, quickstart, train, distill, eval, compress, models."""
+"""The `kdkit` command line: run, quickstart, train, distill, eval, compress, cache, sweep, models."""
 
 from __future__ import annotations
 
@@ -34,6 +34,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config field, e.g. --set student.train.epochs=5 (repeatable; values are YAML)",
     )
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 0,1,2, got {text!r}"
+        ) from None
+    return seeds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +139,42 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a config field (repeatable)",
+    )
+
+    p = sub.add_parser(
+        "sweep",
+        help="run a config over a grid of values (e.g. a temperature study), resumable, with one table",
+        description="Run CONFIG for every combination of the --vary values and every seed. What the grid "
+        "does not vary (the teacher, the scratch student) is trained once per seed and shared. One result "
+        "JSON per finished run in OUT/results/; run the same command again to continue an interrupted sweep.",
+        epilog=EPILOG,
+    )
+    p.add_argument("config", help="experiment YAML")
+    p.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        required=True,
+        metavar="KEY=[V1,V2,...]",
+        help="a grid axis, e.g. --vary distill.temperature=[1,2,4,8] (repeatable: the grid is the product)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_seed_list,
+        default=None,
+        metavar="S1,S2,...",
+        help="seeds to run every point with (default: the config's seed)",
+    )
+    p.add_argument(
+        "--out", required=True, help="sweep directory: runs/, results/, sweep.json, sweep.md, sweep.png"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field for every run (repeatable; values are YAML)",
     )
 
     sub.add_parser("models", help="list the registered model names")
@@ -272,6 +318,26 @@ def _compress(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace, console: Console) -> int:
+    from kdkit.engine import RunInterrupted
+    from kdkit.signals import graceful_stop
+    from kdkit.sweep import run_sweep
+
+    with graceful_stop():
+        try:
+            run_sweep(args.config, args.overrides, args.vary, args.seeds, args.out, console)
+        except RunInterrupted as exc:
+            again = shlex.join(["kdkit", *sys.argv[1:]])
+            console.print(
+                f"{exc}\nthe finished runs are kept; continue the sweep with the same command:\n  {again}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+            return 128 + exc.signum
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `kdkit` command; returns the process exit status."""
     args = build_parser().parse_args(argv)
@@ -292,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "compress":
             return _compress(args, console)
+        if args.command == "sweep":
+            return _sweep(args, console)
         return _run(args, console)
     except KdkitError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
