@@ -61,6 +61,7 @@ METHODS = [
     "crd",
     "fsp",
     "ft",
+    "ofd",
 ]
 ALL = ["scratch", *METHODS]
 DEFAULT_SEEDS = [0, 1]

@@ -20,7 +20,7 @@ def test_plan_runs_scratch_and_kd_first_then_every_method_then_the_next_seed():
     runs = mb.plan(mb.ALL, [0, 1])
     n = len(mb.ALL)
     assert (
-        n == 16 and runs[:2] == [("scratch", 0), ("kd", 0)] and runs[n : n + 2] == [("scratch", 1), ("kd", 1)]
+        n == 17 and runs[:2] == [("scratch", 0), ("kd", 0)] and runs[n : n + 2] == [("scratch", 1), ("kd", 1)]
     )
     assert [m for m, s in runs if s == 0] == mb.ALL and len(runs) == 2 * n
     assert mb.plan(["fsp", "kd"], [1]) == [("kd", 1), ("fsp", 1)]

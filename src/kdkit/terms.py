@@ -76,6 +76,7 @@ LOSSES: dict[str, LossSpec] = {
     "vid": LossSpec(L.fitnet, "module"),
     "crd": LossSpec(L.fitnet, "module"),
     "factor_transfer": LossSpec(L.factor_transfer, "module"),
+    "ofd": LossSpec(L.ofd, "module"),
 }
 
 
@@ -85,6 +86,12 @@ def _module_loss(
     """Return the loss module of a stateful term, sized from the student and teacher features."""
     if name == "factor_transfer":
         return FactorTransferTerm.from_features(s, t, teacher_path, **options)
+    if name == "ofd":
+        if options:
+            raise TypeError(
+                f"ofd takes no options (its margins are measured on the teacher), got {sorted(options)}"
+            )
+        return L.OFDLoss.from_features(s, t)
     if name == "vid":
         if s.ndim != 4 or t.ndim != 4:
             raise ValueError(

@@ -9,8 +9,10 @@ from kdkit.losses.feature import (
     fitnet,
     fsp,
     nst,
+    ofd,
+    ofd_margin,
 )
-from kdkit.losses.modules import CRDLoss, Paraphraser, Translator, VIDLoss
+from kdkit.losses.modules import CRDLoss, OFDLoss, Paraphraser, Translator, VIDLoss
 from kdkit.losses.objective import RESPONSE_LOSSES, Objective, Term
 from kdkit.losses.relation import (
     correlation_congruence,
@@ -31,6 +33,7 @@ __all__ = [
     "ContrastLoss",
     "ContrastMemory",
     "Embed",
+    "OFDLoss",
     "Objective",
     "Paraphraser",
     "Term",
@@ -54,6 +57,8 @@ __all__ = [
     "kd_mse_mix",
     "logit_mse",
     "nst",
+    "ofd",
+    "ofd_margin",
     "pkt",
     "rkd",
     "similarity_preserving",

@@ -6,6 +6,7 @@ the docstrings name it and any deliberate deviation. The math runs in fp32 whate
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -82,6 +83,60 @@ def activation_boundary(student_preact: Tensor, teacher_preact: Tensor, margin: 
     below = torch.where((t > 0) & (s <= margin), (s - margin) ** 2, zero)
     above = torch.where((t <= 0) & (s > -margin), (s + margin) ** 2, zero)
     return (below + above).mean()
+
+
+def ofd_margin(teacher_preact: Tensor, eps: float = 1e-6) -> Tensor:
+    """Return the per-channel margin E[x | x < 0] of teacher pre-activations, assumed Gaussian per channel.
+
+    Heo et al. (2019), "A Comprehensive Overhaul of Feature Distillation" (clovaai/overhaul-distillation
+    ``get_margin_from_BN``): with mean m and standard deviation s of a channel,
+    margin = m - s * pdf(-m/s) / cdf(-m/s), and -3s where cdf(-m/s) <= 0.001 (almost never negative).
+    The reference reads m and s from the BatchNorm (bias, weight) just before the ReLU; here they are the
+    channel's measured mean and standard deviation over the batch (and positions of a map), which is the same
+    quantity for a BN -> ReLU feature and also right for features without one (a residual sum, an MLP layer).
+    Input (batch, channels[, H, W]); output (channels,), fp32, every entry negative.
+    """
+    if teacher_preact.dim() not in (2, 4) or teacher_preact.shape[0] < 2:
+        raise ValueError(
+            "ofd_margin expects pre-activations (batch >= 2, channels) or (batch >= 2, channels, height, width); "
+            f"got {_shape(teacher_preact)}"
+        )
+    t = teacher_preact.detach().float().transpose(0, 1).reshape(teacher_preact.shape[1], -1)
+    mean, std = t.mean(1), t.std(1).clamp_min(eps)
+    z = -mean / std
+    cdf = torch.special.ndtr(z)
+    pdf = torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    return torch.where(cdf > 1e-3, mean - std * pdf / cdf.clamp_min(1e-3), -3 * std)
+
+
+def ofd(student_preact: Tensor, teacher_preact: Tensor, margin: Tensor | float) -> Tensor:
+    """Return OFD's partial L2 distance between a (connected) student pre-activation and the teacher's.
+
+    clovaai/overhaul-distillation ``distillation_loss``: the teacher's negative responses are replaced by the
+    channel's margin (target = max(t, margin), the "margin ReLU"); the squared difference counts where the
+    target is positive or the student is above it, so a student already below a negative target is not pushed;
+    the sum is divided by batch x 1000 as in the reference's training loop, so its loss weights carry over.
+    Maps of different spatial size are pooled to the smaller one after the margin ReLU (the reference pools
+    the teacher down). ``margin``: a scalar or one value per channel (``ofd_margin``).
+    """
+    if student_preact.shape[:2] != teacher_preact.shape[:2] or student_preact.dim() != teacher_preact.dim():
+        raise ValueError(
+            f"ofd needs the student's feature connected to the teacher's channels, got student "
+            f"{_shape(student_preact)} and teacher {_shape(teacher_preact)}"
+        )
+    s, t = student_preact.float(), teacher_preact.detach().float()
+    m = torch.as_tensor(margin, dtype=t.dtype, device=t.device)
+    if m.dim() == 1:
+        if m.numel() != t.shape[1]:
+            raise ValueError(f"ofd: {m.numel()} margins for {t.shape[1]} teacher channels")
+        m = m.view(1, -1, *([1] * (t.dim() - 2)))
+    t = torch.maximum(t, m)
+    if t.dim() == 4:
+        s, t = _pool_to_common(s, t)
+    elif s.shape != t.shape:
+        raise ValueError(f"ofd: student {_shape(s)} and teacher {_shape(t)} differ")
+    sq = (s - t).pow(2) * ((s > t) | (t > 0))
+    return sq.sum() / (s.shape[0] * 1000)
 
 
 def _attention_map(f: Tensor, p: float) -> Tensor:

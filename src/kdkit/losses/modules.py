@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdkit.losses.contrastive import ContrastMemory, Embed, contrast_loss
-from kdkit.losses.feature import _check_maps, _pool_to_common
+from kdkit.losses.feature import _check_maps, _pool_to_common, ofd, ofd_margin
 
 
 def _channels(shape: int | Sequence[int]) -> int:
@@ -181,3 +181,49 @@ class CRDLoss(nn.Module):
             )
         out_s, out_t = self.contrast(self.embed_s(f_s), self.embed_t(f_t), idx, contrast_idx)
         return contrast_loss(out_s, self.n_data) + contrast_loss(out_t, self.n_data)
+
+
+class OFDLoss(nn.Module):
+    """Overhaul of feature distillation (Heo et al. 2019): connector, teacher margin ReLU, partial L2.
+
+    clovaai/overhaul-distillation ``Distiller``: the student's pre-ReLU feature goes through a connector
+    (1x1 conv without bias + BatchNorm, conv weights drawn from N(0, 2 / out_channels); for flat features a
+    bias-free linear layer + BatchNorm1d) to the teacher's channels, and is compared with ``ofd`` to the
+    teacher's pre-ReLU feature after the margin ReLU. The margins (a buffer, saved with the run) are measured
+    once from teacher pre-activations (``ofd_margin``); ``from_features`` builds both from a sample batch.
+    """
+
+    def __init__(self, s_channels: int, t_channels: int, margin: Tensor, spatial: bool = True) -> None:
+        super().__init__()
+        if margin.shape != (t_channels,):
+            raise ValueError(
+                f"OFDLoss: margin of shape {tuple(margin.shape)} for {t_channels} teacher channels"
+            )
+        if spatial:
+            conv = nn.Conv2d(s_channels, t_channels, kernel_size=1, bias=False)
+            nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / t_channels))
+            self.connector = nn.Sequential(conv, nn.BatchNorm2d(t_channels))
+        else:
+            self.connector = nn.Sequential(
+                nn.Linear(s_channels, t_channels, bias=False), nn.BatchNorm1d(t_channels)
+            )
+        self.register_buffer("margin", margin.detach().float().clone())
+
+    @classmethod
+    def from_features(cls, student_feat: Tensor, teacher_feat: Tensor) -> OFDLoss:
+        """Return the loss sized from, and with margins measured on, sample features (batch, C[, H, W])."""
+        if student_feat.dim() != teacher_feat.dim() or student_feat.dim() not in (2, 4):
+            raise ValueError(
+                "ofd compares pre-activations of the same kind on both sides, maps (N, C, H, W) or vectors (N, D); "
+                f"got student {tuple(student_feat.shape)} and teacher {tuple(teacher_feat.shape)}"
+            )
+        return cls(
+            student_feat.shape[1],
+            teacher_feat.shape[1],
+            ofd_margin(teacher_feat),
+            spatial=student_feat.dim() == 4,
+        )
+
+    def forward(self, student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
+        """Return ``ofd(connector(student_feat), teacher_feat, margin)``."""
+        return ofd(self.connector(student_feat), teacher_feat, self.margin)
