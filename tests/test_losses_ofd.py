@@ -77,9 +77,8 @@ def test_maps_of_other_sizes_are_pooled_after_the_margin_relu_and_gradients_skip
 def test_ofd_module_connects_the_student_to_the_teacher_channels_and_trains():
     torch.manual_seed(0)
     s = torch.randn(32, 8, 4, 4)
-    t = (
-        torch.einsum("oc,bchw->bohw", torch.randn(16, 8) / 3, s) - 0.3
-    )  # a linear map of the student's feature
+    # The teacher's feature is a linear map of the student's, so a connector can learn it.
+    t = torch.einsum("oc,bchw->bohw", torch.randn(16, 8) / 3, s) - 0.3
     loss = OFDLoss.from_features(s, t)
     conv, bn = loss.connector
     assert conv.weight.shape == (16, 8, 1, 1) and conv.bias is None and isinstance(bn, torch.nn.BatchNorm2d)
@@ -92,9 +91,8 @@ def test_ofd_module_connects_the_student_to_the_teacher_channels_and_trains():
         v = loss(s, t)
         v.backward()
         opt.step()
-    assert (
-        float(v.detach()) < 0.2 * first
-    )  # the connector learns to map the student onto the margin-ReLU'd teacher
+    # The connector learns to map the student onto the margin-ReLU'd teacher.
+    assert float(v.detach()) < 0.2 * first
     flat = OFDLoss.from_features(torch.randn(8, 5), torch.randn(8, 7))
     assert isinstance(flat.connector[1], torch.nn.BatchNorm1d) and flat.margin.shape == (7,)
     assert float(flat(torch.randn(8, 5), torch.randn(8, 7)).detach()) > 0
