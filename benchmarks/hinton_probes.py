@@ -31,7 +31,8 @@ from hinton_select import Teachers, gone_teachers_error, pool_map, run_candidate
 
 from kdkit.checkpoint import atomic_write_text
 from kdkit.config import load_config
-from kdkit.experiment import load_data, load_model
+from kdkit.data.bundle import load_data
+from kdkit.model_io import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL = ["data.val_size=10000", "data.split_seed=0"]

@@ -53,8 +53,8 @@ from kdkit.console import make_console
 from kdkit.data import load_dataset
 from kdkit.data.loader import Augment, InMemoryLoader, channel_stats
 from kdkit.engine import Engine
-from kdkit.experiment import load_model
 from kdkit.losses import Objective
+from kdkit.model_io import load_model
 from kdkit.models import create
 from kdkit.optim import build_optimizer
 from kdkit.runtime import Runtime, resolve_runtime, seed_everything

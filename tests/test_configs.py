@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from kdkit.config import build_config, load_config, load_yaml
-from kdkit.experiment import build_model, run_experiment
+from kdkit.experiment import run_experiment
 from kdkit.losses import Objective
+from kdkit.model_io import build_model
 from kdkit.taps import Tap
 from kdkit.terms import build_objective
 

@@ -6,11 +6,14 @@ import pytest
 import torch
 import yaml
 
+from kdkit.class_bias import adjust_class_bias
 from kdkit.cli import main
 from kdkit.config import build_config
 from kdkit.errors import ConfigError, RunDirError
-from kdkit.experiment import adjust_class_bias, load_model, prepare_run_dir, run_experiment
+from kdkit.experiment import run_experiment
+from kdkit.model_io import load_model
 from kdkit.models import create
+from kdkit.run_dir import prepare_run_dir
 
 SMALL = {
     "name": "tiny",
@@ -172,7 +175,7 @@ def test_distill_without_teacher_is_refused(tmp_path):
 def test_test_limit_keeps_evenly_spaced_test_images(data_root):
     from kdkit.config import DataConfig
     from kdkit.data import load_dataset
-    from kdkit.experiment import load_data
+    from kdkit.data.bundle import load_data
 
     full = load_dataset("mnist-small", "test")
     bundle = load_data(DataConfig(dataset="mnist-small", val_size=100, test_limit=7), seed=0)
@@ -192,7 +195,7 @@ def test_teacher_trained_on_the_validation_images_is_flagged(tmp_path):
     from rich.console import Console
 
     from kdkit import data as kdata
-    from kdkit.experiment import load_data, val_images_trained_on
+    from kdkit.data.bundle import load_data, val_images_trained_on
 
     base = {
         **SMALL,

@@ -8,9 +8,10 @@ import torch
 
 from kdkit.checkpoint import save_checkpoint
 from kdkit.config import build_config
+from kdkit.data.bundle import load_data
 from kdkit.engine import Engine
 from kdkit.errors import CheckpointError, ConfigError, KdkitError, ModelError
-from kdkit.experiment import load_data, run_experiment
+from kdkit.experiment import run_experiment
 from kdkit.models import create
 from kdkit.preflight import preflight
 
@@ -129,6 +130,75 @@ CASES = {
     ),
 }
 
+LABELED = {"dataset": "mnist-small", "val_size": 500, "labeled_fraction": 0.5}
+ENSEMBLE = {"ensemble": [{"model": MLP2}, {"model": {"name": "mlp", "hidden": [24]}}]}
+# Rules that live in the planner (kdkit.strategies): they used to be checked by strategy code, some only
+# once their phase started (teacher outputs that cannot serve the terms or the transfer set, an ensemble
+# member with nothing to load or train, a relabelled set that would silently ignore omitted classes).
+PLAN_CASES = {
+    "joint with custom terms": (
+        {"strategy": {"kind": "joint"}, "distill": {"terms": [{"loss": "kd"}]}},
+        r"distill.terms: strategy.kind 'joint' trains with a response loss",
+    ),
+    "mutual with stored teacher outputs": (
+        {"strategy": {"kind": "mutual"}, "distill": {"teacher_outputs": "precompute"}},
+        r"distill.teacher_outputs: 'precompute' stores fixed outputs, but under strategy.kind 'mutual'",
+    ),
+    "joint with omitted classes": (
+        {"strategy": {"kind": "joint"}, "distill": {"omit_classes": [3]}},
+        r"distill.omit_classes / distill.class_bias apply to a student distilled from a fixed teacher",
+    ),
+    "joint teacher without gradient": (
+        {"strategy": {"kind": "joint", "stop_teacher_gradient": True, "teacher_ce_weight": 0}},
+        r"strategy.teacher_ce_weight: 0 with stop_teacher_gradient",
+    ),
+    "ensemble outside offline": (
+        {"teacher": ENSEMBLE, "strategy": {"kind": "born_again"}},
+        r"teacher.ensemble: strategy.kind 'born_again' trains or copies one teacher",
+    ),
+    "unlabeled data outside offline": (
+        {"data": LABELED, "strategy": {"kind": "mutual"}},
+        r"data.labeled_fraction / data.labeled_count: unlabeled transfer sets are taught offline",
+    ),
+    "compress without a distilled student pair": (
+        {"strategy": {"kind": "mutual"}, "compress": {"prune_target": 0.3}},
+        r"compress: it re-distills student_kd from the teacher checkpoint; strategy.kind 'mutual'",
+    ),
+    "distill without a teacher": (
+        {"phases": ["scratch", "distill"]},
+        r"phases: 'distill' needs a teacher: add 'teacher' to phases or set teacher.checkpoint",
+    ),
+    "ensemble member with nothing to load or train": (
+        {"teacher": ENSEMBLE, "phases": ["scratch", "distill"]},
+        r"teacher.ensemble\[0\] has no checkpoint and 'teacher' is not in phases",
+    ),
+    "precomputed outputs for feature terms": (
+        {"distill": {"teacher_outputs": "precompute", "terms": [{"loss": "kd"}, FITNET_FC2]}},
+        r"distill.teacher_outputs: 'precompute' keeps teacher logits only, but distill.terms read teacher features",
+    ),
+    "cached outputs for feature terms": (
+        {"distill": {"teacher_outputs": "cache", "terms": [FITNET_FC2]}},
+        r"distill.teacher_outputs: 'cache' keeps teacher logits only",
+    ),
+    "precomputed outputs of an augmented transfer set": (
+        {"distill": {"teacher_outputs": "precompute", "train": {"epochs": 1, "augment": {"jitter": 2}}}},
+        r"'precompute' keeps one teacher output per image, but the transfer set is augmented",
+    ),
+    "feature terms on fixed teacher logits": (
+        {"data": LABELED, "distill": {"terms": [{"loss": "kd"}, FITNET_FC2]}},
+        r"distill.terms read teacher features, but this strategy fixes the teacher's logits per image",
+    ),
+    "a label term on unlabeled images": (
+        {"data": LABELED, "distill": {"terms": [{"loss": "kd"}, {"loss": "dkd"}]}},
+        r"distill.terms: loss term 1 \('dkd'\) reads labels, which unlabeled images do not have",
+    ),
+    "relabelled copies with omitted classes": (
+        {"teacher": ENSEMBLE, "distill": {"ensemble": {"mode": "relabel"}, "omit_classes": [3]}},
+        r"distill.omit_classes cannot be combined with distill.ensemble.mode 'relabel'",
+    ),
+}
+CASES.update({name: (sections, ConfigError, message) for name, (sections, message) in PLAN_CASES.items()})
+
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_mistakes_fail_before_training_and_before_the_run_dir(case, tmp_path, no_training):
@@ -149,6 +219,19 @@ def test_checkpoints_are_checked_before_training(tmp_path, no_training):
     with pytest.raises(CheckpointError, match=r"objective' is a 'objective' checkpoint, not a model"):
         run_experiment(_cfg(**assistant), tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_ensemble_member_with_other_class_names_is_refused_before_training(tmp_path, no_training):
+    m = create("mlp", num_classes=10, in_channels=1, image_size=28, hidden=[8])
+    meta = {"kind": "model", "model": {"name": "mlp", "hidden": [8]}, "num_classes": 10, "in_channels": 1}
+    names = [f"class{i}" for i in range(10)]  # ten classes, but not the digits
+    save_checkpoint(tmp_path / "other", m.state_dict(), {**meta, "image_size": 28, "classes": names})
+    cfg = _cfg(teacher={"ensemble": [{"model": MLP2}, str(tmp_path / "other")]})
+    with pytest.raises(
+        ModelError, match=r"teacher.ensemble\[1\].checkpoint .*predicts 10 classes \(class0, "
+    ):
+        run_experiment(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_compress_libraries_are_reported_before_training(tmp_path, monkeypatch, no_training):

@@ -17,8 +17,9 @@ from kdkit.config import DistillConfig, TrainConfig, build_config
 from kdkit.data.loader import InMemoryLoader, channel_stats
 from kdkit.engine import Engine
 from kdkit.errors import ConfigError
-from kdkit.experiment import load_model, run_experiment
+from kdkit.experiment import run_experiment
 from kdkit.losses import Objective
+from kdkit.model_io import load_model
 from kdkit.models import create
 from kdkit.runtime import resolve_runtime
 from kdkit.strategies import check_strategy, joint_objective, mutual_objective
@@ -507,7 +508,7 @@ def test_joint_training_under_two_ranks_matches_one_process(tmp_path, data_root)
 
 
 def test_resume_reads_a_run_saved_before_the_strategy_section_as_offline(tmp_path, data_root):
-    from kdkit.experiment import check_resumable
+    from kdkit.run_dir import check_resumable
 
     cfg = _cfg(tmp_path, data_root)
     saved = yaml.safe_load(cfg.to_yaml())
@@ -519,7 +520,7 @@ def test_resume_reads_a_run_saved_before_the_strategy_section_as_offline(tmp_pat
 
 
 def test_resume_reads_fields_added_inside_a_section_as_their_defaults(tmp_path, data_root):
-    from kdkit.experiment import check_resumable
+    from kdkit.run_dir import check_resumable
 
     cfg = _cfg(tmp_path, data_root)
     saved = yaml.safe_load(cfg.to_yaml())

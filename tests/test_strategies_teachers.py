@@ -15,14 +15,14 @@ from kdkit.data.loader import Augment, apply_params, augment_draws
 from kdkit.engine import RunInterrupted
 from kdkit.ensemble import EnsembleTeacher, normalized_weights
 from kdkit.errors import ConfigError, DataError, ModelError
-from kdkit.experiment import load_model, run_experiment
+from kdkit.experiment import run_experiment
+from kdkit.label_smoothing import TeacherLabelSmoothingWarning, checkpoint_label_smoothing
 from kdkit.losses import kd, soft_target_kd
 from kdkit.losses.objective import Objective
+from kdkit.model_io import load_model
 from kdkit.models import create
 from kdkit.signals import STOP
 from kdkit.transfer import (
-    TeacherLabelSmoothingWarning,
-    checkpoint_label_smoothing,
     label_unlabeled,
     mask_unlabeled,
     masked_cross_entropy,
@@ -167,19 +167,20 @@ def test_relabel_adds_augmented_copies_labelled_by_each_teacher(tmp_path, traine
 
     # The transfer set itself: originals and a jittered copy per teacher, each view with that teacher's logits.
     from kdkit.config import EnsembleConfig
+    from kdkit.data.bundle import load_data
     from kdkit.engine import Engine
-    from kdkit.experiment import _PhaseRunner, load_data
+    from kdkit.phases.context import RunContext
     from kdkit.runtime import resolve_runtime
     from kdkit.transfer import relabel_transfer_set
 
     cfg = build_config(loaded, ["phases=[distill]"])
     bundle = load_data(cfg.data, cfg.seed)
-    runner = _PhaseRunner(cfg, bundle, Engine(resolve_runtime("fp32"), progress=False), tmp_path / "c", False)
+    ctx = RunContext(cfg, bundle, Engine(resolve_runtime("fp32"), progress=False), tmp_path / "c", False)
     members = [load_model(c)[0] for c in ckpts]
     ens = EnsembleTeacher(members, mode="average", temperature=4.0)
     small = bundle.train.subset(np.arange(100))
     ecfg = EnsembleConfig(mode="relabel", relabel_copies=2, augment={"jitter": 2})
-    ds, logits, info = relabel_transfer_set(runner, ens, small, ecfg, seed=3)
+    ds, logits, info = relabel_transfer_set(ctx.teacher_logits, ens, small, ecfg, seed=3)
     assert len(ds) == len(logits) == 100 * 3 * 3 and info["relabel"]["views_per_image"] == 9
     assert (ds.labels == np.tile(small.labels, 9)).all()  # true labels kept for the cross-entropy term
     images = torch.as_tensor(small.images)

@@ -6,8 +6,9 @@ import torch
 from kdkit.adapters import ConvAdapter, LinearAdapter
 from kdkit.config import TermConfig, build_config
 from kdkit.errors import ConfigError, ModelError
-from kdkit.experiment import load_model, run_experiment
+from kdkit.experiment import run_experiment
 from kdkit.losses import Term, activation_boundary, fitnet, kd
+from kdkit.model_io import load_model
 from kdkit.models import create
 from kdkit.taps import Tap
 

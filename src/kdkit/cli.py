@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import socket
+import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
@@ -12,8 +14,21 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from kdkit import data as kdata
+from kdkit import distributed
+from kdkit.config import CompressConfig, load_config
 from kdkit.console import make_console
+from kdkit.data.loader import InMemoryLoader
+from kdkit.engine import Engine, RunInterrupted
 from kdkit.errors import KdkitError
+from kdkit.experiment import plan_experiment, run_experiment
+from kdkit.model_io import load_model
+from kdkit.models import list_models
+from kdkit.phases.teacher_outputs import build_teacher_cache
+from kdkit.run_dir import default_run_dir
+from kdkit.runtime import resolve_runtime
+from kdkit.signals import graceful_stop
+from kdkit.sweep import run_sweep
 
 EPILOG = "Data is looked for in --data-root / data.root, then $KDKIT_DATA, then ~/.cache/kdkit/data."
 
@@ -33,6 +48,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a config field, e.g. --set student.train.epochs=5 (repeatable; values are YAML)",
+    )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the run's phases (checked by preflight on the data) and exit without training",
     )
 
 
@@ -196,8 +216,6 @@ def resume_command(run_dir: Path) -> str:
 
 def _launch(nproc: int) -> int:
     """Re-run this command as N processes under torch's elastic launcher; return its exit status."""
-    import socket
-    import subprocess
 
     argv = list(sys.argv[1:])
     for i, a in enumerate(argv):
@@ -225,7 +243,6 @@ def _launch(nproc: int) -> int:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
-    from kdkit.config import load_config
 
     nproc = getattr(args, "nproc", None)
     if nproc is not None and nproc < 1:
@@ -242,18 +259,16 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         else:
             overrides.append("phases=[teacher, distill]")
     cfg = load_config(path, overrides)
+    if args.plan:
+        print(plan_experiment(cfg).describe())
+        return 0
     try:
         return _run_config(cfg, args, console)
     finally:
-        from kdkit import distributed
-
         distributed.shutdown()
 
 
 def _run_config(cfg: object, args: argparse.Namespace, console: Console) -> int:
-    from kdkit.engine import RunInterrupted
-    from kdkit.experiment import default_run_dir, run_experiment
-    from kdkit.signals import graceful_stop
 
     if args.resume and args.overwrite:
         raise KdkitError("--resume and --overwrite contradict each other: choose one")
@@ -273,11 +288,6 @@ def _run_config(cfg: object, args: argparse.Namespace, console: Console) -> int:
 
 
 def _eval(args: argparse.Namespace, console: Console) -> int:
-    from kdkit import data as kdata
-    from kdkit.data.loader import InMemoryLoader
-    from kdkit.engine import Engine
-    from kdkit.experiment import load_model
-    from kdkit.runtime import resolve_runtime
 
     model, meta = load_model(args.checkpoint)
     dataset = args.dataset or meta.get("dataset")
@@ -305,7 +315,6 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
 
 
 def _compress(args: argparse.Namespace, console: Console) -> int:
-    from kdkit.config import CompressConfig, load_config
 
     config_path = Path(args.run_dir) / "config.yaml"
     if not config_path.is_file():
@@ -319,9 +328,6 @@ def _compress(args: argparse.Namespace, console: Console) -> int:
 
 
 def _sweep(args: argparse.Namespace, console: Console) -> int:
-    from kdkit.engine import RunInterrupted
-    from kdkit.signals import graceful_stop
-    from kdkit.sweep import run_sweep
 
     with graceful_stop():
         try:
@@ -344,16 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     console = make_console()
     try:
         if args.command == "models":
-            from kdkit.models import list_models
-
             print("\n".join(list_models()))
             return 0
         if args.command == "eval":
             return _eval(args, console)
         if args.command == "cache":
-            from kdkit.config import load_config
-            from kdkit.experiment import build_teacher_cache
-
             build_teacher_cache(load_config(args.config, args.overrides), console)
             return 0
         if args.command == "compress":

@@ -1,18 +1,16 @@
-"""Checks run before any training, so that a mistake in a config fails in seconds, not after the teacher trained.
+"""Preflight: dry-run the plan, so that a mistake in a config fails in seconds, not after the teacher trained.
 
-Without them, a typo in the student's model name, a missing ensemble checkpoint, a class id out of range, an
-unknown loss or a module path that does not exist would surface only when its phase starts: after the teacher
-(and the scratch student) had trained, which may take hours. `preflight` checks everything a config names that
-can be checked without training, with the same functions the phases use, so its messages are theirs:
+`preflight` makes the plan (`kdkit.strategies.make_plan`, which refuses what no strategy can honour) and walks
+it, with the same functions the phases use, so that its messages are theirs:
 
-- every checkpoint the config loads exists, is a kdkit model checkpoint and predicts the data set's classes
-  (its metadata is read; its tensors are read when the phase loads it);
-- every architecture the run builds is built once, on the meta device (no memory, no initialisation);
-- distill.omit_classes and distill.class_bias name classes of the data set, and the student has a class bias;
-- distill.terms name known losses and, for each teacher -> student pair the strategy distills, the module
-  paths, shapes and options work: the objective is built and run once on a small batch of the transfer set,
-  with freshly initialised models (on the CPU: some losses have no meta-device kernels);
-- the optional libraries of the compress section are installed.
+- every model a phase builds is built once, on the meta device (no memory, no initialisation);
+- every checkpoint a phase loads exists, is a kdkit model checkpoint and predicts the data set's classes
+  (by name too for ensemble members); its metadata is read, its tensors when the phase loads it;
+- the omitted and biased class ids of each distillation phase exist, and its model has a class bias;
+- for each teacher -> student pair that custom terms are applied to, the module paths, shapes and options
+  work: the objective is built and run once on a small batch of the transfer set, with freshly initialised
+  models (on the CPU: some losses have no meta-device kernels);
+- the optional libraries of the compress step are installed.
 
 The random number generators of torch, NumPy and Python are restored afterwards: a run is the same with or
 without these checks.
@@ -29,18 +27,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdkit import data as kdata
 from kdkit.checkpoint import read_checkpoint_meta
-from kdkit.config import ExperimentConfig, ModelSpec
-from kdkit.errors import ConfigError, ModelError
-from kdkit.experiment import (
-    DataBundle,
-    bias_head,
-    build_model,
-    check_model_meta,
-    make_loader,
-    rebuild_model,
-)
+from kdkit.class_bias import bias_head
+from kdkit.config import ExperimentConfig
+from kdkit.data.bundle import DataBundle, make_loader
+from kdkit.data.splits import omit_classes
+from kdkit.errors import ConfigError
+from kdkit.model_io import build_model, check_classes, check_model_meta, rebuild_model
+from kdkit.plan import CohortPhase, DistillPhase, EnsemblePhase, LoadPhase, ModelSource, Plan, TrainPhase
+from kdkit.strategies import make_plan
 from kdkit.terms import LOSSES, build_objective
 
 _SAMPLE = 16  # images in the dry run of distill.terms
@@ -58,147 +53,115 @@ def _random_state_kept() -> Iterator[None]:
 
 
 class _Source:
-    """A model of the run: built from a spec, or described by a checkpoint's metadata."""
+    """A model of the plan: built from a spec, or described by a checkpoint's metadata (None: an ensemble)."""
 
     def __init__(
-        self, field: str, spec: ModelSpec | None = None, meta: dict[str, Any] | None = None, path: str = ""
+        self, key: str, source: ModelSource | None = None, meta: dict[str, Any] | None = None
     ) -> None:
-        self.field, self.spec, self.meta, self.path = field, spec, meta, path
+        self.key, self.source, self.meta = key, source, meta
 
     def build(self, bundle: DataBundle) -> nn.Module:
         """Return a freshly initialised model of this architecture (the weights of a checkpoint are not read)."""
         if self.meta is not None:
-            return rebuild_model(self.meta, self.path)
-        assert self.spec is not None
-        return build_model(self.spec, bundle.num_classes, bundle.in_channels, bundle.image_size, self.field)
+            return rebuild_model(self.meta, self.key)
+        assert self.source is not None and self.source.spec is not None
+        dims = bundle.num_classes, bundle.in_channels, bundle.image_size
+        return build_model(self.source.spec, *dims, field=self.source.field)
 
 
-def _checkpoint(path: str, field: str, cfg: ExperimentConfig, bundle: DataBundle) -> _Source:
-    """Return the model a checkpoint describes, checked to be a model predicting the data set's classes."""
-    meta = check_model_meta(read_checkpoint_meta(path), path)
-    if meta.get("num_classes") != bundle.num_classes:
-        raise ModelError(
-            f"{field} {path!r} predicts {meta.get('num_classes')} classes but {cfg.data.dataset} has "
-            f"{bundle.num_classes}"
-        )
-    return _Source(field, meta=meta, path=path)
+def _sources(plan: Plan, cfg: ExperimentConfig, bundle: DataBundle) -> dict[str, _Source | None]:
+    """Return the model source of every role (checkpoints checked on the way); None for an ensemble."""
+    out: dict[str, _Source | None] = {}
+    classes = list(bundle.train.classes)
+    for phase in plan.phases:
+        if isinstance(phase, LoadPhase):
+            meta = check_model_meta(read_checkpoint_meta(phase.checkpoint), phase.checkpoint)
+            check_classes(
+                meta, phase.field, phase.checkpoint, classes, cfg.data.dataset, phase.same_class_names
+            )
+            out[phase.role] = _Source(phase.checkpoint, meta=meta)
+        elif isinstance(phase, (TrainPhase, DistillPhase)):
+            out[phase.role] = _Source(phase.model.field, phase.model)
+        elif isinstance(phase, EnsemblePhase):
+            out[phase.role] = None
+        elif isinstance(phase, CohortPhase):
+            for m in phase.members:
+                start = m.start
+                out[m.role] = out[start.copy_of] if start.copy_of is not None else _Source(start.field, start)
+    return out
 
 
-def _teacher(cfg: ExperimentConfig, bundle: DataBundle) -> _Source | None:
-    t = cfg.teacher
-    if t.checkpoint:
-        return _checkpoint(t.checkpoint, "teacher.checkpoint", cfg, bundle)
-    return _Source("teacher.model", spec=t.model) if t.model is not None else None
-
-
-def _sources(cfg: ExperimentConfig, bundle: DataBundle) -> list[_Source]:
-    """Return every model the run builds or loads (checkpoints checked on the way)."""
-    sources = [_Source("student.model", spec=cfg.student.model)]
-    teacher = _teacher(cfg, bundle)
-    if teacher is not None:
-        sources.append(teacher)
-    for i, m in enumerate(cfg.teacher.ensemble or []):
-        field = f"teacher.ensemble[{i}]"
-        if m.checkpoint:
-            sources.append(_checkpoint(m.checkpoint, f"{field}.checkpoint", cfg, bundle))
-        elif m.model is not None:
-            sources.append(_Source(f"{field}.model", spec=m.model))
-    s = cfg.strategy
-    if s.kind == "mutual":
-        sources += [_Source(f"strategy.peers[{i}]", spec=p) for i, p in enumerate(s.peers or [])]
-    if s.kind == "takd" and s.assistant is not None:
-        a = s.assistant
-        if a.checkpoint:
-            sources.append(_checkpoint(a.checkpoint, "strategy.assistant.checkpoint", cfg, bundle))
-        else:
-            sources.append(_Source("strategy.assistant.model", spec=a.model))
-    return sources
-
-
-def _distilled_pairs(cfg: ExperimentConfig, bundle: DataBundle) -> list[tuple[_Source, _Source]]:
-    """Return the (teacher, student) pairs that distill.terms are applied to, in the order they train."""
-    if "distill" not in cfg.phases or cfg.teacher.ensemble:
-        return []
-    teacher = _teacher(cfg, bundle)
-    if teacher is None:
-        return []
-    student = _Source("student.model", spec=cfg.student.model)
-    kind = cfg.strategy.kind
-    if kind == "offline":
-        return [(teacher, student)]
-    if kind == "born_again":
-        own = _Source("teacher.model", spec=cfg.teacher.model) if cfg.teacher.model is not None else student
-        return [(teacher, own), (own, own)] if cfg.strategy.generations > 1 else [(teacher, own)]
-    if kind == "takd" and cfg.strategy.assistant is not None:
-        a = cfg.strategy.assistant
-        if a.checkpoint:
-            return [(_checkpoint(a.checkpoint, "strategy.assistant.checkpoint", cfg, bundle), student)]
-        assistant = _Source("strategy.assistant.model", spec=a.model)
-        return [(teacher, assistant), (assistant, student)]
-    return []
-
-
-def _check_classes(cfg: ExperimentConfig, bundle: DataBundle, student: nn.Module) -> None:
-    n, d = bundle.num_classes, cfg.distill
-    bad = sorted({c for c in d.omit_classes if not 0 <= c < n})
+def _check_classes(phase: DistillPhase, bundle: DataBundle, student: nn.Module) -> None:
+    n = bundle.num_classes
+    bad = sorted({c for c in phase.transfer.omit_classes if not 0 <= c < n})
     if bad:
         raise ConfigError(
             f"distill.omit_classes: class ids {bad} are out of range; expected ids in [0, {n - 1}]"
         )
-    if d.omit_classes and not (set(range(n)) - set(d.omit_classes)):
+    if phase.transfer.omit_classes and not (set(range(n)) - set(phase.transfer.omit_classes)):
         raise ConfigError(
             f"distill.omit_classes removes every one of the {n} classes: the transfer set would be empty"
         )
-    bad = sorted(c for c in d.class_bias if not 0 <= c < n)
+    bad = sorted(c for c in phase.class_bias if not 0 <= c < n)
     if bad:
         raise ConfigError(
             f"distill.class_bias: class ids {bad} are out of range; expected ids in [0, {n - 1}]"
         )
-    if d.class_bias:
-        bias_head(student)  # raises when the student has no classifier bias to adjust
+    if phase.class_bias:
+        bias_head(student)  # raises when the model has no classifier bias to adjust
 
 
-def _check_terms(cfg: ExperimentConfig, bundle: DataBundle) -> None:
-    terms = cfg.distill.terms or []
-    for i, tc in enumerate(terms):
-        if tc.loss not in LOSSES:
-            raise ConfigError(f"distill.terms[{i}].loss: unknown loss {tc.loss!r}; known: {sorted(LOSSES)}")
-    pairs = _distilled_pairs(cfg, bundle) if terms else []
-    if not pairs:
-        return
-    d = cfg.distill
-    transfer = kdata.omit_classes(bundle.train, d.omit_classes) if d.omit_classes else bundle.train
-    batch = next(iter(make_loader(transfer, bundle, _SAMPLE, train=False)))
+def _check_terms(plan: Plan, sources: dict[str, _Source | None], bundle: DataBundle) -> None:
+    """Dry-run the custom terms of every distillation phase once per distinct teacher -> student pair."""
+    seen: set[tuple[str, str]] = set()
     built: dict[str, nn.Module] = {}
-    for teacher, student in pairs:
+    for phase in plan.phases:
+        if not isinstance(phase, DistillPhase) or phase.objective.kind != "terms":
+            continue
+        teacher, student = sources[phase.teacher], sources[phase.role]
+        if teacher is None or student is None or (teacher.key, student.key) in seen:
+            continue  # an ensemble teacher is not tapped; a pair of the same architectures is checked once
+        seen.add((teacher.key, student.key))
         for src in (teacher, student):
-            if src.field not in built:
-                built[src.field] = src.build(bundle)
+            if src.key not in built:
+                built[src.key] = src.build(bundle)
+        omitted = list(phase.transfer.omit_classes)
+        transfer = omit_classes(bundle.train, omitted) if omitted else bundle.train
+        batch = next(iter(make_loader(transfer, bundle, _SAMPLE, train=False)))
         build_objective(
-            terms,
-            built[student.field],
-            built[teacher.field],
+            list(phase.objective.terms),
+            built[student.key],
+            built[teacher.key],
             batch.x,
             batch.y.clamp_min(0),  # the dry run needs valid class ids
             n_data=len(transfer),
         )
 
 
-def _check_compress(cfg: ExperimentConfig) -> None:
-    if cfg.compress is not None and "distill" in cfg.phases:
-        import kdkit.compress  # noqa: F401  # raises, naming the missing libraries and their extra
-
-
-def preflight(cfg: ExperimentConfig, bundle: DataBundle) -> None:
+def check_plan(plan: Plan, cfg: ExperimentConfig, bundle: DataBundle) -> None:
     """Raise the error a phase would raise later for every mistake that can be found without training."""
+    for i, tc in enumerate(cfg.distill.terms or []):
+        if tc.loss not in LOSSES:
+            raise ConfigError(f"distill.terms[{i}].loss: unknown loss {tc.loss!r}; known: {sorted(LOSSES)}")
     with _random_state_kept():
-        student: nn.Module | None = None
+        sources = _sources(plan, cfg, bundle)
+        models: dict[str, nn.Module] = {}
         with torch.device("meta"):
-            for src in _sources(cfg, bundle):
-                model = src.build(bundle)
-                if src.field == "student.model":
-                    student = model
-        assert student is not None
-        _check_classes(cfg, bundle, student)
-        _check_terms(cfg, bundle)
-        _check_compress(cfg)
+            for src in sources.values():
+                if src is not None and src.key not in models:
+                    models[src.key] = src.build(bundle)
+        for phase in plan.phases:
+            if isinstance(phase, DistillPhase):
+                src = sources[phase.role]
+                assert src is not None
+                _check_classes(phase, bundle, models[src.key])
+        _check_terms(plan, sources, bundle)
+    if plan.compress:
+        import kdkit.compress  # noqa: F401  # optional libraries: raises, naming them and their extra
+
+
+def preflight(cfg: ExperimentConfig, bundle: DataBundle) -> Plan:
+    """Return the plan of the config after a dry run of it; raise for every mistake found without training."""
+    plan = make_plan(cfg)
+    check_plan(plan, cfg, bundle)
+    return plan

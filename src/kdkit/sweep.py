@@ -33,7 +33,11 @@ from rich.table import Table
 
 from kdkit.checkpoint import atomic_write_text
 from kdkit.config import ExperimentConfig, build_config, load_yaml, parse_override
+from kdkit.data.bundle import load_data
 from kdkit.errors import ConfigError, KdkitError
+from kdkit.experiment import run_experiment
+from kdkit.preflight import preflight
+from kdkit.strategies import needs_trained_teacher
 
 FORMAT = "kdkit-sweep-v1"
 _PER_TEACHER = ("teacher.", "data.")  # varied keys under these make the teacher differ from point to point
@@ -100,7 +104,6 @@ def plan(
     seeds = seeds if seeds else [base.seed]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds must not repeat, got {seeds}")
-    from kdkit.strategies import needs_trained_teacher
 
     phases = list(base.phases)
     share_teacher = (
@@ -161,8 +164,6 @@ def _stored(out: Path, run: Run) -> dict[str, Any] | None:
 
 def _preflight(configs: list[ExperimentConfig]) -> None:
     """Check every run to come before the first one trains (the data loaded once per data section and seed)."""
-    from kdkit.experiment import load_data
-    from kdkit.preflight import preflight
 
     bundles: dict[str, Any] = {}
     for cfg in configs:
@@ -179,7 +180,6 @@ def execute(
     run_fn: Callable[..., dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or reuse) every run in order; return their results."""
-    from kdkit.experiment import run_experiment
 
     run_fn = run_fn or run_experiment
     stored = [_stored(out, r) for r in runs]  # every stored result is checked before anything trains

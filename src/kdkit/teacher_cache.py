@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -160,8 +160,6 @@ class TeacherCache:
         if not path.is_file():
             return False
         try:
-            from safetensors import safe_open
-
             with safe_open(str(path), "pt") as f:
                 meta = json.loads((f.metadata() or {}).get("kdkit", "{}"))
             return meta.get("key") == self.key and meta.get("format") == FORMAT

@@ -426,3 +426,13 @@ def build_objective(
                 raise ConfigError(f"{field}[{i}] ({term.name}): {exc}") from None
     objective.train()
     return objective
+
+
+def reads_teacher_features(terms: list[TermConfig]) -> bool:
+    """Return True when any of the terms reads an intermediate teacher output (logits alone cannot serve it)."""
+    return any(LOSSES[t.loss].kind in ("feature", "embedding", "module") for t in terms if t.loss in LOSSES)
+
+
+def reads_labels(loss: str) -> bool:
+    """Return True when the named loss reads the labels."""
+    return loss in LOSSES and LOSSES[loss].kind in ("labels", "ce")

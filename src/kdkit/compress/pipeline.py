@@ -34,12 +34,14 @@ from kdkit.compress.qat import QuantizationAware
 from kdkit.compress.quantize import op_counts, quantize_onnx
 from kdkit.config import CompressConfig, CompressDistillConfig, ExperimentConfig, TrainConfig, load_config
 from kdkit.console import make_console
+from kdkit.data.bundle import DataBundle, load_data, make_loader
 from kdkit.data.loader import Augment, InMemoryLoader
 from kdkit.engine import Engine
 from kdkit.errors import CheckpointError, RunDirError
-from kdkit.experiment import DataBundle, load_data, load_model, make_loader
 from kdkit.losses.objective import Objective
 from kdkit.metrics import MetricsLogger
+from kdkit.model_io import load_model
+from kdkit.run_dir import check_replaceable
 from kdkit.runtime import resolve_runtime, seed_everything
 from kdkit.teacher import FrozenTeacher
 
@@ -126,7 +128,6 @@ def _require(base: Path, what: str) -> None:
 
 def _check_output_dir(out: Path, overwrite: bool) -> None:
     """Refuse to replace an existing compress/ without overwrite, or one holding files kdkit did not write."""
-    from kdkit.experiment import check_replaceable
 
     check_replaceable(
         out,

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from kdkit.checkpoint import load_checkpoint, save_checkpoint
 from kdkit.errors import CheckpointError, ModelError
+from kdkit.model_io import rebuild_model
 from kdkit.models import get_classifier
 
 PruneBy = Literal["flops", "params"]
@@ -282,7 +283,6 @@ def load_pruned_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise CheckpointError(
             f"{str(path)!r} is a {meta.get('kind', 'unknown')!r} checkpoint, not a pruned model checkpoint"
         )
-    from kdkit.experiment import rebuild_model  # experiment imports compress lazily; no cycle at load time
 
     model = rebuild_model(meta, path)
     resize_to_shapes(model, meta["shapes"])

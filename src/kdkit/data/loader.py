@@ -5,6 +5,7 @@ No per-sample Python and no worker processes: on a 2-core CPU the cores are bett
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from collections.abc import Iterator
@@ -214,7 +215,6 @@ class InMemoryLoader:
         """Return this loader restricted to one rank's slice of every batch (itself for one process)."""
         if world_size <= 1:
             return self
-        import copy
 
         out = copy.copy(self)
         out.rank, out.world_size = rank, world_size

@@ -5,13 +5,13 @@ from __future__ import annotations
 # Importing the model modules registers their factories.
 from kdkit.models import cnn, mlp, mobilenetv2, resnet_cifar, shufflenet, vgg, wrn  # noqa: F401
 from kdkit.models.cnn import CNN
+from kdkit.models.heads import get_classifier
 from kdkit.models.mlp import MLP
 from kdkit.models.registry import (
     apply_constraints,
     constraints,
     count_params,
     create,
-    get_classifier,
     list_models,
     model_size_mb,
     register_model,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from kdkit.errors import ModelError
-from kdkit.models.registry import get_classifier
+from kdkit.models.heads import get_classifier
 
 # kdkit never downloads weights: runs must be reproducible offline and teachers are trained by kdkit.
 _WEIGHT_ARGS = ("pretrained", "weights", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path")

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from kdkit.errors import ModelError
+from kdkit.models.external import create_external  # imports torchvision/timm only when asked for
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
@@ -113,8 +114,6 @@ def create(
                 f"unknown model source {prefix!r} in {name!r}; use one of "
                 f"{', '.join(p + ':<name>' for p in EXTERNAL_PREFIXES)} or a name from kdkit.models.list_models()"
             )
-        from kdkit.models.external import create_external  # lazy: keeps optional libraries optional
-
         return create_external(prefix.lower(), ext_name, num_classes, in_channels, image_size, **kwargs)
 
     factory = _REGISTRY.get(name.lower())
@@ -161,19 +160,3 @@ def apply_constraints(model: nn.Module) -> None:
     """Call ``constrain_()`` on every submodule defining it (run after each optimizer step)."""
     for constrain in constraints(model):
         constrain()
-
-
-def get_classifier(model: nn.Module) -> nn.Module:
-    """The final classification layer: ``model.classifier`` if it is a Linear, else the last Linear."""
-    head = getattr(model, "classifier", None)
-    if isinstance(head, nn.Linear):
-        return head
-    get = getattr(model, "get_classifier", None)  # timm models know their head
-    if callable(get):
-        head = get()
-        if isinstance(head, nn.Module) and not isinstance(head, nn.Identity):
-            return head
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ModelError(f"cannot find a classifier (nn.Linear) in {type(model).__name__}")
-    return linears[-1]

@@ -1,0 +1,107 @@
+"""Models of a run on disk and back: build from a spec, save with metadata, rebuild and load a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kdkit.checkpoint import load_checkpoint, save_checkpoint
+from kdkit.config import ModelSpec
+from kdkit.data.bundle import DataBundle
+from kdkit.errors import CheckpointError, ConfigError, ModelError
+from kdkit.models import create
+
+
+def build_model(
+    spec: ModelSpec, num_classes: int, in_channels: int, image_size: int, field: str
+) -> nn.Module:
+    """Return a new model from a spec, turning factory errors into config errors naming the field."""
+    try:
+        return create(
+            spec.name,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            image_size=image_size,
+            **spec.options(),
+        )
+    except ModelError as exc:
+        raise ConfigError(f"{field}: {exc}") from None
+
+
+def save_model(
+    path: Path, model: nn.Module, spec: ModelSpec, bundle: DataBundle, extra: dict[str, Any]
+) -> Path:
+    """Write a model checkpoint with everything needed to rebuild and evaluate it."""
+    meta = {
+        "kind": "model",
+        "model": spec.model_dump(mode="json"),
+        "num_classes": bundle.num_classes,
+        "in_channels": bundle.in_channels,
+        "image_size": bundle.image_size,
+        "classes": list(bundle.train.classes),
+        "normalize": {"mean": bundle.mean, "std": bundle.std},
+        "data_split": bundle.split,
+        **extra,
+    }
+    return save_checkpoint(path, model.state_dict(), meta)
+
+
+def rebuild_model(meta: dict[str, Any], path: str | Path) -> nn.Module:
+    """Return a freshly initialised model of the architecture a checkpoint's metadata describes."""
+    try:
+        spec = ModelSpec.model_validate(meta["model"])
+        return create(
+            spec.name,
+            num_classes=meta["num_classes"],
+            in_channels=meta["in_channels"],
+            image_size=meta["image_size"],
+            **spec.options(),
+        )
+    except (ModelError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"{str(path)!r}: cannot rebuild the model it describes: {exc}") from None
+
+
+def check_model_meta(meta: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """Return a checkpoint's metadata, or raise CheckpointError when it does not describe a model."""
+    if meta.get("kind") != "model" or "model" not in meta:
+        raise CheckpointError(
+            f"{str(path)!r} is a {meta.get('kind', 'unknown')!r} checkpoint, not a model checkpoint"
+        )
+    return meta
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Return (model, metadata) rebuilt from a kdkit model checkpoint."""
+    tensors, meta = load_checkpoint(path)
+    model = rebuild_model(check_model_meta(meta, path), path)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{str(path)!r} does not match model {meta['model'].get('name')!r}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return model, meta
+
+
+def check_classes(
+    meta: dict[str, Any],
+    field: str,
+    path: str | Path,
+    classes: list[str],
+    dataset: str,
+    by_name: bool = False,
+) -> None:
+    """Raise ModelError when a checkpoint does not predict the data set's classes (by count; by name too)."""
+    theirs = list(meta.get("classes") or [])
+    if meta.get("num_classes") == len(classes) and not (by_name and theirs and theirs != classes):
+        return
+    if not by_name:
+        raise ModelError(
+            f"{field} {str(path)!r} predicts {meta.get('num_classes')} classes but {dataset} has {len(classes)}"
+        )
+    raise ModelError(
+        f"{field} {str(path)!r} predicts {meta.get('num_classes')} classes ({', '.join(theirs[:12]) or 'names unknown'}) "
+        f"but {dataset} has {len(classes)} ({', '.join(classes[:12])}): every teacher of an ensemble must predict "
+        "the data set's classes"
+    )

@@ -1,0 +1,166 @@
+"""Distill a model from a frozen teacher: its transfer set, how the teacher's outputs arrive, its objective.
+
+Everything the phase could refuse was refused by the planner and preflight; here the phase only runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from kdkit.class_bias import adjust_class_bias
+from kdkit.data.bundle import make_loader
+from kdkit.data.loader import Augment, AugParams
+from kdkit.data.sources import ArrayDataset
+from kdkit.data.splits import omit_classes
+from kdkit.ensemble import EnsembleTeacher
+from kdkit.losses.objective import Objective
+from kdkit.phases.context import RunContext
+from kdkit.phases.objectives import objective_of
+from kdkit.phases.teacher_outputs import cached_logits, precomputed_logits
+from kdkit.phases.train import train_model
+from kdkit.plan import DistillPhase
+from kdkit.pretrain import run_pretraining
+from kdkit.terms import build_objective
+from kdkit.transfer import mask_unlabeled, relabel_transfer_set, unlabeled_transfer_set
+
+
+def _transfer_set(
+    phase: DistillPhase, ctx: RunContext, frozen: nn.Module
+) -> tuple[ArrayDataset, Tensor | None, dict[str, Any]]:
+    """Return the transfer set, the teacher's logits fixed per image (relabel, unlabeled) and what to record."""
+    t, train = phase.transfer, ctx.bundle.train
+    if t.images == "relabel":
+        assert t.relabel is not None and isinstance(frozen, EnsembleTeacher)
+        return relabel_transfer_set(ctx.teacher_logits, frozen, train, t.relabel, phase.seed)
+    if t.images == "unlabeled":
+        assert t.unlabeled is not None and ctx.bundle.unlabeled is not None
+        hidden, u = ctx.bundle.unlabeled, t.unlabeled
+        logits = ctx.teacher_logits(frozen, np.concatenate([train.images, hidden.images]))
+        transfer, fixed, info = unlabeled_transfer_set(train, hidden, logits, u)
+        ctx.engine.console.print(
+            f"[{phase.role}] round {t.round}/{u.rounds}: {info['labeled']} labeled + {info['unlabeled_used']} of "
+            f"{info['unlabeled_total']} unlabeled images ({u.targets} targets)",
+            highlight=False,
+            markup=False,
+        )
+        return transfer, fixed, {"unlabeled": {**info, "round": t.round, "rounds": u.rounds}}
+    transfer = omit_classes(train, list(t.omit_classes)) if t.omit_classes else train
+    return transfer, None, {}
+
+
+def _terms_objective(
+    phase: DistillPhase, ctx: RunContext, frozen: nn.Module, transfer: ArrayDataset, info: dict[str, Any]
+) -> Callable[[nn.Module], Objective]:
+    """Return a builder of the custom-terms objective, sized on the student once it is built."""
+    engine, dev = ctx.engine, ctx.engine.runtime.device
+    first = next(iter(make_loader(transfer, ctx.bundle, 64, train=False, channels_last=ctx.cl)))
+    augment = Augment(**phase.train.augment.model_dump())
+    unlabeled = bool((transfer.labels < 0).any())
+
+    def loader() -> Any:
+        return make_loader(
+            transfer,
+            ctx.bundle,
+            phase.train.batch_size,
+            train=True,
+            seed=phase.seed,
+            augment=augment,
+            channels_last=ctx.cl,
+        )
+
+    def build(student: nn.Module) -> Objective:
+        obj = build_objective(
+            list(phase.objective.terms),
+            engine.prepare(student),
+            frozen.model,
+            first.x.to(dev),
+            first.y.clamp_min(0).to(dev),  # the dry run needs valid class ids
+            n_data=len(transfer),
+        )
+        # Terms with a stage of their own (factor transfer's paraphraser) train it first, teacher frozen.
+        stages = run_pretraining(
+            obj, engine, frozen, loader, phase.train, ctx.policy(), phase.role, first.x.to(dev)
+        )
+        if stages:
+            info["pretraining"] = stages
+        return mask_unlabeled(obj, "distill.terms") if unlabeled else obj
+
+    return build
+
+
+def _class_bias(phase: DistillPhase, ctx: RunContext) -> Callable[[nn.Module], dict[str, Any]]:
+    def adjust(model: nn.Module) -> dict[str, Any]:
+        if not phase.class_bias:
+            return {}
+        before = ctx.engine.evaluate(model, ctx.test_loader, ctx.bundle.num_classes)
+        adjust_class_bias(model, phase.class_bias)
+        return {
+            "before_class_bias": {
+                "accuracy": before.accuracy,
+                "errors": before.errors,
+                "errors_per_class": before.errors_per_class,
+            },
+            "class_bias": {str(k): v for k, v in phase.class_bias.items()},
+        }
+
+    return adjust
+
+
+def run_distill(phase: DistillPhase, ctx: RunContext) -> None:
+    """Distill the phase's model from the model of its teacher phase; record and save it."""
+    if (done := ctx.finished(phase.role)) is not None:
+        ctx.models[phase.role] = done
+        return
+    frozen = ctx.freeze(ctx.models[phase.teacher])
+    transfer, fixed, info = _transfer_set(phase, ctx, frozen)
+    augment = Augment(**phase.train.augment.model_dump())
+    if isinstance(frozen, EnsembleTeacher) and frozen.mode == "random":
+        steps = -(-len(transfer) // phase.train.batch_size)
+        info["ensemble"] = {"mode": "random", "batches_per_teacher": frozen.picks(phase.train.epochs, steps)}
+    extras: dict[str, torch.Tensor] = {}
+    draws: AugParams | None = None
+    draw_extras: dict[str, torch.Tensor] = {}
+    if fixed is not None:
+        extras["teacher.logits"] = fixed
+    elif phase.outputs == "precompute":
+        extras["teacher.logits"] = precomputed_logits(ctx, frozen, transfer)
+    elif phase.outputs == "cache":
+        logits, draws = cached_logits(ctx, frozen, transfer, augment, phase.seed)
+        if draws is None:
+            extras["teacher.logits"] = logits[:, 0]
+        else:
+            draw_extras["teacher.logits"] = logits
+    record = {
+        "transfer_size": len(transfer),
+        "omitted_classes": list(phase.transfer.omit_classes),
+        "teacher_outputs": phase.outputs,
+        **info,
+        **phase.record,
+    }
+    objective: Objective | Callable[[nn.Module], Objective]
+    if phase.objective.kind == "terms":
+        objective = _terms_objective(phase, ctx, frozen, transfer, record)
+    else:
+        objective = objective_of(phase.objective)
+        if bool((transfer.labels < 0).any()):
+            objective = mask_unlabeled(objective)
+    ctx.models[phase.role] = train_model(
+        ctx,
+        phase.role,
+        phase.model,
+        objective,
+        phase.train,
+        transfer,
+        seed=phase.seed,
+        teacher=frozen,
+        extras=extras,
+        draws=draws,
+        draw_extras=draw_extras,
+        before_finish=_class_bias(phase, ctx),
+        record=record,
+    )

@@ -1,0 +1,130 @@
+"""Teacher outputs served without a teacher forward per step: precomputed in memory, or cached on disk.
+
+The cache keeps K fixed augmentation draws per image, keyed by the teacher's weights, the data, the
+augmentation, the precision and the normalisation (`kdkit.teacher_cache`), so that a second run reuses it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from kdkit import distributed
+from kdkit.config import ExperimentConfig
+from kdkit.console import make_console
+from kdkit.data.bundle import load_data, make_loader
+from kdkit.data.loader import Augment, AugParams
+from kdkit.data.sources import ArrayDataset
+from kdkit.data.splits import omit_classes
+from kdkit.engine import Engine
+from kdkit.errors import ConfigError, ModelError
+from kdkit.metrics import MetricsLogger
+from kdkit.model_io import load_model
+from kdkit.phases.context import RunContext
+from kdkit.runtime import resolve_runtime
+from kdkit.teacher import FrozenTeacher
+from kdkit.teacher_cache import CacheSpec, TeacherCache, cache_key, disk_bytes, draws_for
+
+
+def default_cache_root() -> Path:
+    """Return where teacher caches live by default: $KDKIT_CACHE/teacher-outputs or ~/.cache/kdkit/teacher-outputs."""
+    base = os.environ.get("KDKIT_CACHE") or str(Path.home() / ".cache" / "kdkit")
+    return Path(base).expanduser() / "teacher-outputs"
+
+
+def precomputed_logits(ctx: RunContext, teacher: nn.Module, transfer: ArrayDataset) -> torch.Tensor:
+    """Return the teacher's logits for every image of the transfer set, unaugmented, in order (CPU fp32)."""
+    plain = make_loader(
+        transfer, ctx.bundle, ctx.cfg.runtime.eval_batch_size, train=False, channels_last=ctx.cl
+    )
+    return ctx.engine.predict_logits(teacher, plain)
+
+
+def _cache_spec(ctx: RunContext, augment: Augment) -> CacheSpec:
+    c = ctx.cfg.distill.cache
+    return CacheSpec(draws=c.draws if augment.enabled else 1, topk=c.topk, shard_size=c.shard_size)
+
+
+def cached_logits(
+    ctx: RunContext, frozen: FrozenTeacher, transfer: ArrayDataset, augment: Augment, seed: int
+) -> tuple[torch.Tensor, AugParams | None]:
+    """Return cached teacher logits (N, K, C) for the transfer set and its draws, building them if needed."""
+    c, engine, bundle = ctx.cfg.distill.cache, ctx.engine, ctx.bundle
+    spec = _cache_spec(ctx, augment)
+    images, labels = torch.as_tensor(transfer.images), torch.as_tensor(transfer.labels)
+    norm_stats = (bundle.mean, bundle.std)
+    key = cache_key(frozen.model, images, labels, augment, spec, seed, engine.runtime.precision, norm_stats)
+    root = Path(c.dir).expanduser() if c.dir else default_cache_root()
+    cache = TeacherCache(root / key, key, spec)
+    draws = draws_for(len(images), augment, spec, seed)
+    if not cache.complete():
+        t0 = time.perf_counter()
+        norm = make_loader(transfer, bundle, 1, train=False, channels_last=ctx.cl).normalize
+        dev = engine.runtime.device
+
+        def teacher_fn(x: torch.Tensor) -> torch.Tensor:
+            with engine.runtime.autocast():
+                return frozen(x.to(dev))
+
+        # Each rank builds its own shards; rank 0 seals the cache with the manifest. The shards are
+        # the same bytes whoever computes them, so the cache equals a single-process build.
+        dinfo = distributed.info()
+        n_shards = -(-len(images) // spec.shard_size)
+        cache.build(
+            teacher_fn,
+            images,
+            draws,
+            augment,
+            norm,
+            batch_size=ctx.cfg.runtime.eval_batch_size,
+            shards=range(dinfo.rank, n_shards, dinfo.world_size),
+            write_manifest=False,
+        )
+        distributed.barrier()
+        if dinfo.is_main:
+            cache.write_manifest(len(images), n_shards)
+        distributed.barrier()
+        mb = disk_bytes(len(images), spec.draws, bundle.num_classes, spec.topk) / 2**20
+        engine.console.print(
+            f"teacher cache built in {time.perf_counter() - t0:.1f}s: {len(images)} images x {spec.draws} "
+            f"draws, {mb:.1f} MB at {cache.directory}",
+            highlight=False,
+            markup=False,
+        )
+    return cache.load(bundle.num_classes), draws
+
+
+def build_teacher_cache(cfg: ExperimentConfig, console: Console | None = None) -> Path:
+    """Build (or verify) the on-disk teacher cache of a config's distillation phase; return its directory."""
+    if not cfg.teacher.checkpoint:
+        raise ConfigError("kdkit cache needs teacher.checkpoint: the teacher whose outputs are cached")
+    console = console or make_console()
+    runtime = resolve_runtime(cfg.runtime.precision, cfg.runtime.threads, cfg.runtime.channels_last)
+    engine = Engine(runtime, MetricsLogger(None), console, progress=False)
+    bundle = load_data(cfg.data, cfg.seed)
+    ctx = RunContext(cfg, bundle, engine, Path(cfg.teacher.checkpoint).parent, resume=False)
+    teacher, meta = load_model(cfg.teacher.checkpoint)
+    if meta["num_classes"] != bundle.num_classes:
+        raise ModelError(
+            f"teacher.checkpoint predicts {meta['num_classes']} classes, {cfg.data.dataset} has "
+            f"{bundle.num_classes}"
+        )
+    d, dcfg = cfg.distill, cfg.distill_train()
+    transfer = omit_classes(bundle.train, d.omit_classes) if d.omit_classes else bundle.train
+    frozen = FrozenTeacher(engine.prepare(teacher), dtype=runtime.amp_dtype)
+    augment = Augment(**dcfg.augment.model_dump())
+    logits, _ = cached_logits(ctx, frozen, transfer, augment, cfg.seed + 1)
+    spec = _cache_spec(ctx, augment)
+    console.print(
+        f"teacher cache ready: {tuple(logits.shape)} logits "
+        f"({disk_bytes(len(transfer), spec.draws, bundle.num_classes, spec.topk) / 2**20:.1f} MB)",
+        highlight=False,
+        markup=False,
+    )
+    c = cfg.distill.cache
+    return Path(c.dir).expanduser() if c.dir else default_cache_root()

@@ -1,0 +1,57 @@
+"""What a run reports about each model: its evaluation record and the accuracy/size table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from kdkit.engine import EvalResult, FitResult
+from kdkit.models import count_params, model_size_mb
+
+ROLE_LABELS = {
+    "teacher": "teacher",
+    "student_scratch": "student (scratch)",
+    "student_kd": "student (distilled)",
+    "teacher_joint": "teacher (joint)",
+    "assistant": "assistant (TAKD)",
+}
+
+
+def eval_record(model: nn.Module, fit: FitResult | None, val: EvalResult, test: EvalResult) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "accuracy": test.accuracy,
+        "errors": test.errors,
+        "test_size": test.total,
+        "val_accuracy": val.accuracy if val.total else None,
+        "val_errors": val.errors if val.total else None,
+        "params": count_params(model),
+        "size_mb": round(model_size_mb(model), 4),
+        "train_seconds": round(fit.train_seconds, 3) if fit else 0.0,
+        "errors_per_class": test.errors_per_class,
+    }
+    if fit:
+        rec["steps"] = fit.steps
+        rec["samples_per_second"] = round(fit.samples_per_second, 1)
+    return rec
+
+
+def print_table(summary: dict[str, Any], console: Console) -> None:
+    """Print the accuracy/size table of a run."""
+    table = Table(title=f"kdkit run: {summary['name']} ({summary['dataset']})")
+    for col in ("model", "test acc", "errors", "val acc", "params", "size MB", "train s"):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+    for key, rec in summary["models"].items():
+        va = rec.get("val_accuracy")
+        table.add_row(
+            ROLE_LABELS.get(key, key),
+            f"{rec['accuracy'] * 100:.2f}%",
+            f"{rec['errors']}/{rec['test_size']}",
+            "-" if va is None else f"{va * 100:.2f}%",
+            f"{rec['params']:,}",
+            f"{rec['size_mb']:.2f}",
+            f"{rec['train_seconds']:.1f}",
+        )
+    console.print(table)
