@@ -10,6 +10,7 @@ import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -66,14 +67,8 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of the kdkit CLI."""
-    parser = argparse.ArgumentParser(
-        prog="kdkit",
-        description="Knowledge distillation toolkit: train a teacher, distill a student, measure.",
-        epilog=EPILOG,
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _add_run_parser(sub: Any) -> None:
+    """Add the `run` subcommand."""
 
     p = sub.add_parser(
         "run",
@@ -92,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run data-parallel on N local processes (torchrun; gloo on CPU, NCCL on GPU)",
     )
 
+
+def _add_quickstart_parser(sub: Any) -> None:
+    """Add the `quickstart` subcommand."""
     p = sub.add_parser(
         "quickstart",
         help="the whole experiment on the embedded MNIST subset (no data needed)",
@@ -99,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(p)
 
+
+def _add_train_parser(sub: Any) -> None:
+    """Add the `train` subcommand."""
     p = sub.add_parser(
         "train",
         help="train one network on hard labels (teacher or student-from-scratch phase)",
@@ -108,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", choices=["teacher", "student"], default="teacher", help="which network to train")
     _add_common(p)
 
+
+def _add_distill_parser(sub: Any) -> None:
+    """Add the `distill` subcommand."""
     p = sub.add_parser(
         "distill",
         help="distill the student from a teacher checkpoint (or train the teacher first)",
@@ -117,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="teacher checkpoint (.safetensors/.json pair written by kdkit)")
     _add_common(p)
 
+
+def _add_eval_parser(sub: Any) -> None:
+    """Add the `eval` subcommand."""
     p = sub.add_parser("eval", help="evaluate a kdkit model checkpoint on a data set", epilog=EPILOG)
     p.add_argument("checkpoint", help="model checkpoint (.safetensors/.json pair written by kdkit)")
     p.add_argument("--dataset", default=None, help="data set name (default: the one the run used)")
@@ -126,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
 
+
+def _add_compress_parser(sub: Any) -> None:
+    """Add the `compress` subcommand."""
     p = sub.add_parser(
         "compress",
         help="prune, distill again, quantize to int8 and export to ONNX the distilled student of a run",
@@ -144,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a compress setting, e.g. --set compress.prune_target=0.3 (repeatable; values are YAML)",
     )
 
+
+def _add_cache_parser(sub: Any) -> None:
+    """Add the `cache` subcommand."""
     p = sub.add_parser(
         "cache",
         help="compute the teacher's outputs for the transfer set once, on disk",
@@ -161,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config field (repeatable)",
     )
 
+
+def _add_sweep_parser(sub: Any) -> None:
+    """Add the `sweep` subcommand."""
     p = sub.add_parser(
         "sweep",
         help="run a config over a grid of values (e.g. a temperature study), resumable, with one table",
@@ -197,6 +213,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config field for every run (repeatable; values are YAML)",
     )
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the kdkit CLI."""
+    parser = argparse.ArgumentParser(
+        prog="kdkit",
+        description="Knowledge distillation toolkit: train a teacher, distill a student, measure.",
+        epilog=EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run_parser(sub)
+    _add_quickstart_parser(sub)
+    _add_train_parser(sub)
+    _add_distill_parser(sub)
+    _add_eval_parser(sub)
+    _add_compress_parser(sub)
+    _add_cache_parser(sub)
+    _add_sweep_parser(sub)
     sub.add_parser("models", help="list the registered model names")
     return parser
 

@@ -28,7 +28,7 @@ from kdkit.compress.export import (
     run_onnx,
 )
 from kdkit.compress.latency import Latency, flops, latency_table, ort_latency, time_runs, torch_latency
-from kdkit.compress.pipeline import ROW_FIELDS, ROWS, compress_run, report_markdown
+from kdkit.compress.pipeline import ROW_FIELDS, ROWS, compress_run
 from kdkit.compress.prune import (
     PruneReport,
     count_macs_params,
@@ -40,6 +40,7 @@ from kdkit.compress.prune import (
 )
 from kdkit.compress.qat import QatError, QuantizationAware
 from kdkit.compress.quantize import BatchCalibrationReader, QuantizeError, op_counts, quantize_onnx
+from kdkit.compress.report import report_markdown
 from kdkit.config import CompressConfig, CompressDistillConfig
 
 __all__ = [

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import importlib.metadata
-import io
 import itertools
 import json
 import os
@@ -23,15 +22,15 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.table import Table
 from torch import Tensor, nn
 
-from kdkit.checkpoint import atomic_write_bytes, atomic_write_text
+from kdkit.checkpoint import atomic_write_text
 from kdkit.compress.export import check_onnx, evaluate_onnx, export_onnx, onnx_tolerance
 from kdkit.compress.latency import flops, latency_table, ort_latency, torch_latency
 from kdkit.compress.prune import count_macs_params, layer_widths, prune_model, save_pruned_model
 from kdkit.compress.qat import QuantizationAware
 from kdkit.compress.quantize import op_counts, quantize_onnx
+from kdkit.compress.report import plot_accuracy_vs_latency, print_compress_table, report_markdown
 from kdkit.config import CompressConfig, CompressDistillConfig, ExperimentConfig, TrainConfig, load_config
 from kdkit.console import make_console
 from kdkit.data.bundle import DataBundle, load_data, make_loader
@@ -396,7 +395,7 @@ def compress_run(
         summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
         atomic_write_text(tmp / "summary.json", json.dumps(summary, indent=2))
         atomic_write_text(tmp / "report.md", report_markdown(summary))
-        if _plot(summary, tmp / "accuracy_vs_latency.png"):
+        if plot_accuracy_vs_latency(summary, tmp / "accuracy_vs_latency.png"):
             summary["plot"] = "accuracy_vs_latency.png"
         # Re-check just before replacing: another process may have written compress/ meanwhile.
         _check_output_dir(out, overwrite)
@@ -505,110 +504,3 @@ def _compress(c: _Compressor, ckpt: Path) -> dict[str, Any]:
         "qat": qat,
         "models": rows,
     }
-
-
-def _fmt_ms(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3g}"
-
-
-def _fmt_row(rec: dict[str, Any]) -> list[str]:
-    return [
-        rec["label"],
-        f"{rec['accuracy'] * 100:.2f}%",
-        "-" if rec["params"] is None else f"{rec['params']:,}",
-        "-" if rec["flops"] is None else f"{rec['flops'] / 1e6:.3g}",
-        f"{rec['onnx_mb']:.3g}",
-        "-" if rec["safetensors_mb"] is None else f"{rec['safetensors_mb']:.3g}",
-    ]
-
-
-def _grid(summary: dict[str, Any]) -> list[tuple[int, int]]:
-    cfg = summary["config"]
-    return [(b, t) for b in cfg["batch_sizes"] for t in cfg["threads"]]
-
-
-def report_markdown(summary: dict[str, Any]) -> str:
-    """Return the compression report as Markdown: one table of accuracy, size, FLOPs and latency per model."""
-    grid = _grid(summary)
-    lat_cols = [f"{be}_b{b}_t{t}" for be in ("ort", "eager") for b, t in grid]
-    header = ["model", "test acc", "params", "MFLOPs", "ONNX MB", "safetensors MB", *lat_cols]
-    rows = [
-        [*_fmt_row(rec), *(_fmt_ms(rec["latency_ms"].get(c)) for c in lat_cols)]
-        for rec in summary["models"].values()
-    ]
-    p = summary["prune"]
-    lines = [
-        f"# kdkit compress: {summary['name']} ({summary['dataset']})",
-        "",
-        f"Pruned {p['achieved']:.1%} of the student's {p['by']} (target {p['target']:.0%}) in "
-        f"{len(p['rounds'])} round(s), each followed by distillation from the teacher. "
-        f"torch {summary['torch']}, onnxruntime {summary['onnxruntime']}, "
-        f"torch-pruning {summary['torch_pruning']}, {summary['cpu_count']} CPUs.",
-        "",
-        "Latency columns: median milliseconds per batch over "
-        f"{summary['config']['latency_runs']} runs; ort = ONNX Runtime, eager = PyTorch fp32, "
-        "b = batch size, t = threads. The int8 model's accuracy is measured by ONNX Runtime over the test set; "
-        "the others by PyTorch. FLOPs = 2 x multiply-accumulates per sample.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-        *("| " + " | ".join(r) + " |" for r in rows),
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def print_compress_table(summary: dict[str, Any], console: Console) -> None:
-    """Print the compression results: accuracy and size per model, then latency per model and backend."""
-    table = Table(title=f"kdkit compress: {summary['name']} ({summary['dataset']})")
-    for col in ("model", "test acc", "params", "MFLOPs", "ONNX MB", "safetensors MB"):
-        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
-    for rec in summary["models"].values():
-        table.add_row(*_fmt_row(rec))
-    console.print(table)
-    # Latency in a second table: a column per (batch, threads) cell would not fit a 120-column console.
-    grid = _grid(summary)
-    lat = Table(title="latency: median ms per batch (b = batch size, t = threads)")
-    lat.add_column("model", no_wrap=True)
-    lat.add_column("backend", no_wrap=True)
-    for b, t in grid:
-        lat.add_column(f"b{b} t{t}", justify="right", no_wrap=True)
-    for rec in summary["models"].values():
-        for be, name in (("ort", "ONNX Runtime"), ("eager", "PyTorch eager")):
-            cells = [rec["latency_ms"].get(f"{be}_b{b}_t{t}") for b, t in grid]
-            if any(c is not None for c in cells):
-                lat.add_row(rec["label"], name, *(_fmt_ms(c) for c in cells))
-    console.print(lat)
-
-
-def _plot(summary: dict[str, Any], path: Path) -> bool:
-    """Draw test accuracy against ONNX Runtime latency (largest batch, fewest threads); False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    cfg = summary["config"]
-    b, t = max(cfg["batch_sizes"]), min(cfg["threads"])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for backend, marker in (("ort", "o"), ("eager", "s")):
-        pts = [
-            (rec["latency_ms"].get(f"{backend}_b{b}_t{t}"), rec["accuracy"] * 100, rec["label"])
-            for rec in summary["models"].values()
-        ]
-        pts = [p for p in pts if p[0] is not None]
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=backend)
-        for x, y, label in pts:
-            ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel(f"latency, ms per batch of {b} ({t} thread{'s' if t > 1 else ''}, median)")
-    ax.set_ylabel("test accuracy, %")
-    ax.set_title(f"{summary['name']}: accuracy vs latency")
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return True
