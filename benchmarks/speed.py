@@ -54,8 +54,8 @@ from kdkit.data import load_dataset
 from kdkit.data.loader import Augment, InMemoryLoader, channel_stats
 from kdkit.engine import Engine
 from kdkit.experiment import load_model
-from kdkit.losses import Objective
 from kdkit.models import create
+from kdkit.objective import Objective
 from kdkit.optim import build_optimizer
 from kdkit.runtime import Runtime, resolve_runtime, seed_everything
 from kdkit.teacher import FrozenTeacher

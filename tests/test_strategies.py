@@ -18,8 +18,8 @@ from kdkit.data.loader import InMemoryLoader, channel_stats
 from kdkit.engine import Engine
 from kdkit.errors import ConfigError
 from kdkit.experiment import load_model, run_experiment
-from kdkit.losses import Objective
 from kdkit.models import create
+from kdkit.objective import Objective
 from kdkit.runtime import resolve_runtime
 from kdkit.strategies import check_strategy, joint_objective, mutual_objective
 from kdkit.teacher import FrozenTeacher

@@ -17,8 +17,8 @@ from kdkit.ensemble import EnsembleTeacher, normalized_weights
 from kdkit.errors import ConfigError, DataError, ModelError
 from kdkit.experiment import load_model, run_experiment
 from kdkit.losses import kd, soft_target_kd
-from kdkit.losses.objective import Objective
 from kdkit.models import create
+from kdkit.objective import Objective
 from kdkit.signals import STOP
 from kdkit.transfer import (
     TeacherLabelSmoothingWarning,

@@ -33,15 +33,15 @@ from kdkit.data.loader import Augment, AugParams, InMemoryLoader, channel_stats
 from kdkit.engine import Engine, EvalResult, FitResult
 from kdkit.ensemble import EnsembleTeacher
 from kdkit.errors import CheckpointError, ConfigError, DataError, ModelError, RunDirError
-from kdkit.losses.objective import Objective
 from kdkit.metrics import MetricsLogger
 from kdkit.models import count_params, create, model_size_mb
+from kdkit.objective import Objective
 from kdkit.pretrain import run_pretraining
 from kdkit.resume import CheckpointPolicy
 from kdkit.runtime import resolve_runtime, seed_everything
 from kdkit.teacher import FrozenTeacher
 from kdkit.teacher_cache import CacheSpec, TeacherCache, cache_key, disk_bytes, draws_for
-from kdkit.terms import LOSSES, build_objective
+from kdkit.terms.build import build_objective, reads_teacher_features
 
 # Files and folders kdkit writes into a run directory; --overwrite removes these and nothing else.
 RUN_ARTIFACTS = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "tb", "compress")
@@ -720,9 +720,7 @@ class _PhaseRunner:
         unlabeled = bool((transfer.labels < 0).any())
         augment = Augment(**dcfg.augment.model_dump())
         frozen = ktransfer.freeze(self, teacher)
-        needs_features = bool(d.terms) and any(
-            LOSSES[t.loss].kind in ("feature", "embedding", "module") for t in d.terms if t.loss in LOSSES
-        )
+        needs_features = bool(d.terms) and reads_teacher_features(d.terms)
         mode = d.teacher_outputs
         varies = isinstance(frozen, EnsembleTeacher) and frozen.mode == "random"  # one teacher per batch
         if teacher_logits is not None:

@@ -41,7 +41,8 @@ from kdkit.experiment import (
     make_loader,
     rebuild_model,
 )
-from kdkit.terms import LOSSES, build_objective
+from kdkit.terms import TERMS
+from kdkit.terms.build import build_objective
 
 _SAMPLE = 16  # images in the dry run of distill.terms
 
@@ -161,8 +162,8 @@ def _check_classes(cfg: ExperimentConfig, bundle: DataBundle, student: nn.Module
 def _check_terms(cfg: ExperimentConfig, bundle: DataBundle) -> None:
     terms = cfg.distill.terms or []
     for i, tc in enumerate(terms):
-        if tc.loss not in LOSSES:
-            raise ConfigError(f"distill.terms[{i}].loss: unknown loss {tc.loss!r}; known: {sorted(LOSSES)}")
+        if tc.loss not in TERMS:
+            raise ConfigError(f"distill.terms[{i}].loss: unknown loss {tc.loss!r}; known: {sorted(TERMS)}")
     pairs = _distilled_pairs(cfg, bundle) if terms else []
     if not pairs:
         return

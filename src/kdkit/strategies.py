@@ -32,8 +32,9 @@ from kdkit.config import ExperimentConfig, ModelSpec, ResponseLossConfig, TrainC
 from kdkit.data.loader import Augment
 from kdkit.errors import ConfigError
 from kdkit.losses import response
-from kdkit.losses.objective import RESPONSE_LOSSES, Objective, Term
+from kdkit.objective import Objective, Term
 from kdkit.runtime import seed_everything
+from kdkit.terms import term_spec
 
 if TYPE_CHECKING:
     from kdkit.experiment import _PhaseRunner
@@ -147,7 +148,7 @@ def joint_objective(
     d: ResponseLossConfig, teacher_ce_weight: float, stop_teacher_gradient: bool, label_smoothing: float = 0.0
 ) -> Objective:
     """Return the joint (Apprentice) objective over `teacher.logits` and `student.logits`, both trainable."""
-    soft_fn = RESPONSE_LOSSES[d.loss][0]
+    soft_fn = term_spec(d.loss).fn
     terms = []
     if teacher_ce_weight:
         terms.append(
@@ -177,7 +178,7 @@ def joint_objective(
 
 def mutual_objective(d: ResponseLossConfig, names: list[str], label_smoothing: float = 0.0) -> Objective:
     """Return the DML objective: per peer, beta * CE + alpha * mean soft loss to the other (detached) peers."""
-    soft = _mean_over_peers(RESPONSE_LOSSES[d.loss][0])
+    soft = _mean_over_peers(term_spec(d.loss).fn)
     terms = []
     for name in names:
         own = f"{name}.logits"

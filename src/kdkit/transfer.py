@@ -32,7 +32,7 @@ from kdkit.data.splits import UNLABELED, omit_classes
 from kdkit.ensemble import EnsembleTeacher, normalized_weights
 from kdkit.errors import ConfigError, ModelError
 from kdkit.losses import response
-from kdkit.losses.objective import Objective
+from kdkit.objective import Objective
 from kdkit.teacher import FrozenTeacher
 
 if TYPE_CHECKING:

@@ -38,8 +38,8 @@ from kdkit.data.loader import Augment, InMemoryLoader
 from kdkit.engine import Engine
 from kdkit.errors import CheckpointError, RunDirError
 from kdkit.experiment import DataBundle, load_data, load_model, make_loader
-from kdkit.losses.objective import Objective
 from kdkit.metrics import MetricsLogger
+from kdkit.objective import Objective
 from kdkit.runtime import resolve_runtime, seed_everything
 from kdkit.teacher import FrozenTeacher
 
