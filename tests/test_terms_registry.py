@@ -274,7 +274,14 @@ def test_reads_teacher_features():
     assert not reads_teacher_features(logits)
     assert reads_teacher_features([*logits, TermConfig(loss="pkt", student="a", teacher="b")])
     assert reads_teacher_features([TermConfig(loss="fsp", student=["a", "b"], teacher=["a", "b"])])
-    assert [n for n, s in TERMS.items() if not s.reads_teacher] == ["ce"]
+    assert [n for n, s in TERMS.items() if not s.reads_teacher_features] == [
+        "kd",
+        "logit_mse",
+        "kd_mse_mix",
+        "dkd",
+        "dist",
+        "ce",
+    ]
 
 
 class ScaledL1Options(Options):

@@ -33,14 +33,8 @@ _LOGIT_INPUTS: dict[str, tuple[str, ...]] = {
 }
 
 
-class NoOptions(BaseModel):
-    """The options of a term that takes none."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
 class Options(BaseModel):
-    """Base of a term's options: unknown keys are refused."""
+    """Base of a term's options model (a term that takes none uses it as is): unknown keys are refused."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -70,7 +64,7 @@ class TermSpec:
     reference: str  # the paper (authors year) or "" for plain supervised terms
     fn: Callable[..., Tensor] | None = None  # stateless: called on the inputs with the options
     build: BuildFn | None = None  # stateful: a module sized from observed features, trained with the student
-    options: type[BaseModel] = NoOptions
+    options: type[BaseModel] = Options
     needs_adapter_when_shapes_differ: bool = False
     response: bool = False  # usable as distill.loss: alpha * loss(student, teacher) + beta * CE
     extra_inputs: tuple[str, ...] = ()  # further named tensors read after the kind's (crd: "index")
@@ -102,13 +96,12 @@ class TermSpec:
 
     @property
     def reads_teacher_features(self) -> bool:
-        """Return True when the term reads teacher features (so teacher outputs must come online)."""
-        return self.reads_features
+        """Return True when the term reads teacher features (so teacher outputs must come online).
 
-    @property
-    def reads_teacher(self) -> bool:
-        """Return True when the term reads any teacher tensor."""
-        return self.kind != "labels"
+        Every feature kind reads one or more outputs on both sides, so this is `reads_features` today; callers
+        deciding how teacher outputs arrive ask this question.
+        """
+        return self.reads_features
 
     @property
     def logit_inputs(self) -> tuple[str, ...]:
