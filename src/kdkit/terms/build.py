@@ -97,20 +97,25 @@ def _inputs(spec: TermSpec, tc: TermConfig, where: str) -> tuple[str, ...]:
     return (f"student:{tc.student}", f"teacher:{tc.teacher}") + spec.extra_inputs
 
 
+def _not_built(*inputs: Tensor, **options: Any) -> Tensor:
+    # The placeholder of a stateful term until build_objective replaces it with the term's module.
+    raise RuntimeError("a stateful loss term was called before its module was built")
+
+
 def _term(spec: TermSpec, tc: TermConfig, where: str) -> Term:
     """Return the term of one config entry, its options checked by the term's options model."""
     try:
         options = spec.validate_options(tc.options)
     except ValueError as exc:
         raise ConfigError(f"{where}.options: {exc}") from None
-    fn = spec.fn
-    if fn is not None and spec.kind == "embedding":
+    fn = spec.fn or _not_built
+    if spec.fn is not None and spec.kind == "embedding":
         fn = _flat(fn)
-    elif fn is not None and spec.kind == "layer_lists":
+    elif spec.fn is not None and spec.kind == "layer_lists":
         fn = _split_lists(fn)
     return Term(
         name=tc.loss,
-        fn=fn,  # type: ignore[arg-type]  # a stateful term's module replaces it once built
+        fn=fn,
         inputs=_inputs(spec, tc, where),
         weight=tc.weight,
         kwargs=options,
