@@ -53,9 +53,9 @@ from kdkit.console import make_console
 from kdkit.data import load_dataset
 from kdkit.data.loader import Augment, InMemoryLoader, channel_stats
 from kdkit.engine import Engine
-from kdkit.losses import Objective
 from kdkit.model_io import load_model
 from kdkit.models import create
+from kdkit.objective import Objective
 from kdkit.optim import build_optimizer
 from kdkit.runtime import Runtime, resolve_runtime, seed_everything
 from kdkit.teacher import FrozenTeacher

@@ -12,8 +12,8 @@ from kdkit.config import TrainConfig
 from kdkit.data.loader import InMemoryLoader
 from kdkit.engine import Engine, NonFiniteLossError
 from kdkit.errors import KdkitError
-from kdkit.losses import Objective, Term
 from kdkit.models import create
+from kdkit.objective import Objective, Term
 from kdkit.optim import FusedSGD, WeightEma, build_optimizer, lr_factor
 from kdkit.resume import CheckpointPolicy, list_states
 from kdkit.runtime import resolve_runtime

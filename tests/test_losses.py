@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from kdkit.losses import Objective, cross_entropy, kd, kd_mse_mix, logit_mse, soft_target_kd
+from kdkit.losses import cross_entropy, kd, kd_mse_mix, logit_mse, soft_target_kd
+from kdkit.objective import Objective
 
 
 def _softmax(v, T):

@@ -13,7 +13,7 @@ from kdkit.experiment import run_experiment
 from kdkit.losses import OFDLoss, ofd, ofd_margin
 from kdkit.models import create
 from kdkit.taps import Tap
-from kdkit.terms import build_objective
+from kdkit.terms.build import build_objective
 
 PRE = "layer3.-1.relu_out:input"
 
@@ -123,7 +123,6 @@ def test_ofd_term_measures_the_margin_on_the_teacher_and_equals_the_loss():
 @pytest.mark.parametrize(
     "term,fragment",
     [
-        ({"loss": "ofd", "student": PRE, "teacher": PRE, "options": {"margin": 1}}, "takes no options"),
         ({"loss": "ofd", "student": PRE, "teacher": "fc"}, "same kind on both sides"),
         ({"loss": "ofd", "student": PRE}, "set both `student` and `teacher`"),
     ],
@@ -139,6 +138,16 @@ def test_bad_ofd_terms_are_config_errors_naming_the_term(term, fragment):
             torch.zeros(4, dtype=torch.long),
         )
     assert fragment in str(exc.value)
+
+
+def test_ofd_options_are_refused_when_the_config_is_validated():
+    # Options are checked by the term's options model at config time, before any model is built.
+    term = {"loss": "ofd", "student": PRE, "teacher": PRE, "options": {"margin": 1}}
+    raw = {"teacher": {"model": {"name": "resnet8"}}, "student": {"model": {"name": "resnet8"}}}
+    with pytest.raises(ConfigError) as exc:
+        build_config({**raw, "distill": {"terms": [term]}})
+    assert "distill.terms.0.options" in str(exc.value) and "ofd takes no options" in str(exc.value)
+    assert "'margin'" in str(exc.value)
 
 
 def test_ofd_in_a_run_on_mlp_pre_activations_saves_its_margin_and_connector(tmp_path):

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import torch
 
+from kdkit.terms import TERMS, terms_markdown
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
@@ -30,3 +32,12 @@ def test_ci_runs_the_readme_test_command():
     assert "pip install torch==2.13.0" in install and "kdkit quickstart" in install
     ci = (ROOT / ".ci" / "run").read_text()
     assert test in ci.splitlines()
+
+
+def test_readme_lists_exactly_the_registered_loss_terms():
+    block = re.search(r"<!-- terms: begin -->\n(.*?)\n<!-- terms: end -->", README, re.S).group(1)
+    listed = re.findall(r"^- `([a-z_0-9]+)`:", block, re.M)
+    assert len(listed) == len(set(listed)), f"terms listed twice: {listed}"
+    missing, unknown = sorted(set(TERMS) - set(listed)), sorted(set(listed) - set(TERMS))
+    assert not missing and not unknown, f"README terms: missing {missing}, not registered {unknown}"
+    assert block == terms_markdown(), "README list is stale: regenerate it with kdkit.terms.terms_markdown()"

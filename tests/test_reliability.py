@@ -18,8 +18,8 @@ from kdkit.cli import main
 from kdkit.config import TrainConfig
 from kdkit.data.loader import InMemoryLoader
 from kdkit.engine import Engine
-from kdkit.losses import Objective, Term
 from kdkit.models import create
+from kdkit.objective import Objective, Term
 from kdkit.runtime import resolve_runtime
 from kdkit.signals import STOP, graceful_stop
 

@@ -18,9 +18,9 @@ from kdkit.data.loader import InMemoryLoader, channel_stats
 from kdkit.engine import Engine
 from kdkit.errors import ConfigError
 from kdkit.experiment import run_experiment
-from kdkit.losses import Objective
 from kdkit.model_io import load_model
 from kdkit.models import create
+from kdkit.objective import Objective
 from kdkit.runtime import resolve_runtime
 from kdkit.strategies import check_strategy, joint_objective, mutual_objective
 from kdkit.teacher import FrozenTeacher

@@ -18,9 +18,9 @@ from kdkit.errors import ConfigError, DataError, ModelError
 from kdkit.experiment import run_experiment
 from kdkit.label_smoothing import TeacherLabelSmoothingWarning, checkpoint_label_smoothing
 from kdkit.losses import kd, soft_target_kd
-from kdkit.losses.objective import Objective
 from kdkit.model_io import load_model
 from kdkit.models import create
+from kdkit.objective import Objective
 from kdkit.signals import STOP
 from kdkit.transfer import (
     label_unlabeled,

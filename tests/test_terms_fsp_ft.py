@@ -19,7 +19,8 @@ from kdkit.pretrain import run_pretraining
 from kdkit.runtime import resolve_runtime
 from kdkit.taps import Tap
 from kdkit.teacher import FrozenTeacher
-from kdkit.terms import FactorTransferTerm, build_objective
+from kdkit.terms import FactorTransferTerm
+from kdkit.terms.build import build_objective
 
 STAGES = ["relu", "layer1", "layer2", "layer3"]
 
@@ -86,7 +87,6 @@ def test_fsp_with_unequal_channels_names_both_layers_and_the_reason():
             {"loss": "fsp", "student": ["layer1", "fc"], "teacher": ["layer1", "fc"]},
             "feature maps (N, C, H, W)",
         ),
-        ({"loss": "fsp", "student": STAGES, "teacher": STAGES, "options": {"p": 2}}, "unexpected keyword"),
     ],
 )
 def test_bad_fsp_terms_fail_before_training(term, fragment):
@@ -96,20 +96,29 @@ def test_bad_fsp_terms_fail_before_training(term, fragment):
 
 
 @pytest.mark.parametrize(
-    "options, fragment",
+    "term, fragment",
     [
-        ({"paraphraser_epochs": 0}, "paraphraser_epochs must be a whole number"),
-        ({"paraphraser_epochs": 1.5}, "paraphraser_epochs must be a whole number"),
-        ({"paraphraser_lr": -1}, "paraphraser_lr must be a positive"),
-        ({"p": 3}, "p must be 1"),
-        ({"rate": 0.5}, "unexpected keyword argument 'rate'"),
+        ({"loss": "fsp", "options": {"p": 2}}, "unknown option 'p' of loss 'fsp' (fsp takes no options)"),
+        ({"options": {"paraphraser_epochs": 0}}, "paraphraser_epochs must be a whole number"),
+        ({"options": {"paraphraser_epochs": 1.5}}, "paraphraser_epochs must be a whole number"),
+        ({"options": {"paraphraser_lr": -1}}, "paraphraser_lr must be a positive"),
+        ({"options": {"p": 3}}, "p must be 1"),
+        ({"options": {"rate": 0.5}}, "unknown option 'rate' of loss 'factor_transfer' (it takes k, p,"),
     ],
 )
-def test_bad_factor_transfer_options_are_config_errors(options, fragment):
-    term = {"loss": "factor_transfer", "student": "layer3", "teacher": "layer3", "options": options}
+def test_bad_fsp_and_factor_transfer_options_fail_when_the_config_is_validated(term, fragment):
+    term = {"loss": "factor_transfer", "student": "layer3", "teacher": "layer3", **term}
+    raw = {"teacher": {"model": {"name": "resnet20"}}, "student": {"model": {"name": "resnet8"}}}
     with pytest.raises(ConfigError) as e:
-        _build([term], create("resnet8"), create("resnet20"))
-    assert fragment in str(e.value) and "distill.terms[0]" in str(e.value)
+        build_config({**raw, "distill": {"terms": [{"loss": "ce"}, term]}})
+    assert "distill.terms.1.options: " in str(e.value) and fragment in str(e.value)
+
+
+def test_factor_transfer_term_built_in_python_checks_its_options():
+    with pytest.raises(ValueError, match="paraphraser_epochs must be a whole number"):
+        FactorTransferTerm(16, 64, "layer3", paraphraser_epochs=0)
+    with pytest.raises(ValueError, match="p must be 1"):
+        FactorTransferTerm(16, 64, "layer3", p=3)
 
 
 def test_paraphraser_stage_trains_then_the_student_term_uses_it_frozen():

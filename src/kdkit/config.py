@@ -7,9 +7,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from kdkit.errors import ConfigError
+from kdkit.terms.registry import TERMS, response_names, term_spec
 
 
 class _Strict(BaseModel):
@@ -217,9 +226,7 @@ class UnlabeledConfig(_Strict):
 class TermConfig(_Strict):
     """One loss term of a custom objective: a loss name, its weight, and (for features) module paths."""
 
-    loss: str = Field(
-        min_length=1, description="kd, logit_mse, kd_mse_mix, dkd, ce, fitnet, attention_transfer, ..."
-    )
+    loss: str = Field(min_length=1, description=f"a registered loss term: {', '.join(TERMS)}")
     weight: float = Field(1.0, ge=0)
     student: str | list[str] | None = Field(
         None, description="student module path for feature losses, e.g. layer3 (fsp: a list of paths)"
@@ -231,11 +238,26 @@ class TermConfig(_Strict):
         "auto", description="regressor from student to teacher features; auto builds one where shapes differ"
     )
     options: dict[str, Any] = Field(
-        default_factory=dict, description="keyword arguments of the loss function"
+        default_factory=dict, description="options of the loss term (checked by the term's options model)"
     )
     start_epoch: float = Field(0.0, ge=0, description="first (fractional) epoch the term is active")
     stop_epoch: float | None = Field(None, gt=0, description="epoch from which the term is off")
     warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up of the weight (DKD uses 20)")
+
+    @field_validator("loss")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        if v not in TERMS:
+            raise ValueError(f"unknown loss {v!r}; known: {sorted(TERMS)}")
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _options_of_loss(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        loss = info.data.get("loss")
+        if loss not in TERMS:
+            return v  # the loss itself is reported
+        return term_spec(loss).validate_options(v)
 
 
 class CacheConfig(_Strict):
@@ -254,11 +276,21 @@ class CacheConfig(_Strict):
 class ResponseLossConfig(_Strict):
     """A response-based objective: alpha * soft loss (student, teacher) + beta * cross-entropy."""
 
-    loss: Literal["kd", "logit_mse", "kd_mse_mix"] = "kd"
+    loss: str = Field("kd", description="a response loss term: kd, logit_mse, kd_mse_mix")
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, description="weight of the soft (teacher) term")
     beta: float = Field(0.1, ge=0, description="weight of the hard-label cross-entropy")
     mix: float = Field(0.5, ge=0, le=1, description="kd_mse_mix: 1 = KL soft targets, 0 = logit MSE")
+
+    @field_validator("loss")
+    @classmethod
+    def _response_loss(cls, v: str) -> str:
+        if v not in response_names():
+            raise ValueError(
+                f"{v!r} is not a response loss (alpha * loss(student, teacher) + beta * CE); known: "
+                f"{response_names()}; other terms go in distill.terms"
+            )
+        return v
 
     @model_validator(mode="after")
     def _some_weight(self) -> ResponseLossConfig:

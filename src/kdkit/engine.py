@@ -24,9 +24,9 @@ from kdkit.config import TrainConfig
 from kdkit.console import make_console
 from kdkit.data.loader import InMemoryLoader
 from kdkit.errors import KdkitError
-from kdkit.losses.objective import Objective
 from kdkit.metrics import MetricsLogger
 from kdkit.models import constraints
+from kdkit.objective import Objective
 from kdkit.optim import WeightEma, build_optimizer, build_scheduler
 from kdkit.resume import (
     CheckpointPolicy,

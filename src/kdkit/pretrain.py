@@ -9,7 +9,6 @@ one is loaded instead of trained again; then the stage's `finish` freezes what i
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,34 +17,27 @@ from torch import Tensor, nn
 from kdkit.config import TrainConfig
 from kdkit.data.loader import InMemoryLoader
 from kdkit.engine import Engine
-from kdkit.losses.objective import Objective
+from kdkit.objective import Objective, Term
 from kdkit.resume import CheckpointPolicy
 from kdkit.taps import Tap
+from kdkit.terms.stage import PretrainStage
 
 
-@dataclass
-class PretrainStage:
-    """What one term trains before distillation: a model over the batch images and its objective."""
-
-    name: str
-    model: nn.Module  # forward(images) -> (batch, classes) logits; the objective reads its taps
-    objective: Objective
-    epochs: int
-    lr: float
-    finish: Callable[[], None]  # called once the stage is trained (e.g. freeze the trained module)
-    close: Callable[[], None] = lambda: None  # release hooks the stage model holds on the teacher
+def stage_objective(stage: PretrainStage) -> Objective:
+    """Return the objective of a stage: its one loss over the stage model's tapped outputs."""
+    return Objective([Term(stage.loss_name, stage.loss, stage.inputs)])
 
 
 @torch.no_grad()
-def stage_loss(stage: PretrainStage, x: Tensor) -> float:
+def stage_loss(stage: PretrainStage, objective: Objective, x: Tensor) -> float:
     """Return the stage objective on one batch, in eval mode and fp32."""
     was_training = stage.model.training
     stage.model.eval()
     try:
-        with Tap(stage.model, stage.objective.student_paths(), what="stage") as tap:
+        with Tap(stage.model, objective.student_paths(), what="stage") as tap:
             logits = stage.model(x)
             tensors = {"student.logits": logits, **{f"student:{k}": v for k, v in tap.outputs.items()}}
-            loss, _ = stage.objective(tensors)
+            loss, _ = objective(tensors)
         return float(loss)
     finally:
         stage.model.train(was_training)
@@ -73,15 +65,16 @@ def run_pretraining(
         if make_stage is None:
             continue
         stage: PretrainStage = make_stage(teacher)
+        stage_obj = stage_objective(stage)
         try:
             stage.model = engine.prepare(stage.model)
             cfg = tcfg.model_copy(
                 update={"epochs": stage.epochs, "lr": stage.lr, "schedule": "constant", "warmup_epochs": 0.0}
             )
-            before = stage_loss(stage, probe)
+            before = stage_loss(stage, stage_obj, probe)
             name = f"{phase}-{key}-{stage.name}"
-            fit = engine.fit(name, stage.model, stage.objective, loader(), cfg, checkpoint=checkpoint)
-            after = stage_loss(stage, probe)
+            fit = engine.fit(name, stage.model, stage_obj, loader(), cfg, checkpoint=checkpoint)
+            after = stage_loss(stage, stage_obj, probe)
         finally:
             stage.close()
         stage.finish()

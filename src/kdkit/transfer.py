@@ -27,7 +27,7 @@ from kdkit.data.splits import UNLABELED
 from kdkit.ensemble import EnsembleTeacher
 from kdkit.errors import ConfigError
 from kdkit.losses import response
-from kdkit.losses.objective import Objective
+from kdkit.objective import Objective
 
 # Logits of a model for uint8 images, in order, without augmentation (CPU fp32).
 Predict = Callable[[nn.Module, Tensor], Tensor]

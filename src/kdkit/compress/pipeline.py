@@ -37,9 +37,9 @@ from kdkit.data.bundle import DataBundle, load_data, make_loader
 from kdkit.data.loader import Augment, InMemoryLoader
 from kdkit.engine import Engine
 from kdkit.errors import CheckpointError, RunDirError
-from kdkit.losses.objective import Objective
 from kdkit.metrics import MetricsLogger
 from kdkit.model_io import load_model
+from kdkit.objective import Objective
 from kdkit.run_dir import check_replaceable
 from kdkit.runtime import resolve_runtime, seed_everything
 from kdkit.teacher import FrozenTeacher

@@ -1,4 +1,4 @@
-"""Distillation losses as plain functions (the reference definitions) and an objective that sums them."""
+"""Distillation losses as plain functions (the reference definitions) and, where they hold state, modules."""
 
 from kdkit.losses.contrastive import ContrastLoss, ContrastMemory, Embed, contrast_loss
 from kdkit.losses.feature import (
@@ -13,7 +13,6 @@ from kdkit.losses.feature import (
     ofd_margin,
 )
 from kdkit.losses.modules import CRDLoss, OFDLoss, Paraphraser, Translator, VIDLoss
-from kdkit.losses.objective import RESPONSE_LOSSES, Objective, Term
 from kdkit.losses.relation import (
     correlation_congruence,
     dist,
@@ -28,15 +27,12 @@ from kdkit.losses.relation import (
 from kdkit.losses.response import cross_entropy, kd, kd_mse_mix, logit_mse, soft_target_kd
 
 __all__ = [
-    "RESPONSE_LOSSES",
     "CRDLoss",
     "ContrastLoss",
     "ContrastMemory",
     "Embed",
     "OFDLoss",
-    "Objective",
     "Paraphraser",
-    "Term",
     "Translator",
     "VIDLoss",
     "activation_boundary",

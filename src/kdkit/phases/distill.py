@@ -18,14 +18,14 @@ from kdkit.data.loader import Augment, AugParams
 from kdkit.data.sources import ArrayDataset
 from kdkit.data.splits import omit_classes
 from kdkit.ensemble import EnsembleTeacher
-from kdkit.losses.objective import Objective
+from kdkit.objective import Objective
 from kdkit.phases.context import RunContext
 from kdkit.phases.objectives import objective_of
 from kdkit.phases.teacher_outputs import cached_logits, precomputed_logits
 from kdkit.phases.train import train_model
 from kdkit.plan import DistillPhase
 from kdkit.pretrain import run_pretraining
-from kdkit.terms import build_objective
+from kdkit.terms.build import build_objective
 from kdkit.transfer import mask_unlabeled, relabel_transfer_set, unlabeled_transfer_set
 
 

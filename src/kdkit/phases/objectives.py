@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kdkit.losses.objective import Objective
+from kdkit.objective import Objective
 from kdkit.plan import ObjectivePlan
 from kdkit.strategies import joint_objective, mutual_objective
 

@@ -15,8 +15,8 @@ from kdkit.data.bundle import make_loader
 from kdkit.data.loader import Augment, AugParams
 from kdkit.data.sources import ArrayDataset
 from kdkit.label_smoothing import warn_label_smoothing
-from kdkit.losses.objective import Objective
 from kdkit.model_io import build_model
+from kdkit.objective import Objective
 from kdkit.phases.context import RunContext
 from kdkit.phases.objectives import objective_of
 from kdkit.plan import ModelSource, TrainPhase

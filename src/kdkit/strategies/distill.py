@@ -7,7 +7,8 @@ from typing import Any
 from kdkit.config import ExperimentConfig, ResponseLossConfig, TrainConfig
 from kdkit.errors import ConfigError
 from kdkit.plan import DistillPhase, ModelSource, ObjectivePlan, TeacherOutputs, TransferPlan
-from kdkit.terms import reads_labels, reads_teacher_features
+from kdkit.terms import term_spec
+from kdkit.terms.build import reads_teacher_features
 
 
 def teacher_outputs(
@@ -51,7 +52,7 @@ def distill_objective(cfg: ExperimentConfig, train: TrainConfig, transfer: Trans
     if d.terms:
         if soft_unlabeled:
             for i, t in enumerate(d.terms):
-                if t.loss != "ce" and reads_labels(t.loss):
+                if t.loss != "ce" and term_spec(t.loss).kind in ("labels", "logits_labels"):
                     raise ConfigError(
                         f"distill.terms: loss term {i} ({t.loss!r}) reads labels, which unlabeled images do not "
                         "have; use distill.unlabeled.targets: hard (teacher pseudo-labels) or remove the term"

@@ -17,10 +17,10 @@ from torch import Tensor
 from kdkit.config import ExperimentConfig, ResponseLossConfig
 from kdkit.errors import ConfigError
 from kdkit.losses import response
-from kdkit.losses.objective import Objective, Term
+from kdkit.objective import Objective, Term
 from kdkit.plan import CohortMember, CohortPhase, ModelSource, ObjectivePlan, Phase
 from kdkit.strategies.distill import response_loss, soft_kwargs
-from kdkit.terms import LOSSES
+from kdkit.terms import term_spec
 
 
 def check_cohort(cfg: ExperimentConfig) -> None:
@@ -93,7 +93,7 @@ def joint_objective(
     d: ResponseLossConfig, teacher_ce_weight: float, stop_teacher_gradient: bool, label_smoothing: float = 0.0
 ) -> Objective:
     """Return the joint (Apprentice) objective over `teacher.logits` and `student.logits`, both trainable."""
-    soft_fn = LOSSES[d.loss].fn
+    soft_fn = term_spec(d.loss).fn
     ce_kwargs = {"label_smoothing": label_smoothing}
     terms = []
     if teacher_ce_weight:

@@ -15,11 +15,11 @@ from torch import Tensor
 
 from kdkit.config import ExperimentConfig, ResponseLossConfig
 from kdkit.losses import response
-from kdkit.losses.objective import Objective, Term
+from kdkit.objective import Objective, Term
 from kdkit.plan import CohortMember, CohortPhase, ModelSource, ObjectivePlan, Phase
 from kdkit.strategies.distill import response_loss, soft_kwargs
 from kdkit.strategies.joint import check_cohort
-from kdkit.terms import LOSSES
+from kdkit.terms import term_spec
 
 
 def mutual_phases(cfg: ExperimentConfig, student_seed: int) -> list[Phase]:
@@ -56,7 +56,7 @@ def _mean_over_peers(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
 def mutual_objective(d: ResponseLossConfig, names: list[str], label_smoothing: float = 0.0) -> Objective:
     """Return the DML objective: per peer, beta * CE + alpha * mean soft loss to the other (detached) peers."""
-    soft = _mean_over_peers(LOSSES[d.loss].fn)
+    soft = _mean_over_peers(term_spec(d.loss).fn)
     terms = []
     for name in names:
         own = f"{name}.logits"

@@ -8,16 +8,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from kdkit.losses import response
-
-# Each loss of the response family with the named tensors it reads, in argument order.
-RESPONSE_LOSSES: dict[str, tuple[Callable[..., Tensor], tuple[str, ...]]] = {
-    "kd": (response.kd, ("student.logits", "teacher.logits")),
-    "logit_mse": (response.logit_mse, ("student.logits", "teacher.logits")),
-    "kd_mse_mix": (response.kd_mse_mix, ("student.logits", "teacher.logits")),
-    "soft_target_kd": (response.soft_target_kd, ("student.logits", "teacher.probs")),
-    "ce": (response.cross_entropy, ("student.logits", "labels")),
-}
+from kdkit.terms.registry import response_names, term_spec
 
 
 @dataclass
@@ -44,11 +35,15 @@ class Term:
 
     @classmethod
     def from_name(cls, loss: str, weight: float = 1.0, **kwargs: Any) -> Term:
-        """Return the term of a registered loss name with its default inputs."""
-        if loss not in RESPONSE_LOSSES:
-            raise KeyError(f"unknown loss {loss!r}; known: {sorted(RESPONSE_LOSSES)}")
-        fn, inputs = RESPONSE_LOSSES[loss]
-        return cls(name=loss, fn=fn, inputs=inputs, weight=weight, kwargs=kwargs)
+        """Return the term of a registered loss over logits/labels, with its inputs and checked options."""
+        spec = term_spec(loss)
+        if spec.reads_features or spec.stateful:
+            raise KeyError(
+                f"loss {loss!r} reads module outputs: build it with kdkit.terms.build.build_objective "
+                "(distill.terms with student/teacher paths)"
+            )
+        options = spec.validate_options(kwargs)  # ValueError naming the loss and the option
+        return cls(name=loss, fn=spec.fn, inputs=spec.logit_inputs, weight=weight, kwargs=options)
 
     def __call__(self, tensors: Mapping[str, Tensor], adapter: nn.Module | None = None) -> Tensor:
         """Return the unweighted value of this term on the step's named tensors."""
@@ -133,11 +128,10 @@ class Objective(nn.Module):
         label_smoothing: float = 0.0,
     ) -> Objective:
         """Return alpha * <soft loss>(student, teacher) + beta * CE(labels), the Hinton et al. recipe."""
-        kwargs: dict[str, Any] = {}
-        if loss in ("kd", "kd_mse_mix", "soft_target_kd"):
-            kwargs["temperature"] = temperature
-        if loss == "kd_mse_mix":
-            kwargs["mix"] = mix
+        if loss not in response_names():
+            raise KeyError(f"loss {loss!r} is not a response loss; known: {response_names()}")
+        given = {"temperature": temperature, "mix": mix}
+        kwargs = {k: v for k, v in given.items() if k in term_spec(loss).option_names()}
         terms = []
         if alpha:
             terms.append(Term.from_name(loss, alpha, **kwargs))
