@@ -1,0 +1,153 @@
+"""The sections every run has: model specs, training, data, runtime (strict: unknown keys are errors)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo must never be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(BaseModel):
+    """A model by registry name; every other key is passed to its factory and checked there."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1)
+
+    def options(self) -> dict[str, Any]:
+        """Return the factory keyword arguments (every key but `name`)."""
+        return dict(self.model_extra or {})
+
+
+class AugmentConfig(_Strict):
+    """Batch-level augmentation of uint8 images (no per-sample Python)."""
+
+    crop_padding: int = Field(
+        0, ge=0, le=64, description="random crop after zero-padding by this many pixels"
+    )
+    jitter: int = Field(0, ge=0, le=64, description="random translation by up to this many pixels each way")
+    flip: bool = Field(False, description="random horizontal flip")
+
+    @property
+    def enabled(self) -> bool:
+        """Return True when any augmentation is active."""
+        return bool(self.crop_padding or self.jitter or self.flip)
+
+
+class TrainConfig(_Strict):
+    """Optimisation of one phase (teacher, scratch student or distilled student)."""
+
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "step", "cosine", "onecycle"] = "cosine"
+    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75], description="fractions of training")
+    gamma: float = Field(0.1, gt=0)
+    warmup_epochs: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this value")
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="keep an exponential moving average of the weights (decay per step, warmed up as "
+        "min(decay, (1 + step) / (10 + step))); the phase validates and returns the averaged weights",
+    )
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="stop: end the run naming the step and term; skip: drop such batches (counted)"
+    )
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < m < 1 for m in v) or v != sorted(v):
+            raise ValueError("milestones are increasing fractions of the training run, each in (0, 1)")
+        return v
+
+
+class DataConfig(_Strict):
+    """Where data comes from and how it is split."""
+
+    dataset: str = Field("mnist-small", min_length=1)
+    root: str | None = None
+    download: bool = False
+    val_size: float = Field(
+        0.1, ge=0, description="held-out validation images: a count (>= 1) or a fraction of the training set"
+    )
+    split_seed: int | None = Field(
+        None,
+        description="seed of the train/validation split (default: the run's seed); fix it when runs with other "
+        "seeds must keep one validation set, e.g. students distilled from a teacher trained on that split",
+    )
+    image_size: int | None = Field(None, ge=8)
+    normalize: bool = True
+    train_limit: int | None = Field(
+        None, ge=1, description="use only the first N training images (smoke runs)"
+    )
+    labeled_fraction: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="keep the labels of only this fraction of the training set (chosen at random by the seed)",
+    )
+    labeled_count: int | None = Field(
+        None, ge=1, description="keep the labels of only this many training images; the rest is unlabeled"
+    )
+
+    @model_validator(mode="after")
+    def _one_labeled_size(self) -> DataConfig:
+        if self.labeled_fraction is not None and self.labeled_count is not None:
+            raise ValueError("set data.labeled_fraction or data.labeled_count, not both")
+        return self
+
+    @property
+    def semi_supervised(self) -> bool:
+        """Return True when part of the training set is unlabeled."""
+        return self.labeled_fraction is not None or self.labeled_count is not None
+
+    test_limit: int | None = Field(
+        None, ge=1, description="evaluate on N test images, evenly spaced through the set (smoke runs)"
+    )
+
+
+class PhaseModel(_Strict):
+    """A network of the run: its architecture and how it is trained."""
+
+    model: ModelSpec
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    checkpoint: str | None = Field(
+        None, description="load weights from this kdkit checkpoint instead of training"
+    )
+
+
+class RuntimeConfig(_Strict):
+    """How the run executes: precision, threads, logging."""
+
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    threads: int | None = Field(None, ge=1)
+    channels_last: bool = True
+    compile: bool = Field(
+        False, description="torch.compile the student's training step (falls back to eager)"
+    )
+    log_every: int = Field(50, ge=1, description="steps between loss logs (the only per-step host syncs)")
+    progress: bool = True
+    tensorboard: bool = True
+    eval_batch_size: int = Field(1000, ge=1)
+    checkpoint_every_steps: int | None = Field(
+        None,
+        ge=1,
+        description="also write the training state every N steps (it is always written at epoch ends)",
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="training states kept per phase (the newest ones)")
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="distributed backend under torchrun: auto = NCCL on GPUs, gloo on CPU"
+    )
