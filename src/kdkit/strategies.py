@@ -34,6 +34,7 @@ from kdkit.errors import ConfigError
 from kdkit.losses import response
 from kdkit.losses.objective import RESPONSE_LOSSES, Objective, Term
 from kdkit.runtime import seed_everything
+from kdkit.steps import CohortStep
 
 if TYPE_CHECKING:
     from kdkit.experiment import _PhaseRunner
@@ -239,7 +240,14 @@ def train_cohort(
         channels_last=runner.cl,
     )
     fit = runner.engine.fit(
-        phase, cohort, objective, loader, tcfg, val_loader=runner.val_loader, checkpoint=runner.policy()
+        phase,
+        cohort,
+        objective,
+        loader,
+        tcfg,
+        steps=CohortStep(cohort),
+        val_loader=runner.val_loader,
+        checkpoint=runner.policy(),
     )
     trained = fit.model
     assert isinstance(trained, Cohort)
