@@ -13,7 +13,7 @@ from kdkit.data.batches import BatchLoader
 from kdkit.data.loader import Batch, InMemoryLoader
 from kdkit.data.tokens import TokenLoader
 from kdkit.engine import Engine
-from kdkit.errors import KdkitError
+from kdkit.errors import KdkitError, ModelError
 from kdkit.losses import Objective, Term, response
 from kdkit.models import create
 from kdkit.resume import CheckpointPolicy
@@ -223,3 +223,12 @@ def test_teacher_step_tells_a_varying_teacher_each_steps_position_also_after_res
 def test_the_engine_knows_no_strategy_teacher_or_hook_class():
     source = Path(kdkit.engine.__file__).read_text()
     assert not re.search(r"\b(Cohort|FrozenTeacher|EnsembleTeacher|Tap)\b", source)
+
+
+def test_a_bad_teacher_path_fails_fit_with_the_valid_paths_and_leaves_no_hook_behind():
+    x, y = _images()
+    student, teacher = _mlp(), _mlp(1)
+    obj = Objective([Term("f", response.logit_mse, ("student:features.fc1", "teacher:features.nope"))])
+    with pytest.raises(ModelError, match=r"teacher \(MLP\) has no module 'features.nope'"):
+        _engine().fit("s", student, obj, InMemoryLoader(x, y, 16), TrainConfig(epochs=1), teacher=teacher)
+    assert all(not m._forward_hooks for m in (*student.modules(), *teacher.modules()))

@@ -184,7 +184,11 @@ class TeacherStep(StudentStep):
         if paths:
             # Hooks go on the wrapped network, so paths read as in the teacher's own model.
             inner = self.teacher.model if isinstance(self.teacher, FrozenTeacher) else self.teacher
-            self._teacher_tap = Tap(inner, paths, what="teacher")
+            try:
+                self._teacher_tap = Tap(inner, paths, what="teacher")
+            except Exception:
+                super().close()  # a bad teacher path leaves the student unhooked too
+                raise
 
     def tensors(
         self, model: Callable[..., Tensor], batch: Mapping[str, Tensor], position: StepPosition
