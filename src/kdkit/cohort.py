@@ -2,8 +2,8 @@
 
 The engine sees one `nn.Module`: its parameters are optimised together, its state is checkpointed and
 resumed as one, and its forward returns the primary member's logits (train accuracy, compile, DDP). Every
-member's logits of the step are also handed to the objective as `<name>.logits`, so a loss term can read
-the others' predictions exactly as it reads a frozen teacher's.
+member's logits of the step are also handed to the objective as `<name>.logits` (by its step provider,
+`kdkit.steps.CohortStep`), so a loss term can read the others' predictions as it reads a frozen teacher's.
 """
 
 from __future__ import annotations

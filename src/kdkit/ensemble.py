@@ -8,8 +8,8 @@ outputs and the engine treat it like a single teacher:
   ``softmax(out / T)``, which is exactly the weighted mean of the teachers' softened probabilities
   (the log of a distribution is its own log-softmax). Computed with logsumexp, so no probability underflows.
 - ``random``: the logits of one teacher per mini-batch, drawn with probabilities ``w`` from a generator seeded
-  by (seed, epoch, batch). The engine calls `set_position(epoch, batch)` before every training step, so a run
-  is reproducible and a resumed run draws the same teachers.
+  by (seed, epoch, batch). Its step provider (`kdkit.steps.TeacherStep`) calls `set_position(epoch, batch)`
+  before every training step, so a run is reproducible and a resumed run draws the same teachers.
 
 The third algorithm (every teacher labels the data and augmented copies of it) builds a transfer set rather
 than a module: see `kdkit.transfer.relabel_transfer_set`.
@@ -82,7 +82,7 @@ class EnsembleTeacher(nn.Module):
         return self
 
     def set_position(self, epoch: int, batch: int) -> None:
-        """Tell a random-mode ensemble which training step comes next (the engine calls this every step)."""
+        """Tell a random-mode ensemble which training step comes next (its step provider calls this every step)."""
         self.position = (int(epoch), int(batch))
 
     def pick(self, epoch: int, batch: int) -> int:
@@ -98,9 +98,9 @@ class EnsembleTeacher(nn.Module):
                 counts[self.pick(e, b)] += 1
         return counts
 
-    def member_logits(self, x: Tensor) -> list[Tensor]:
+    def member_logits(self, *inputs: Tensor) -> list[Tensor]:
         """Return every member's float32 logits for a batch, checking that they predict the same classes."""
-        outs = [m(x) for m in self.members]
+        outs = [m(*inputs) for m in self.members]
         shapes = {tuple(o.shape) for o in outs}
         if len(shapes) > 1:
             raise ModelError(
@@ -109,13 +109,13 @@ class EnsembleTeacher(nn.Module):
             )
         return outs
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, *inputs: Tensor) -> Tensor:
         """Return the combined logits of a batch (see the module docstring for what each mode returns)."""
         with torch.no_grad():
             if self.mode == "random":
-                return self.members[self.pick(*self.position)](x)
-            zs = self.member_logits(x)
-            with torch.autocast(x.device.type, enabled=False):  # the mixture is computed in fp32
+                return self.members[self.pick(*self.position)](*inputs)
+            zs = self.member_logits(*inputs)
+            with torch.autocast(inputs[0].device.type, enabled=False):  # the mixture is computed in fp32
                 t = self.temperature.float()
                 logp = torch.stack([torch.log_softmax(z.float() / t, dim=-1) for z in zs])
                 logw = self.weights.float().log().view(-1, 1, 1)

@@ -27,9 +27,12 @@ class FrozenTeacher(nn.Module):
         self.model.eval()
         return self
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Return the teacher's logits as float32; the result carries no autograd history."""
+    def forward(self, *inputs: Tensor) -> Tensor:
+        """Return the teacher's logits as float32 for its inputs (images; token ids and mask); no autograd."""
+        if self.dtype is not None:
+            # Only floating-point inputs take the teacher's dtype: token ids and masks stay integers.
+            inputs = tuple(t.to(self.dtype) if t.is_floating_point() else t for t in inputs)
         with torch.inference_mode():
-            out = self.model(x if self.dtype is None else x.to(self.dtype))
+            out = self.model(*inputs)
         # inference-mode tensors cannot enter autograd graphs; a plain copy can, at negligible cost.
         return out.float() if out.dtype != torch.float32 else out.clone()

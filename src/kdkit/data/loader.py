@@ -6,14 +6,17 @@ No per-sample Python and no worker processes: on a 2-core CPU the cores are bett
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from kdkit.data.batches import INDEX, LABELS, stable_seed
+
+IMAGES = "images"
 
 
 @dataclass(frozen=True)
@@ -30,14 +33,33 @@ class Augment:
         return bool(self.crop_padding or self.jitter or self.flip)
 
 
-@dataclass
-class Batch:
-    """One mini-batch: normalised float images, labels, dataset indices, and per-sample extras."""
+@dataclass(eq=False)
+class Batch(Mapping[str, Tensor]):
+    """One mini-batch of images: a mapping `images`, `labels`, `index` and the per-sample extras by name.
+
+    `x`, `y`, `index` and `extras` stay readable as attributes for code that predates the mapping.
+    """
 
     x: Tensor
     y: Tensor
     index: Tensor
     extras: dict[str, Tensor] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Tensor:
+        if key == IMAGES:
+            return self.x
+        if key == LABELS:
+            return self.y
+        if key == INDEX:
+            return self.index
+        return self.extras[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from (IMAGES, LABELS, INDEX)
+        yield from self.extras
+
+    def __len__(self) -> int:
+        return 3 + len(self.extras)
 
 
 def channel_stats(images: np.ndarray | Tensor) -> tuple[list[float], list[float]]:
@@ -56,12 +78,6 @@ def channel_stats(images: np.ndarray | Tensor) -> tuple[list[float], list[float]
     mean /= count
     std = (sq / count - mean * mean).clamp_min(1e-12).sqrt()
     return mean.tolist(), std.tolist()
-
-
-def _seed_for(*parts: int) -> int:
-    # A stable 63-bit seed per (seed, epoch, batch): resuming mid-epoch needs no saved generator state.
-    h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
 @dataclass
@@ -119,7 +135,7 @@ def augment_draws(n: int, draws: int, aug: Augment, seed: int) -> AugParams:
 
     Teacher outputs cached for these draws let the student train on exactly the views the teacher labelled.
     """
-    gen = torch.Generator().manual_seed(_seed_for(seed, -1, draws))
+    gen = torch.Generator().manual_seed(stable_seed(seed, -1, draws))
     p = sample_params(n * draws, aug, gen)
     return AugParams(p.oy.view(n, draws), p.ox.view(n, draws), p.flip.view(n, draws))
 
@@ -203,19 +219,27 @@ class InMemoryLoader:
         self.epoch = epoch
         self.start_batch = start_batch
 
+    def batch_keys(self) -> frozenset[str]:
+        """Return the names of the tensors every batch holds."""
+        return frozenset((IMAGES, LABELS, INDEX, *self.extras, *self.draw_extras))
+
+    @property
+    def ordered(self) -> bool:
+        """Return True when batches show every image once, in order and unaugmented (for predictions)."""
+        return not self.shuffle and not self.augment.enabled
+
     def order(self) -> Tensor:
         """Return this epoch's global sample order."""
         n = len(self.images)
         if not self.shuffle:
             return torch.arange(n)
-        g = torch.Generator().manual_seed(_seed_for(self.seed, self.epoch))
+        g = torch.Generator().manual_seed(stable_seed(self.seed, self.epoch))
         return torch.randperm(n, generator=g)
 
     def shard(self, rank: int, world_size: int) -> InMemoryLoader:
         """Return this loader restricted to one rank's slice of every batch (itself for one process)."""
         if world_size <= 1:
             return self
-
         out = copy.copy(self)
         out.rank, out.world_size = rank, world_size
         return out
@@ -239,7 +263,7 @@ class InMemoryLoader:
             x = self.images.index_select(0, idx)
             extras = {k: v.index_select(0, idx) for k, v in self.extras.items()}
             if self.augment.enabled:
-                gen = torch.Generator().manual_seed(_seed_for(self.seed, self.epoch, b, 1))
+                gen = torch.Generator().manual_seed(stable_seed(self.seed, self.epoch, b, 1))
                 if self.draws is not None:
                     k = torch.randint(0, self.draws.oy.shape[1], (len(gidx),), generator=gen)[mine]
                     x = apply_params(x, self.augment, self.draws[idx, k])

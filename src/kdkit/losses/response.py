@@ -95,5 +95,10 @@ def kd_mse_mix(
 
 
 def cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
-    """Return the hard-label cross-entropy averaged over the batch, computed in fp32."""
+    """Return the hard-label cross-entropy averaged over the batch, computed in fp32.
+
+    Per-token logits (N, L, C) with labels (N, L) are averaged over the tokens whose label is not -100.
+    """
+    if logits.ndim == 3 and labels.ndim == 2:
+        logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
     return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)

@@ -29,10 +29,12 @@ from kdkit.models.resnet_cifar import (
     resnet56,
     resnet110,
 )
+from kdkit.models.sequence import GRUClassifier
 
 __all__ = [
     "CNN",
     "MLP",
+    "GRUClassifier",
     "BasicBlock",
     "ResNet",
     "apply_constraints",

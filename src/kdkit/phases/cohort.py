@@ -14,6 +14,7 @@ from kdkit.phases.context import RunContext
 from kdkit.phases.objectives import objective_of
 from kdkit.plan import CohortMember, CohortPhase
 from kdkit.runtime import seed_everything
+from kdkit.steps import CohortStep
 
 
 def _start(member: CohortMember, ctx: RunContext) -> nn.Module:
@@ -49,7 +50,14 @@ def run_cohort(phase: CohortPhase, ctx: RunContext) -> None:
     )
     objective = objective_of(phase.objective)
     fit = ctx.engine.fit(
-        phase.name, cohort, objective, loader, tcfg, val_loader=ctx.val_loader, checkpoint=ctx.policy()
+        phase.name,
+        cohort,
+        objective,
+        loader,
+        tcfg,
+        steps=CohortStep(cohort),  # every member's logits, as `<member>.logits`
+        val_loader=ctx.val_loader,
+        checkpoint=ctx.policy(),
     )
     trained = fit.model
     assert isinstance(trained, Cohort)

@@ -25,6 +25,7 @@ from kdkit.phases.teacher_outputs import cached_logits, precomputed_logits
 from kdkit.phases.train import train_model
 from kdkit.plan import DistillPhase
 from kdkit.pretrain import run_pretraining
+from kdkit.steps import ServedTeacherStep, TeacherStep
 from kdkit.terms.build import build_objective
 from kdkit.transfer import mask_unlabeled, relabel_transfer_set, unlabeled_transfer_set
 
@@ -157,7 +158,8 @@ def run_distill(phase: DistillPhase, ctx: RunContext) -> None:
         phase.train,
         transfer,
         seed=phase.seed,
-        teacher=frozen,
+        # The plan decided how the teacher's outputs arrive: a forward every step, or served by the loader.
+        steps=TeacherStep(frozen) if phase.outputs == "online" else ServedTeacherStep(),
         extras=extras,
         draws=draws,
         draw_extras=draw_extras,

@@ -21,6 +21,7 @@ from kdkit.phases.context import RunContext
 from kdkit.phases.objectives import objective_of
 from kdkit.plan import ModelSource, TrainPhase
 from kdkit.runtime import seed_everything
+from kdkit.steps import StepProvider
 
 
 def train_model(
@@ -32,7 +33,7 @@ def train_model(
     transfer: ArrayDataset,
     *,
     seed: int,
-    teacher: nn.Module | None = None,
+    steps: StepProvider | None = None,
     extras: dict[str, torch.Tensor] | None = None,
     draws: AugParams | None = None,
     draw_extras: dict[str, torch.Tensor] | None = None,
@@ -66,7 +67,7 @@ def train_model(
         objective,
         loader,
         tcfg,
-        teacher=teacher,
+        steps=steps,
         val_loader=ctx.val_loader,
         checkpoint=ctx.policy(),
     )
