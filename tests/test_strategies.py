@@ -63,7 +63,8 @@ def _spy_fit(monkeypatch):
     orig = Engine.fit
 
     def fit(self, phase, model, objective, loader, cfg, **kw):
-        teacher = kw.get("teacher")
+        # The teacher reaches fit inside its step provider (online or served outputs), or as teacher=.
+        teacher = getattr(kw.get("steps"), "teacher", None) or kw.get("teacher")
         inner = teacher.model if isinstance(teacher, FrozenTeacher) else teacher
         call = {
             "phase": phase,

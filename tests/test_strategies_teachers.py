@@ -11,6 +11,7 @@ from kdkit import data as kdata
 from kdkit import faults
 from kdkit.checkpoint import save_checkpoint
 from kdkit.config import UnlabeledConfig, build_config
+from kdkit.data import bundle as bundle_module
 from kdkit.data.loader import Augment, apply_params, augment_draws
 from kdkit.engine import RunInterrupted
 from kdkit.ensemble import EnsembleTeacher, normalized_weights
@@ -296,7 +297,8 @@ def test_hidden_labels_never_reach_the_student(tmp_path, data_root, monkeypatch)
     assert 0 < r1["unlabeled_used"] < 2200 and r2["unlabeled_used"] != r1["unlabeled_used"]  # new teacher
 
     real = kdata.load_dataset
-    monkeypatch.setattr(kdata, "load_dataset", _corrupting(real, hidden=True))
+    # Patched where the run looks it up (kdkit.data.bundle), so that every split it loads is corrupted.
+    monkeypatch.setattr(bundle_module, "load_dataset", _corrupting(real, hidden=True))
     second = run_experiment(cfg, tmp_path / "b")["models"]
     for role in ("teacher", "student_kd_round1", "student_kd"):
         assert second[role]["errors"] == first[role]["errors"]
@@ -304,7 +306,7 @@ def test_hidden_labels_never_reach_the_student(tmp_path, data_root, monkeypatch)
     b = load_model(tmp_path / "b" / "checkpoints" / "student_kd")[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     # The check has teeth: corrupting a labeled image's label does change the result.
-    monkeypatch.setattr(kdata, "load_dataset", _corrupting(real, hidden=False))
+    monkeypatch.setattr(bundle_module, "load_dataset", _corrupting(real, hidden=False))
     third = run_experiment(cfg, tmp_path / "c")["models"]
     c = load_model(tmp_path / "c" / "checkpoints" / "student_kd")[0].state_dict()
     assert third["teacher"]["errors"] != first["teacher"]["errors"] or not all(

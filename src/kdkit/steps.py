@@ -216,9 +216,11 @@ class TeacherStep(StudentStep):
 class ServedTeacherStep(StudentStep):
     """The student, with teacher outputs the loader serves beside each batch (precomputed or cached logits)."""
 
-    def __init__(self, keys: Iterable[str] = (TEACHER_LOGITS,)) -> None:
+    def __init__(self, keys: Iterable[str] = (TEACHER_LOGITS,), teacher: nn.Module | None = None) -> None:
         super().__init__()
         self.keys = tuple(keys)
+        # The model whose outputs are served: never run here, named so that every provider says its teacher.
+        self.teacher = teacher
         if not self.keys:
             raise ValueError("ServedTeacherStep needs at least one batch key to serve")
 

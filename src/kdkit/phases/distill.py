@@ -159,7 +159,7 @@ def run_distill(phase: DistillPhase, ctx: RunContext) -> None:
         transfer,
         seed=phase.seed,
         # The plan decided how the teacher's outputs arrive: a forward every step, or served by the loader.
-        steps=TeacherStep(frozen) if phase.outputs == "online" else ServedTeacherStep(),
+        steps=TeacherStep(frozen) if phase.outputs == "online" else ServedTeacherStep(teacher=frozen),
         extras=extras,
         draws=draws,
         draw_extras=draw_extras,
