@@ -11,8 +11,8 @@ from kdkit.config import build_config, load_config, load_yaml
 from kdkit.experiment import run_experiment
 from kdkit.model_io import build_model
 from kdkit.objective import Objective
+from kdkit.objective_builder import build_objective
 from kdkit.taps import Tap
-from kdkit.terms.build import build_objective
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml")) + [ROOT / "src/kdkit/configs/quickstart.yaml"]

@@ -12,8 +12,8 @@ from kdkit.errors import ConfigError
 from kdkit.experiment import run_experiment
 from kdkit.losses import OFDLoss, ofd, ofd_margin
 from kdkit.models import create
+from kdkit.objective_builder import build_objective
 from kdkit.taps import Tap
-from kdkit.terms.build import build_objective
 
 PRE = "layer3.-1.relu_out:input"
 

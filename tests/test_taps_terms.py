@@ -11,8 +11,8 @@ from kdkit.losses import activation_boundary, fitnet, kd
 from kdkit.model_io import load_model
 from kdkit.models import create
 from kdkit.objective import Term
+from kdkit.objective_builder import build_objective
 from kdkit.taps import Tap
-from kdkit.terms.build import build_objective
 
 
 def test_tap_reads_outputs_by_path_and_removes_cleanly():

@@ -15,12 +15,12 @@ from kdkit.experiment import run_experiment
 from kdkit.losses import Paraphraser, factor_transfer, fsp
 from kdkit.metrics import MetricsLogger
 from kdkit.models import create
+from kdkit.objective_builder import build_objective
 from kdkit.pretrain import run_pretraining
 from kdkit.runtime import resolve_runtime
 from kdkit.taps import Tap
 from kdkit.teacher import FrozenTeacher
 from kdkit.terms import FactorTransferTerm
-from kdkit.terms.build import build_objective
 
 STAGES = ["relu", "layer1", "layer2", "layer3"]
 

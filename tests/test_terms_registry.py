@@ -11,6 +11,7 @@ from kdkit import losses as L
 from kdkit.config import TermConfig, build_config
 from kdkit.errors import ConfigError
 from kdkit.objective import Objective, Term
+from kdkit.objective_builder import build_objective, reads_teacher_features
 from kdkit.taps import Tap
 from kdkit.terms import (
     TERMS,
@@ -21,7 +22,6 @@ from kdkit.terms import (
     term_spec,
     unregister,
 )
-from kdkit.terms.build import build_objective, reads_teacher_features
 from kdkit.terms.registry import Options
 
 N = 16  # batch of the dry run and of the comparisons

@@ -39,7 +39,7 @@ class Term:
         spec = term_spec(loss)
         if spec.reads_features or spec.stateful:
             raise KeyError(
-                f"loss {loss!r} reads module outputs: build it with kdkit.terms.build.build_objective "
+                f"loss {loss!r} reads module outputs: build it with kdkit.objective_builder.build_objective "
                 "(distill.terms with student/teacher paths)"
             )
         options = spec.validate_options(kwargs)  # ValueError naming the loss and the option

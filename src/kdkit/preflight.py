@@ -34,9 +34,9 @@ from kdkit.data.bundle import DataBundle, make_loader
 from kdkit.data.splits import omit_classes
 from kdkit.errors import ConfigError
 from kdkit.model_io import build_model, check_classes, check_model_meta, rebuild_model
+from kdkit.objective_builder import build_objective
 from kdkit.plan import CohortPhase, DistillPhase, EnsemblePhase, LoadPhase, ModelSource, Plan, TrainPhase
 from kdkit.strategies import make_plan
-from kdkit.terms.build import build_objective
 
 _SAMPLE = 16  # images in the dry run of distill.terms
 

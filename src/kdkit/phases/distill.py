@@ -19,6 +19,7 @@ from kdkit.data.sources import ArrayDataset
 from kdkit.data.splits import omit_classes
 from kdkit.ensemble import EnsembleTeacher
 from kdkit.objective import Objective
+from kdkit.objective_builder import build_objective
 from kdkit.phases.context import RunContext
 from kdkit.phases.objectives import objective_of
 from kdkit.phases.teacher_outputs import cached_logits, precomputed_logits
@@ -26,7 +27,6 @@ from kdkit.phases.train import train_model
 from kdkit.plan import DistillPhase
 from kdkit.pretrain import run_pretraining
 from kdkit.steps import ServedTeacherStep, TeacherStep
-from kdkit.terms.build import build_objective
 from kdkit.transfer import mask_unlabeled, relabel_transfer_set, unlabeled_transfer_set
 
 

@@ -6,9 +6,9 @@ from typing import Any
 
 from kdkit.config import ExperimentConfig, ResponseLossConfig, TrainConfig
 from kdkit.errors import ConfigError
+from kdkit.objective_builder import reads_teacher_features
 from kdkit.plan import DistillPhase, ModelSource, ObjectivePlan, TeacherOutputs, TransferPlan
 from kdkit.terms import term_spec
-from kdkit.terms.build import reads_teacher_features
 
 
 def teacher_outputs(

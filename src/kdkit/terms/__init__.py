@@ -1,7 +1,7 @@
 """Loss terms of kdkit, each declared once in its own module and collected in one registry.
 
 To add a term: write `kdkit/terms/<name>.py` defining `SPEC = TermSpec(...)` and add the module to
-`_TERM_MODULES` below. `kdkit.terms.build.build_objective` builds objectives from `distill.terms` with it.
+`_TERM_MODULES` below. `kdkit.objective_builder.build_objective` builds objectives from `distill.terms` with it.
 """
 
 from kdkit.terms import (
