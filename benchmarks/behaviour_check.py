@@ -182,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--skip-methods", action="store_true", help="quickstart and speed only (minutes, not an hour)"
     )
+    ap.add_argument(
+        "--methods-epochs",
+        type=int,
+        default=1,
+        help="teacher and student epochs of the methods check (default 1)",
+    )
     args = ap.parse_args(argv)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -194,10 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         for tag, tree in trees.items():
             recs[f"speed-{tag}-{rep}"] = speed(tree, tag, rep, out)
     if not args.skip_methods:
-        recs["methods-after"] = methods(ROOT, "after", out, None)
-        recs["methods-before"] = methods(
-            trees["before"], "before", out, Path(recs["methods-after"]["teacher"]).with_suffix("")
-        )
+        ep = args.methods_epochs
+        recs["methods-after"] = methods(ROOT, "after", out, None, ep)
+        teacher = Path(recs["methods-after"]["teacher"]).with_suffix("")
+        recs["methods-before"] = methods(trees["before"], "before", out, teacher, ep)
     recs["machine"] = machine_id(machine())
     recs["date"] = dt.date.today().isoformat()
     update_results_md(render(recs, args.before_label), ROOT / "benchmarks" / "RESULTS.md", MARKS)
