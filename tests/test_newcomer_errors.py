@@ -15,6 +15,7 @@ from kdkit.config import build_config
 from kdkit.errors import CheckpointError, ConfigError
 from kdkit.experiment import plan_experiment
 from kdkit.objective import Objective
+from kdkit.teacher_quality import chance_level_warning, chance_threshold
 
 MLP = {"name": "mlp", "hidden": [16]}
 BASE = {
@@ -195,3 +196,43 @@ def test_data_root_reaches_the_config_of_run(tmp_path, capsys):
     assert main(args) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert f"Data root {tmp_path / 'nowhere'} comes from the root argument" in err
+
+
+# ------------------------------------------------------------ 5. a teacher at chance level is flagged
+
+
+def test_chance_threshold_numbers():
+    # 10 classes on 500 images: 0.1 + 3 * sqrt(0.1 * 0.9 / 500) = 0.14025
+    assert chance_threshold(10, 500) == pytest.approx(0.1 + 3 * (0.09 / 500) ** 0.5)
+    assert chance_threshold(10, 500) == pytest.approx(0.140249, abs=1e-6)
+    rec = {"val_accuracy": 0.14, "accuracy": 0.1402, "test_size": 500}
+    assert "at chance level for 10 classes" in chance_level_warning("teacher", rec, 10, 500)
+    assert chance_level_warning("teacher", {**rec, "accuracy": 0.141}, 10, 500) is None
+    assert chance_level_warning("teacher", {**rec, "val_accuracy": 0.9}, 10, 500) is None
+    assert chance_level_warning("teacher", {}, 10, 500) is None  # no figures: nothing to judge
+
+
+def _distill_run(tmp_path, teacher_lr, capsys):
+    teacher = {"model": {"name": "mlp", "hidden": [32]}, "train": {"epochs": 1, "lr": teacher_lr}}
+    cfg = {**BASE, "teacher": teacher, "phases": ["teacher", "distill"]}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / f"run-{teacher_lr}"
+    assert main(["run", str(tmp_path / "cfg.yaml"), "--run-dir", str(run)]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    return json.loads((run / "summary.json").read_text())["models"], err
+
+
+def test_a_diverged_teacher_is_flagged_before_distilling(tmp_path, capsys):
+    models, err = _distill_run(tmp_path, 50.0, capsys)
+    teacher, student = models["teacher"], models["student_kd"]
+    assert teacher["accuracy"] <= chance_threshold(10, teacher["test_size"])  # lr 50 diverged
+    assert teacher["val_accuracy"] <= chance_threshold(10, 500)
+    assert "warning: [student_kd] teacher 'teacher' is at chance level for 10 classes" in err
+    assert len(student["warnings"]) == 1 and "at chance level" in student["warnings"][0]
+    assert "warnings" not in teacher
+
+
+def test_a_trained_teacher_is_not_flagged(tmp_path, capsys):
+    models, err = _distill_run(tmp_path, 0.1, capsys)
+    assert models["teacher"]["accuracy"] > 0.8
+    assert "at chance level" not in err and "warnings" not in models["student_kd"]
