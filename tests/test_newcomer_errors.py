@@ -11,7 +11,8 @@ import yaml
 from PIL import Image
 
 from kdkit.cli import build_parser, main
-from kdkit.config import build_config
+from kdkit.config import DataConfig, build_config
+from kdkit.config.reference import config_keys, config_markdown
 from kdkit.errors import CheckpointError, ConfigError
 from kdkit.experiment import plan_experiment
 from kdkit.objective import Objective
@@ -236,3 +237,79 @@ def test_a_trained_teacher_is_not_flagged(tmp_path, capsys):
     models, err = _distill_run(tmp_path, 0.1, capsys)
     assert models["teacher"]["accuracy"] > 0.8
     assert "at chance level" not in err and "warnings" not in models["student_kd"]
+
+
+# ------------------------------------------------------------ 6. the config, documented where a user looks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_defaults_prints_every_key_of_a_section_from_the_models(capsys):
+    assert main(["config", "--defaults", "--section", "data"]) == 0
+    out = capsys.readouterr().out
+    keys = [line.split(":")[0] for line in out.splitlines() if not line.startswith(" ")]
+    assert keys == ["data"] + [f"data.{name}" for name in DataConfig.model_fields]
+    assert 'data.dataset: str, length >= 1 = "mnist-small"' in out
+    assert "data.val_size: float, >= 0 = 0.1" in out
+    assert "data.image_size: int | null, >= 8 = null" in out
+    # Every key has a description (type and default come from the model, the text from its Field).
+    assert all(k.description for k in config_keys())
+
+
+def test_config_defaults_shows_a_sections_own_defaults_not_its_class_defaults(capsys):
+    assert main(["config", "--defaults", "--section", "distill"]) == 0
+    out = capsys.readouterr().out
+    assert "distill.temperature: float, > 0 = 4.0" in out
+    # distill.ensemble.augment defaults to jitter 2 (AugmentConfig's own default is 0).
+    assert "distill.ensemble.augment.jitter: int, >= 0, <= 64 = 2" in out
+    assert main(["config", "--defaults", "--section", "strat"]) == 2
+    assert "Did you mean 'strategy'?" in capsys.readouterr().err
+
+
+def test_every_config_key_is_documented_once_per_section():
+    documented = {k.key for k in config_keys()}
+    assert len(documented) == len(config_keys())
+    for key in (
+        "distill.temperature",
+        "student.train.lr",
+        "runtime.precision",
+        "teacher.ensemble[].checkpoint",
+    ):
+        assert key in documented
+    assert "student.model.<option>" in documented and "student.model.num_classes" not in documented
+
+
+@pytest.mark.parametrize(
+    ("override", "suggestion", "section"),
+    [
+        ("distill.temprature=3", "did you mean distill.temperature?", " --section distill"),
+        ("student.train.augment.jiter=1", "did you mean student.train.augment.jitter?", " --section student"),
+        ("datta.root=x", "did you mean data?", ""),
+    ],
+)
+def test_unknown_keys_suggest_the_nearest_key_and_the_reference(override, suggestion, section):
+    with pytest.raises(ConfigError) as err:
+        build_config(BASE, [override])
+    line = str(err.value).splitlines()[1]
+    assert suggestion in line
+    assert f"every valid key: `kdkit config --defaults{section}`, or docs/CONFIG.md" in line
+
+
+def test_docs_config_md_is_up_to_date_with_the_models(capsys):
+    written = (ROOT / "docs" / "CONFIG.md").read_text(encoding="utf-8")
+    assert written == config_markdown(), (
+        "docs/CONFIG.md is stale: run `kdkit config --defaults --markdown > docs/CONFIG.md`"
+    )
+    assert main(["config", "--defaults", "--markdown"]) == 0
+    assert capsys.readouterr().out == written
+    assert "mean and standard deviation of the **training split**" in written
+    assert "`kdkit eval` decodes the data at that size" in written
+    assert "| `distill.temperature` | float, > 0 | 4.0 |" in written
+    assert "(docs/CONFIG.md)" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_staleness_check_sees_a_changed_description(monkeypatch):
+    before = config_markdown()
+    field = DataConfig.model_fields["val_size"]
+    monkeypatch.setattr(field, "description", "changed")
+    assert config_markdown() != before

@@ -1,4 +1,4 @@
-"""The `kdkit` command line: run, quickstart, train, distill, eval, compress, cache, sweep, models."""
+"""The `kdkit` command line: run, quickstart, train, distill, eval, compress, cache, sweep, config, models."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from rich.markup import escape
 from kdkit import data as kdata
 from kdkit import distributed
 from kdkit.config import CompressConfig, load_config
+from kdkit.config.reference import config_markdown, config_text, sections
 from kdkit.console import make_console
 from kdkit.data.loader import InMemoryLoader
 from kdkit.engine import Engine, RunInterrupted
@@ -234,6 +235,19 @@ def _add_sweep_parser(sub: Any) -> None:
     _add_data_root(p)
 
 
+def _add_config_parser(sub: Any) -> None:
+    """Add the `config` subcommand."""
+    p = sub.add_parser(
+        "config",
+        help="print every config key with its type, default and description",
+        description="Print the config reference generated from kdkit's config models (docs/CONFIG.md is "
+        "the same, written out with --markdown).",
+    )
+    p.add_argument("--defaults", action="store_true", required=True, help="print the keys and their defaults")
+    p.add_argument("--section", default=None, help=f"only this top-level section ({', '.join(sections())})")
+    p.add_argument("--markdown", action="store_true", help="print docs/CONFIG.md (every section) instead")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the kdkit CLI."""
     parser = argparse.ArgumentParser(
@@ -250,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compress_parser(sub)
     _add_cache_parser(sub)
     _add_sweep_parser(sub)
+    _add_config_parser(sub)
     sub.add_parser("models", help="list the registered model names")
     return parser
 
@@ -428,6 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "models":
             print("\n".join(list_models()))
+            return 0
+        if args.command == "config":
+            if args.markdown and args.section:
+                raise KdkitError("--markdown prints the whole reference: leave out --section")
+            print(config_markdown() if args.markdown else config_text(args.section), end="")
             return 0
         if args.command == "eval":
             return _eval(args, console)
