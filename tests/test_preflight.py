@@ -121,7 +121,7 @@ CASES = {
     "ensemble checkpoint missing": (
         {"teacher": {"ensemble": [{"model": MLP2}, "nowhere/teacher"]}},
         CheckpointError,
-        r"checkpoint metadata 'nowhere/teacher.json' is missing",
+        r"teacher\.ensemble\[1\]\.checkpoint: checkpoint 'nowhere/teacher' does not exist",
     ),
     "student checkpoint": (
         {"student": {"model": MLP2, "checkpoint": "somewhere/student"}},

@@ -102,6 +102,12 @@ def _checkpoint_files(path: str | Path) -> tuple[Path, Path]:
         )
     base = given.with_suffix("") if given.suffix else given
     st, js = base.with_suffix(".safetensors"), base.with_suffix(".json")
+    if not js.is_file() and not st.is_file():
+        # Neither file: name the path as the user gave it, not a .json they never wrote.
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not exist: both files of the kdkit checkpoint pair, "
+            f"{base.name}.safetensors and {base.name}.json, are missing from {str(base.parent)!r}"
+        )
     if not js.is_file():
         raise CheckpointError(f"checkpoint metadata {str(js)!r} is missing (expected beside {str(st)!r})")
     if not st.is_file():

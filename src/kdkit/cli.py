@@ -1,4 +1,4 @@
-"""The `kdkit` command line: run, quickstart, train, distill, eval, compress, cache, sweep, models."""
+"""The `kdkit` command line: run, quickstart, train, distill, eval, compress, cache, sweep, config, models."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from rich.markup import escape
 from kdkit import data as kdata
 from kdkit import distributed
 from kdkit.config import CompressConfig, load_config
+from kdkit.config.reference import config_markdown, config_text, sections
 from kdkit.console import make_console
 from kdkit.data.loader import InMemoryLoader
 from kdkit.engine import Engine, RunInterrupted
@@ -32,6 +33,22 @@ from kdkit.signals import graceful_stop
 from kdkit.sweep import run_sweep
 
 EPILOG = "Data is looked for in --data-root / data.root, then $KDKIT_DATA, then ~/.cache/kdkit/data."
+
+
+def _add_data_root(p: argparse.ArgumentParser, what: str = "sets data.root") -> None:
+    """Add --data-root, which every parser whose footer (EPILOG) advertises it must have."""
+    p.add_argument(
+        "--data-root",
+        default=None,
+        metavar="DIR",
+        help=f"data directory ({what}; default: data.root, then $KDKIT_DATA, then ~/.cache/kdkit/data)",
+    )
+
+
+def _data_root_override(args: argparse.Namespace) -> list[str]:
+    """Return the `data.root=...` override of --data-root, or nothing when it is not given."""
+    root = getattr(args, "data_root", None)
+    return [f"data.root={json.dumps(root)}"] if root else []  # JSON strings are YAML: any path survives
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -79,6 +96,7 @@ def _add_run_parser(sub: Any) -> None:
     )
     p.add_argument("config", help="experiment YAML (see configs/)")
     _add_common(p)
+    _add_data_root(p)
     p.add_argument(
         "--nproc",
         type=int,
@@ -108,6 +126,7 @@ def _add_train_parser(sub: Any) -> None:
     p.add_argument("config", help="experiment YAML")
     p.add_argument("--role", choices=["teacher", "student"], default="teacher", help="which network to train")
     _add_common(p)
+    _add_data_root(p)
 
 
 def _add_distill_parser(sub: Any) -> None:
@@ -120,6 +139,7 @@ def _add_distill_parser(sub: Any) -> None:
     p.add_argument("config", help="experiment YAML")
     p.add_argument("--teacher", help="teacher checkpoint (.safetensors/.json pair written by kdkit)")
     _add_common(p)
+    _add_data_root(p)
 
 
 def _add_eval_parser(sub: Any) -> None:
@@ -128,9 +148,7 @@ def _add_eval_parser(sub: Any) -> None:
     p.add_argument("checkpoint", help="model checkpoint (.safetensors/.json pair written by kdkit)")
     p.add_argument("--dataset", default=None, help="data set name (default: the one the run used)")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    p.add_argument(
-        "--data-root", default=None, help="data directory (default: $KDKIT_DATA or ~/.cache/kdkit/data)"
-    )
+    _add_data_root(p, "where the checkpoint's data set is looked for")
     p.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
 
 
@@ -145,6 +163,7 @@ def _add_compress_parser(sub: Any) -> None:
     )
     p.add_argument("run_dir", help="directory of a finished kdkit run (holds config.yaml and checkpoints/)")
     p.add_argument("--overwrite", action="store_true", help="replace a previous RUN_DIR/compress/")
+    _add_data_root(p, "replaces the run's data.root")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -173,6 +192,7 @@ def _add_cache_parser(sub: Any) -> None:
         metavar="KEY=VALUE",
         help="override a config field (repeatable)",
     )
+    _add_data_root(p)
 
 
 def _add_sweep_parser(sub: Any) -> None:
@@ -212,6 +232,20 @@ def _add_sweep_parser(sub: Any) -> None:
         metavar="KEY=VALUE",
         help="override a config field for every run (repeatable; values are YAML)",
     )
+    _add_data_root(p)
+
+
+def _add_config_parser(sub: Any) -> None:
+    """Add the `config` subcommand."""
+    p = sub.add_parser(
+        "config",
+        help="print every config key with its type, default and description",
+        description="Print the config reference generated from kdkit's config models (docs/CONFIG.md is "
+        "the same, written out with --markdown).",
+    )
+    p.add_argument("--defaults", action="store_true", required=True, help="print the keys and their defaults")
+    p.add_argument("--section", default=None, help=f"only this top-level section ({', '.join(sections())})")
+    p.add_argument("--markdown", action="store_true", help="print docs/CONFIG.md (every section) instead")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compress_parser(sub)
     _add_cache_parser(sub)
     _add_sweep_parser(sub)
+    _add_config_parser(sub)
     sub.add_parser("models", help="list the registered model names")
     return parser
 
@@ -282,7 +317,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         raise KdkitError(f"--nproc must be >= 1, got {nproc}")
     if nproc and nproc > 1:
         return _launch(nproc)
-    overrides = list(args.overrides)
+    overrides = list(args.overrides) + _data_root_override(args)
     path = quickstart_config_path() if args.command == "quickstart" else Path(args.config)
     if args.command == "train":
         overrides.append("phases=[teacher]" if args.role == "teacher" else "phases=[scratch]")
@@ -320,18 +355,35 @@ def _run_config(cfg: object, args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _eval_images(
+    dataset: str, split: str, root: str | None, meta: dict[str, Any], checkpoint: str
+) -> kdata.ArrayDataset:
+    """Return the split at the image size and channel count the checkpoint's model was trained on."""
+    ds = kdata.load_dataset(dataset, split, root=root)
+    size = meta.get("image_size")
+    if isinstance(size, int) and ds.images.shape[2] != size:
+        # Trained at another resolution (data.image_size): decode again at the recorded size.
+        ds = kdata.load_dataset(dataset, split, root=root, image_size=size)
+    channels = meta.get("in_channels")
+    if isinstance(channels, int) and ds.images.shape[1] != channels:
+        raise KdkitError(
+            f"{checkpoint}: the model reads {channels}-channel images but {dataset} has {ds.images.shape[1]}"
+        )
+    return ds
+
+
 def _eval(args: argparse.Namespace, console: Console) -> int:
 
     model, meta = load_model(args.checkpoint)
     dataset = args.dataset or meta.get("dataset")
     if not dataset:
         raise KdkitError(f"{args.checkpoint}: the checkpoint does not name its data set; pass --dataset")
-    ds = kdata.load_dataset(dataset, args.split, root=args.data_root)
+    ds = _eval_images(dataset, args.split, args.data_root, meta, args.checkpoint)
     if len(ds.classes) != meta["num_classes"]:
         raise KdkitError(
             f"{dataset} has {len(ds.classes)} classes but the model predicts {meta['num_classes']}"
         )
-    norm = meta["normalize"]
+    norm = meta["normalize"]  # the training split's mean/std, recorded with the model
     loader = InMemoryLoader(ds.images, ds.labels, args.batch_size, mean=norm["mean"], std=norm["std"])
     engine = Engine(resolve_runtime("fp32"), console=console)
     res = engine.evaluate(engine.prepare(model), loader)
@@ -356,7 +408,7 @@ def _compress(args: argparse.Namespace, console: Console) -> int:
     cfg = load_config(config_path, args.overrides).compress or CompressConfig()
     from kdkit.compress import compress_run  # lazy: needs the optional `compress` dependencies
 
-    compress_run(args.run_dir, cfg, console, overwrite=args.overwrite)
+    compress_run(args.run_dir, cfg, console, overwrite=args.overwrite, data_root=args.data_root)
     return 0
 
 
@@ -364,7 +416,14 @@ def _sweep(args: argparse.Namespace, console: Console) -> int:
 
     with graceful_stop():
         try:
-            run_sweep(args.config, args.overrides, args.vary, args.seeds, args.out, console)
+            run_sweep(
+                args.config,
+                args.overrides + _data_root_override(args),
+                args.vary,
+                args.seeds,
+                args.out,
+                console,
+            )
         except RunInterrupted as exc:
             again = shlex.join(["kdkit", *sys.argv[1:]])
             console.print(
@@ -385,10 +444,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "models":
             print("\n".join(list_models()))
             return 0
+        if args.command == "config":
+            if args.markdown and args.section:
+                raise KdkitError("--markdown prints the whole reference: leave out --section")
+            print(config_markdown() if args.markdown else config_text(args.section), end="")
+            return 0
         if args.command == "eval":
             return _eval(args, console)
         if args.command == "cache":
-            build_teacher_cache(load_config(args.config, args.overrides), console)
+            build_teacher_cache(load_config(args.config, args.overrides + _data_root_override(args)), console)
             return 0
         if args.command == "compress":
             return _compress(args, console)

@@ -7,17 +7,19 @@ from typing import Any
 
 from torch import nn
 
-from kdkit.checkpoint import load_checkpoint, save_checkpoint
+from kdkit.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from kdkit.config import ModelSpec
 from kdkit.data.bundle import DataBundle
 from kdkit.errors import CheckpointError, ConfigError, ModelError
 from kdkit.models import create
+from kdkit.models.registry import COMMON_ARGS
 
 
 def build_model(
     spec: ModelSpec, num_classes: int, in_channels: int, image_size: int, field: str
 ) -> nn.Module:
     """Return a new model from a spec, turning factory errors into config errors naming the field."""
+    check_data_decided_options(spec, field, dict(zip(COMMON_ARGS, (num_classes, in_channels, image_size))))
     try:
         return create(
             spec.name,
@@ -28,6 +30,19 @@ def build_model(
         )
     except ModelError as exc:
         raise ConfigError(f"{field}: {exc}") from None
+
+
+def check_data_decided_options(spec: ModelSpec, field: str, from_data: dict[str, int]) -> None:
+    """Raise ConfigError when a model spec sets an argument that the data set decides (num_classes, ...)."""
+    # A factory receives these from the data; given in the spec too, the call would fail with a bare
+    # "got multiple values for keyword argument" TypeError.
+    for key in COMMON_ARGS:
+        if key in spec.options():
+            decided = f" (here {from_data[key]})" if key in from_data else ""
+            raise ConfigError(
+                f"{field}.{key}: {key} is not a model option: the data set decides it{decided}; "
+                f"remove {key} from {field} (data.image_size sets the image size of resizable data sets)"
+            )
 
 
 def save_model(
@@ -52,6 +67,7 @@ def rebuild_model(meta: dict[str, Any], path: str | Path) -> nn.Module:
     """Return a freshly initialised model of the architecture a checkpoint's metadata describes."""
     try:
         spec = ModelSpec.model_validate(meta["model"])
+        check_data_decided_options(spec, "model", {})
         return create(
             spec.name,
             num_classes=meta["num_classes"],
@@ -59,7 +75,7 @@ def rebuild_model(meta: dict[str, Any], path: str | Path) -> nn.Module:
             image_size=meta["image_size"],
             **spec.options(),
         )
-    except (ModelError, KeyError, ValueError) as exc:
+    except (ModelError, ConfigError, KeyError, ValueError) as exc:
         raise CheckpointError(f"{str(path)!r}: cannot rebuild the model it describes: {exc}") from None
 
 
@@ -72,9 +88,20 @@ def check_model_meta(meta: dict[str, Any], path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Return (model, metadata) rebuilt from a kdkit model checkpoint."""
-    tensors, meta = load_checkpoint(path)
+def read_model_meta(path: str | Path, field: str | None = None) -> dict[str, Any]:
+    """Return the metadata of a model checkpoint; errors name the config field that gave the path."""
+    try:
+        return check_model_meta(read_checkpoint_meta(path), path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{field}: {exc}" if field else str(exc)) from None
+
+
+def load_model(path: str | Path, field: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Return (model, metadata) rebuilt from a kdkit model checkpoint; errors name `field` when given."""
+    try:
+        tensors, meta = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{field}: {exc}" if field else str(exc)) from None
     model = rebuild_model(check_model_meta(meta, path), path)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:

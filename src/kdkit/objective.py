@@ -6,8 +6,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
 from torch import Tensor, nn
 
+from kdkit.config.distill import ResponseLossConfig
 from kdkit.terms.registry import response_names, term_spec
 
 
@@ -54,6 +56,22 @@ class Term:
         if adapter is not None:
             args[0] = adapter(args[0])
         return self.fn(*args, **self.kwargs)
+
+
+def _check_response(**given: Any) -> None:
+    """Raise ValueError naming each bad argument, with the limits `distill.*` has in a config."""
+    # The same model validates distill.loss/temperature/alpha/beta/mix in YAML: one rule, one message style.
+    try:
+        ResponseLossConfig.model_validate(given)
+    except ValidationError as exc:
+        lines = ["invalid arguments (Objective.response):"]
+        for e in exc.errors():
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["loc"]:
+                lines.append(f"  {'.'.join(str(p) for p in e['loc'])}: {msg} (got {e.get('input')!r})")
+            else:
+                lines.append(f"  {msg}")
+        raise ValueError("\n".join(lines)) from None
 
 
 class Objective(nn.Module):
@@ -130,6 +148,7 @@ class Objective(nn.Module):
         """Return alpha * <soft loss>(student, teacher) + beta * CE(labels), the Hinton et al. recipe."""
         if loss not in response_names():
             raise KeyError(f"loss {loss!r} is not a response loss; known: {response_names()}")
+        _check_response(loss=loss, alpha=alpha, beta=beta, temperature=temperature, mix=mix)
         given = {"temperature": temperature, "mix": mix}
         kwargs = {k: v for k, v in given.items() if k in term_spec(loss).option_names()}
         terms = []

@@ -27,13 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdkit.checkpoint import read_checkpoint_meta
 from kdkit.class_bias import bias_head
 from kdkit.config import ExperimentConfig
 from kdkit.data.bundle import DataBundle, make_loader
 from kdkit.data.splits import omit_classes
 from kdkit.errors import ConfigError
-from kdkit.model_io import build_model, check_classes, check_model_meta, rebuild_model
+from kdkit.model_io import build_model, check_classes, read_model_meta, rebuild_model
 from kdkit.objective_builder import build_objective
 from kdkit.plan import CohortPhase, DistillPhase, EnsemblePhase, LoadPhase, ModelSource, Plan, TrainPhase
 from kdkit.strategies import make_plan
@@ -75,7 +74,7 @@ def _sources(plan: Plan, cfg: ExperimentConfig, bundle: DataBundle) -> dict[str,
     classes = list(bundle.train.classes)
     for phase in plan.phases:
         if isinstance(phase, LoadPhase):
-            meta = check_model_meta(read_checkpoint_meta(phase.checkpoint), phase.checkpoint)
+            meta = read_model_meta(phase.checkpoint, phase.field)
             check_classes(
                 meta, phase.field, phase.checkpoint, classes, cfg.data.dataset, phase.same_class_names
             )

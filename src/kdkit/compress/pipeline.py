@@ -367,14 +367,18 @@ def compress_run(
     console: Console | None = None,
     *,
     overwrite: bool = False,
+    data_root: str | None = None,
 ) -> dict[str, Any]:
     """Compress a run's distilled student, write run_dir/compress/, and return the summary dict.
 
-    `cfg` defaults to the run's own `compress` section, else CompressConfig() defaults.
+    `cfg` defaults to the run's own `compress` section, else CompressConfig() defaults; `data_root` replaces
+    the run's data.root (data moved since the run).
     """
     run_dir = Path(run_dir)
     console = console or make_console()
     exp = _run_config(run_dir)
+    if data_root:
+        exp.data.root = data_root
     cfg = cfg or exp.compress or CompressConfig()
     ckpt = run_dir / "checkpoints"
     _require(ckpt / "teacher", "teacher")

@@ -41,18 +41,26 @@ class AugmentConfig(_Strict):
 class TrainConfig(_Strict):
     """Optimisation of one phase (teacher, scratch student or distilled student)."""
 
-    epochs: int = Field(10, ge=0)
-    batch_size: int = Field(128, ge=1)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["constant", "step", "cosine", "onecycle"] = "cosine"
+    epochs: int = Field(10, ge=0, description="passes over the training (or transfer) set")
+    batch_size: int = Field(128, ge=1, description="images per optimizer step")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (with momentum) or adamw")
+    lr: float = Field(0.1, gt=0, description="peak learning rate (the schedule and warm-up scale it)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd: momentum (adamw ignores it)")
+    nesterov: bool = Field(False, description="sgd: Nesterov momentum")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (sgd) or decoupled weight decay (adamw)")
+    schedule: Literal["constant", "step", "cosine", "onecycle"] = Field(
+        "cosine",
+        description="learning rate over training: constant; step (times gamma at each milestone); cosine to 0; "
+        "onecycle (linear ramp over the first 30%, then cosine down to lr/1000)",
+    )
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75], description="fractions of training")
-    gamma: float = Field(0.1, gt=0)
-    warmup_epochs: float = Field(0.0, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    gamma: float = Field(0.1, gt=0, description="step schedule: factor applied at each milestone")
+    warmup_epochs: float = Field(
+        0.0, ge=0, description="linear learning-rate warm-up from 0 over these epochs"
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="label smoothing of the cross-entropy on hard labels"
+    )
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this value")
     ema_decay: float | None = Field(
         None,
@@ -77,9 +85,17 @@ class TrainConfig(_Strict):
 class DataConfig(_Strict):
     """Where data comes from and how it is split."""
 
-    dataset: str = Field("mnist-small", min_length=1)
-    root: str | None = None
-    download: bool = False
+    dataset: str = Field(
+        "mnist-small",
+        min_length=1,
+        description="mnist-small (embedded), mnist, cifar10, cifar100, cifar10-jpg, or imagefolder:PATH (class "
+        "folders, optionally in train/ and test/, or a .tar/.tar.gz of them)",
+    )
+    root: str | None = Field(
+        None,
+        description="data directory (default: $KDKIT_DATA, then ~/.cache/kdkit/data); --data-root sets it",
+    )
+    download: bool = Field(False, description="download missing files, checksum-verified (needs a network)")
     val_size: float = Field(
         0.1, ge=0, description="held-out validation images: a count (>= 1) or a fraction of the training set"
     )
@@ -88,8 +104,17 @@ class DataConfig(_Strict):
         description="seed of the train/validation split (default: the run's seed); fix it when runs with other "
         "seeds must keep one validation set, e.g. students distilled from a teacher trained on that split",
     )
-    image_size: int | None = Field(None, ge=8)
-    normalize: bool = True
+    image_size: int | None = Field(
+        None,
+        ge=8,
+        description="resize (shorter side) and centre-crop images to this size: cifar10-jpg and imagefolder data "
+        "only; null: the data set's own size. Models are built for the data's size and channels",
+    )
+    normalize: bool = Field(
+        True,
+        description="normalise each channel with the mean and std of the training split (validation and test "
+        "images excluded); recorded in checkpoints. false: pixels / 255 only",
+    )
     train_limit: int | None = Field(
         None, ge=1, description="use only the first N training images (smoke runs)"
     )
@@ -132,16 +157,22 @@ class PhaseModel(_Strict):
 class RuntimeConfig(_Strict):
     """How the run executes: precision, threads, logging."""
 
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    threads: int | None = Field(None, ge=1)
-    channels_last: bool = True
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast where the hardware does bf16 natively, else fp32"
+    )
+    threads: int | None = Field(None, ge=1, description="CPU threads of torch (null: torch's default)")
+    channels_last: bool = Field(
+        True, description="run models in channels-last memory format (faster convolutions)"
+    )
     compile: bool = Field(
         False, description="torch.compile the student's training step (falls back to eager)"
     )
     log_every: int = Field(50, ge=1, description="steps between loss logs (the only per-step host syncs)")
-    progress: bool = True
-    tensorboard: bool = True
-    eval_batch_size: int = Field(1000, ge=1)
+    progress: bool = Field(True, description="show progress bars")
+    tensorboard: bool = Field(True, description="also write TensorBoard event files into the run directory")
+    eval_batch_size: int = Field(
+        1000, ge=1, description="images per batch when evaluating and computing outputs"
+    )
     checkpoint_every_steps: int | None = Field(
         None,
         ge=1,

@@ -54,7 +54,7 @@ class TermConfig(_Strict):
     """One loss term of a custom objective: a loss name, its weight, and (for features) module paths."""
 
     loss: str = Field(min_length=1, description=f"a registered loss term: {', '.join(TERMS)}")
-    weight: float = Field(1.0, ge=0)
+    weight: float = Field(1.0, ge=0, description="weight of the term in the sum")
     student: str | list[str] | None = Field(
         None, description="student module path for feature losses, e.g. layer3 (fsp: a list of paths)"
     )
@@ -104,7 +104,7 @@ class ResponseLossConfig(_Strict):
     """A response-based objective: alpha * soft loss (student, teacher) + beta * cross-entropy."""
 
     loss: str = Field("kd", description="a response loss term: kd, logit_mse, kd_mse_mix")
-    temperature: float = Field(4.0, gt=0)
+    temperature: float = Field(4.0, gt=0, description="softening temperature T of the soft loss")
     alpha: float = Field(0.9, ge=0, description="weight of the soft (teacher) term")
     beta: float = Field(0.1, ge=0, description="weight of the hard-label cross-entropy")
     mix: float = Field(0.5, ge=0, le=1, description="kd_mse_mix: 1 = KL soft targets, 0 = logit MSE")
@@ -164,7 +164,7 @@ class CompressConfig(_Strict):
     prune_target: float = Field(
         0.5, ge=0, le=0.95, description="fraction of the student's FLOPs (or params) to remove"
     )
-    prune_by: Literal["flops", "params"] = "flops"
+    prune_by: Literal["flops", "params"] = Field("flops", description="what prune_target is a fraction of")
     iterative_steps: int = Field(
         1, ge=1, le=50, description="prune a little, distill, repeat: this many prune+distill rounds"
     )
@@ -194,8 +194,12 @@ class CompressConfig(_Strict):
     )
     latency_runs: int = Field(50, ge=1, description="timed runs per (model, backend, batch, threads)")
     latency_warmup: int = Field(10, ge=0, description="untimed runs before timing")
-    threads: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
-    batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], min_length=1)
+    threads: list[int] = Field(
+        default_factory=lambda: [1, 2], min_length=1, description="thread counts latency is measured at"
+    )
+    batch_sizes: list[int] = Field(
+        default_factory=lambda: [1, 64], min_length=1, description="batch sizes latency is measured at"
+    )
 
     @field_validator("threads", "batch_sizes")
     @classmethod

@@ -58,14 +58,21 @@ Phase = Literal["teacher", "scratch", "distill"]
 class ExperimentConfig(_Strict):
     """One whole experiment: teacher, student from scratch, distilled student."""
 
-    name: str = "experiment"
-    seed: int = 0
+    name: str = Field(
+        "experiment", description="name of the run (the default run directory is runs/<name>-<time>)"
+    )
+    seed: int = Field(
+        0, description="seed of weights, data order, augmentation and (by default) the validation split"
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig
     student: PhaseModel
     distill: DistillConfig = Field(default_factory=DistillConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    phases: list[Phase] = Field(default_factory=lambda: ["teacher", "scratch", "distill"])
+    phases: list[Phase] = Field(
+        default_factory=lambda: ["teacher", "scratch", "distill"],
+        description="what to run: the teacher, the student from scratch (the baseline), the distilled student",
+    )
     compress: CompressConfig | None = Field(
         None, description="compress the distilled student after the run (kdkit compress RUN_DIR)"
     )

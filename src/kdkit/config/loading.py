@@ -10,11 +10,21 @@ import yaml
 from pydantic import ValidationError
 
 from kdkit.config.experiment import ExperimentConfig
+from kdkit.config.reference import nearest_key, sections
 from kdkit.errors import ConfigError
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc) or "<root>"
+
+
+def _unknown_key_message(loc: tuple[Any, ...]) -> str:
+    """Return the message of an unknown key: the nearest valid key, and the command listing them all."""
+    near = nearest_key(loc)
+    hint = f"did you mean {near}? " if near else ""
+    top = str(loc[0]) if loc else ""
+    section = f" --section {top}" if len(loc) > 1 and top in sections() else ""
+    return f"unknown key ({hint}every valid key: `kdkit config --defaults{section}`, or docs/CONFIG.md)"
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
@@ -24,7 +34,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         loc = _format_loc(tuple(p for p in e["loc"] if not str(p).startswith("function-")))
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see `kdkit run --help` or configs/ for valid keys)"
+            msg = _unknown_key_message(tuple(p for p in e["loc"] if not str(p).startswith("function-")))
         given = e.get("input")
         shown = "" if e["type"] in ("missing", "extra_forbidden") else f" (got {given!r})"
         if len(shown) > 80:

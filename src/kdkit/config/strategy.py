@@ -30,7 +30,9 @@ class StrategyConfig(_Strict):
     assistant -> student.
     """
 
-    kind: StrategyKind = "offline"
+    kind: StrategyKind = Field(
+        "offline", description="offline, joint, mutual, born_again or takd (see the section's description)"
+    )
     stop_teacher_gradient: bool = Field(
         False, description="joint: the distillation term sends no gradient into the teacher"
     )

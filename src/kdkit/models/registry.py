@@ -130,7 +130,7 @@ def create(
                 allowed = ", ".join(sorted(accepted)) or "none"
                 raise ModelError(
                     f"model {name!r} has no option {key!r}.{hint} Accepted options: {allowed} "
-                    f"(plus {', '.join(COMMON_ARGS)})."
+                    f"({', '.join(COMMON_ARGS)} are not options: kdkit sets them from the data set)."
                 )
     return factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from kdkit import distributed
 from kdkit.class_bias import adjust_class_bias
 from kdkit.data.bundle import make_loader
 from kdkit.data.loader import Augment, AugParams
@@ -27,6 +28,7 @@ from kdkit.phases.train import train_model
 from kdkit.plan import DistillPhase
 from kdkit.pretrain import run_pretraining
 from kdkit.steps import ServedTeacherStep, TeacherStep
+from kdkit.teacher_quality import chance_level_warning
 from kdkit.transfer import mask_unlabeled, relabel_transfer_set, unlabeled_transfer_set
 
 
@@ -112,11 +114,25 @@ def _class_bias(phase: DistillPhase, ctx: RunContext) -> Callable[[nn.Module], d
     return adjust
 
 
+def _teacher_warnings(phase: DistillPhase, ctx: RunContext) -> dict[str, Any]:
+    """Print and return (for the distilled model's record) a warning about a teacher at chance level."""
+    record = ctx.records.get(phase.teacher) or {}
+    warning = chance_level_warning(phase.teacher, record, ctx.bundle.num_classes, len(ctx.bundle.val))
+    if warning is None:
+        return {}
+    if distributed.info().is_main:
+        ctx.engine.console.print(
+            f"warning: [{phase.role}] {warning}", style="yellow", highlight=False, markup=False
+        )
+    return {"warnings": [warning]}
+
+
 def run_distill(phase: DistillPhase, ctx: RunContext) -> None:
     """Distill the phase's model from the model of its teacher phase; record and save it."""
     if (done := ctx.finished(phase.role)) is not None:
         ctx.models[phase.role] = done
         return
+    warnings = _teacher_warnings(phase, ctx)  # before any time is spent on the teacher's outputs
     frozen = ctx.freeze(ctx.models[phase.teacher])
     transfer, fixed, info = _transfer_set(phase, ctx, frozen)
     augment = Augment(**phase.train.augment.model_dump())
@@ -142,6 +158,7 @@ def run_distill(phase: DistillPhase, ctx: RunContext) -> None:
         "teacher_outputs": phase.outputs,
         **info,
         **phase.record,
+        **warnings,
     }
     objective: Objective | Callable[[nn.Module], Objective]
     if phase.objective.kind == "terms":

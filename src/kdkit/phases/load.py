@@ -14,7 +14,7 @@ from kdkit.plan import LoadPhase
 def run_load(phase: LoadPhase, ctx: RunContext) -> None:
     """Load the checkpoint, check it predicts the data set's classes, evaluate and record it."""
     path, field = phase.checkpoint, phase.field
-    model, meta = load_model(path)
+    model, meta = load_model(path, field)
     check_classes(
         meta, field, path, list(ctx.bundle.train.classes), ctx.cfg.data.dataset, phase.same_class_names
     )
