@@ -105,3 +105,15 @@ def check_classes(
         f"but {dataset} has {len(classes)} ({', '.join(classes[:12])}): every teacher of an ensemble must predict "
         "the data set's classes"
     )
+
+
+def check_image_size(meta: dict[str, Any], field: str, path: str | Path, image_size: int) -> None:
+    """Raise ModelError when a checkpoint was trained at another image size than the run's images."""
+    # Global pooling lets most networks run at any resolution, so a mismatch would not fail: it would
+    # silently lower the teacher's accuracy and everything distilled from it.
+    theirs = meta.get("image_size")
+    if theirs is not None and theirs != image_size:
+        raise ModelError(
+            f"{field} {str(path)!r} was trained on {theirs}x{theirs} images but this run's images are "
+            f"{image_size}x{image_size}; set data.image_size: {theirs} (or train the model at {image_size})"
+        )

@@ -38,6 +38,23 @@ def _stratified_quota(counts: np.ndarray, n_val: int) -> np.ndarray:
     return quota
 
 
+def _stratified_mask(
+    labels: np.ndarray, num_classes: int, n_pick: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Return a mask of ``n_pick`` samples drawn per class in proportion to the class sizes."""
+    n = len(labels)
+    picked = np.zeros(n, dtype=bool)
+    if n_pick:
+        num = max(num_classes, int(labels.max()) + 1 if n else 0)
+        counts = np.bincount(labels, minlength=num)
+        quota = _stratified_quota(counts, n_pick)
+        for c in range(num):
+            if quota[c]:
+                members = np.flatnonzero(labels == c)
+                picked[rng.choice(members, size=int(quota[c]), replace=False)] = True
+    return picked
+
+
 def val_mask(
     labels: np.ndarray, num_classes: int, val_size: int | float, seed: int, name: str = "dataset"
 ) -> np.ndarray:
@@ -45,19 +62,36 @@ def val_mask(
 
     Only the labels decide the split, so a model's recorded split can be drawn again without its images.
     """
-    n = len(labels)
-    n_val = _val_count(n, val_size, name)
-    rng = np.random.default_rng(seed)
-    is_val = np.zeros(n, dtype=bool)
-    if n_val:
-        num = max(num_classes, int(labels.max()) + 1 if n else 0)
-        counts = np.bincount(labels, minlength=num)
-        quota = _stratified_quota(counts, n_val)
-        for c in range(num):
-            if quota[c]:
-                members = np.flatnonzero(labels == c)
-                is_val[rng.choice(members, size=int(quota[c]), replace=False)] = True
-    return is_val
+    n_val = _val_count(len(labels), val_size, name)
+    return _stratified_mask(labels, num_classes, n_val, np.random.default_rng(seed))
+
+
+def limit_per_class(ds: ArrayDataset, limit: int, seed: int) -> ArrayDataset:
+    """Return ``limit`` samples drawn per class in proportion to its size, by ``seed``; samples keep their order.
+
+    The first N images of a folder-ordered set are the first classes only; a stratified draw keeps every class.
+    """
+    if limit >= len(ds):
+        return ds
+    # A stream of its own, so that the draw does not repeat the validation split's choices.
+    keep = _stratified_mask(ds.labels, ds.num_classes, int(limit), np.random.default_rng([seed, 0x11A17]))
+    return ds.subset(np.flatnonzero(keep), name=f"{ds.name}[{limit} per class by seed {seed}]")
+
+
+def hold_out_test(ds: ArrayDataset, test_size: int | float, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
+    """Return (train, test) of a source without a test split: ``test_size`` images per class by ``seed``."""
+    n_test = _val_count(len(ds), test_size, ds.name)
+    if not 0 < n_test < len(ds):
+        raise DataError(
+            f"data.test_size: {test_size} holds out {n_test} of the {len(ds)} images of {ds.name!r}; "
+            "expected at least one test image and at least one left for training"
+        )
+    # A stream of its own: the validation split, drawn later from what is left, never repeats its choices.
+    is_test = _stratified_mask(ds.labels, ds.num_classes, n_test, np.random.default_rng([seed, 0x7E57]))
+    return (
+        ds.subset(np.flatnonzero(~is_test), name=f"{ds.name}:train"),
+        ds.subset(np.flatnonzero(is_test), name=f"{ds.name}:held-out-test"),
+    )
 
 
 def split_train_val(ds: ArrayDataset, val_size: int | float, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
