@@ -197,3 +197,45 @@ def test_run_says_where_its_test_images_come_from_and_keeps_warnings(tmp_path):
     assert saved["data"]["warnings"] == [
         "the test set (data.test_limit=1) has no images of 1 of the 2 classes: bee"
     ]
+
+
+def _teacher_config(tmp_path, root, meta_extra, **data):
+    """A distill-only config whose teacher is a resnet8 checkpoint with the given metadata (8x8 images)."""
+    teacher = create("resnet8", num_classes=2, in_channels=3, image_size=8)
+    meta = {
+        "kind": "model",
+        "model": {"name": "resnet8"},
+        "num_classes": 2,
+        "in_channels": 3,
+        "image_size": 8,
+    }
+    save_checkpoint(tmp_path / "teacher", teacher.state_dict(), {**meta, **meta_extra})
+    return build_config(
+        {
+            "data": {"dataset": f"imagefolder:{root}", "val_size": 0, **data},
+            "teacher": {"model": {"name": "resnet8"}, "checkpoint": str(tmp_path / "teacher")},
+            "student": {"model": {"name": "resnet8"}},
+            "phases": ["distill"],
+        }
+    )
+
+
+def test_teacher_with_other_class_names_is_refused_in_preflight(tmp_path):
+    root = _tree(tmp_path / "pets", {"train/ant": 4, "train/bee": 4, "test/ant": 1, "test/bee": 1})
+    cfg = _teacher_config(tmp_path, root, {"classes": ["bee", "ant"]})
+    with pytest.raises(ModelError, match=r"predicts the classes bee, ant but .* has ant, bee: its class ids"):
+        preflight(cfg, load_data(cfg.data, cfg.seed))
+    same = _teacher_config(tmp_path, root, {"classes": ["ant", "bee"]})
+    preflight(same, load_data(same.data, same.seed))  # the same names in the same order pass
+
+
+def test_teacher_trained_on_this_runs_held_out_test_images_is_refused(tmp_path):
+    root = _tree(tmp_path / "flat", {"ant": 6, "bee": 6})
+    dataset = f"imagefolder:{root}"
+    whole = {"dataset": dataset, "images": 12, "val_size": 0, "split_seed": 0}  # trained on every image
+    cfg = _teacher_config(tmp_path, root, {"classes": ["ant", "bee"], "data_split": whole}, test_size=4)
+    with pytest.raises(ModelError, match=r"test hold-out none .* has trained on images this run tests on"):
+        preflight(cfg, load_data(cfg.data, cfg.seed))
+    held = {**whole, "images": 8, "test_held_out": {"test_size": 4.0, "test_seed": 0}}
+    same = _teacher_config(tmp_path, root, {"classes": ["ant", "bee"], "data_split": held}, test_size=4)
+    preflight(same, load_data(same.data, same.seed))  # the same hold-out passes
