@@ -14,7 +14,14 @@ from kdkit.data.class_lists import align_classes, empty_class_warnings
 from kdkit.data.imagefolder import TRAIN_SPLIT, MissingSplitError
 from kdkit.data.loader import Augment, AugParams, InMemoryLoader, channel_stats
 from kdkit.data.sources import ArrayDataset, load_dataset
-from kdkit.data.splits import hold_out_test, limit_per_class, split_labeled, split_train_val, val_mask
+from kdkit.data.splits import (
+    hold_out_test,
+    limit_per_class,
+    limit_uniform,
+    split_labeled,
+    split_train_val,
+    val_mask,
+)
 from kdkit.errors import ConfigError, DataError
 
 # Keys of a recorded split that must agree before a model's validation images can be drawn again.
@@ -115,7 +122,9 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
     split_seed = seed if cfg.split_seed is None else cfg.split_seed
     held_out = {"test_size": cfg.test_size, "test_seed": cfg.test_seed} if cfg.test_size is not None else None
     if cfg.train_limit is not None and cfg.train_limit < len(full):
-        full = limit_per_class(full, cfg.train_limit, split_seed)
+        # Per class, except where labels are hidden: a per-class draw would read them.
+        draw = limit_uniform if cfg.semi_supervised else limit_per_class
+        full = draw(full, cfg.train_limit, split_seed)
         warnings += empty_class_warnings(full, f"the training set (data.train_limit={cfg.train_limit})")
     if cfg.test_limit is not None and cfg.test_limit < len(test):
         # Evenly spaced, not the first N: folder-ordered test sets list one class after another.

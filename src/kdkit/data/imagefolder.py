@@ -154,9 +154,8 @@ class MissingSplitError(DataError):
     """The source has no folder for the requested split (a flat folder has only training images)."""
 
 
-TRAIN_SPLIT = (
-    "train"  # the split a folder without split directories serves: all its images are training images
-)
+# The split a folder without split directories serves: all its images are training images.
+TRAIN_SPLIT = "train"
 
 
 def _missing_split(

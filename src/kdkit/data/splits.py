@@ -10,19 +10,19 @@ from kdkit.data.sources import ArrayDataset
 from kdkit.errors import DataError
 
 
-def _val_count(n: int, val_size: int | float, name: str) -> int:
-    """Turn an absolute count or a fraction into a number of validation samples."""
+def _val_count(n: int, val_size: int | float, name: str, field: str = "val_size") -> int:
+    """Turn an absolute count or a fraction into a number of held-out samples (``field`` names it in errors)."""
     if isinstance(val_size, bool) or not isinstance(val_size, (int, float, np.integer, np.floating)):
         raise DataError(
-            f"split of {name!r}: val_size must be an int count or a float fraction, found {val_size!r}"
+            f"split of {name!r}: {field} must be an int count or a float fraction, found {val_size!r}"
         )
     if isinstance(val_size, (float, np.floating)):
         if not 0.0 <= val_size < 1.0:
-            raise DataError(f"split of {name!r}: a fractional val_size must lie in [0, 1), found {val_size}")
+            raise DataError(f"split of {name!r}: a fractional {field} must lie in [0, 1), found {val_size}")
         return int(round(val_size * n))
     if not 0 <= val_size <= n:
         raise DataError(
-            f"split of {name!r}: val_size must lie in [0, {n}] (the dataset size), found {val_size}"
+            f"split of {name!r}: {field} must lie in [0, {n}] (the dataset size), found {val_size}"
         )
     return int(val_size)
 
@@ -80,7 +80,7 @@ def limit_per_class(ds: ArrayDataset, limit: int, seed: int) -> ArrayDataset:
 
 def hold_out_test(ds: ArrayDataset, test_size: int | float, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
     """Return (train, test) of a source without a test split: ``test_size`` images per class by ``seed``."""
-    n_test = _val_count(len(ds), test_size, ds.name)
+    n_test = _val_count(len(ds), test_size, ds.name, "data.test_size")
     if not 0 < n_test < len(ds):
         raise DataError(
             f"data.test_size: {test_size} holds out {n_test} of the {len(ds)} images of {ds.name!r}; "
@@ -92,6 +92,17 @@ def hold_out_test(ds: ArrayDataset, test_size: int | float, seed: int) -> tuple[
         ds.subset(np.flatnonzero(~is_test), name=f"{ds.name}:train"),
         ds.subset(np.flatnonzero(is_test), name=f"{ds.name}:held-out-test"),
     )
+
+
+def limit_uniform(ds: ArrayDataset, limit: int, seed: int) -> ArrayDataset:
+    """Return ``limit`` samples drawn uniformly by ``seed`` without reading a label; samples keep their order.
+
+    For semi-supervised runs: a per-class draw would read the labels that the run hides.
+    """
+    if limit >= len(ds):
+        return ds
+    keep = np.sort(np.random.default_rng([seed, 0x11A17]).choice(len(ds), size=int(limit), replace=False))
+    return ds.subset(keep, name=f"{ds.name}[{limit} by seed {seed}]")
 
 
 def split_train_val(ds: ArrayDataset, val_size: int | float, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
