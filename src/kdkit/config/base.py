@@ -103,7 +103,7 @@ class DataConfig(_Strict):
         None,
         ge=1,
         description="use only N training images, drawn per class in proportion to its size by data.split_seed "
-        "(smoke runs)",
+        "(uniformly when data.labeled_* hides labels; smoke runs)",
     )
     splits: SplitFolders | None = Field(
         None, description="the folders of an imagefolder: source that hold the training and the test images"
