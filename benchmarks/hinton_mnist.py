@@ -153,16 +153,25 @@ def plan(seeds: list[int], quick: bool, jittered_transfer: bool = False) -> list
     return runs
 
 
-# Config fields added after results were stored, whose default (None) keeps the behaviour from before them:
-# data.split_seed (split by the run's seed) and train.ema_decay (no weight average). Left out at their default,
-# so that stored results stay current.
-_LATER_FIELDS = frozenset({"split_seed", "ema_decay"})
+# Config fields added after results were stored, whose default keeps the behaviour from before them:
+# data.split_seed (split by the run's seed), train.ema_decay (no weight average), and the data fields of
+# named split folders and a held-out test set. Left out at their default, so that stored results stay current.
+_LATER_FIELDS = {
+    "split_seed": None,
+    "ema_decay": None,
+    "splits": None,
+    "test_size": None,
+    "test_seed": 0,
+    "allow_missing_test_classes": False,
+}
 
 
 def _without_later_defaults(doc: Any) -> Any:
     if isinstance(doc, dict):
         return {
-            k: _without_later_defaults(v) for k, v in doc.items() if not (k in _LATER_FIELDS and v is None)
+            k: _without_later_defaults(v)
+            for k, v in doc.items()
+            if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k] and type(v) is type(_LATER_FIELDS[k]))
         }
     if isinstance(doc, list):
         return [_without_later_defaults(v) for v in doc]

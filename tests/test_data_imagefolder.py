@@ -179,11 +179,14 @@ def test_split_layouts(tmp_path, kind):
         load_dataset(f"imagefolder:{src}", "test")
 
 
-def test_class_dirs_directly_ignore_split_and_relative_paths(tmp_path, monkeypatch):
+def test_class_dirs_directly_are_the_training_split_and_relative_paths(tmp_path, monkeypatch):
     _write_tree(tmp_path / "data" / "flat", {"b/1.jpg": _jpeg((0, 255, 0)), "a/2.jpg": _jpeg((255, 0, 0))})
     monkeypatch.chdir(tmp_path)
-    ds = load_dataset("imagefolder:data/flat", "anything", root=tmp_path / "elsewhere")
+    ds = load_dataset("imagefolder:data/flat", "train", root=tmp_path / "elsewhere")
     assert ds.classes == ["a", "b"] and ds.labels.tolist() == [0, 1]
+    # Any other split of a folder without split directories would be its training images again.
+    with pytest.raises(DataError, match="no split directory 'anything'.*data.test_size"):
+        load_dataset("imagefolder:data/flat", "anything", root=tmp_path / "elsewhere")
     monkeypatch.chdir("/")
     ds2 = load_dataset("imagefolder:flat", "train", root=tmp_path / "data")  # found below the data root
     np.testing.assert_array_equal(ds.images, ds2.images)

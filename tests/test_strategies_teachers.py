@@ -13,6 +13,7 @@ from kdkit.checkpoint import save_checkpoint
 from kdkit.config import UnlabeledConfig, build_config
 from kdkit.data import bundle as bundle_module
 from kdkit.data.loader import Augment, apply_params, augment_draws
+from kdkit.data.splits import limit_uniform
 from kdkit.engine import RunInterrupted
 from kdkit.ensemble import EnsembleTeacher, normalized_weights
 from kdkit.errors import ConfigError, DataError, ModelError
@@ -320,10 +321,13 @@ def _corrupting(real, hidden: bool):
     def load(name, split="train", **kw):
         ds = real(name, split, **kw)
         if split == "train":
-            # Which of the first 2,500 images are labeled: split a copy whose labels are the row numbers.
-            rows = kdata.ArrayDataset(ds.images[:2500], np.arange(2500), ds.classes, "rows")
+            # Which of the 2,500 images (drawn without reading a label) are labeled: draw and split a copy
+            # whose labels are the row numbers.
+            rows = limit_uniform(
+                kdata.ArrayDataset(ds.images, np.arange(len(ds)), ds.classes, "rows"), 2500, 0
+            )
             labeled = kdata.split_labeled(rows, 300, 0)[0].labels
-            target = np.setdiff1d(np.arange(2500), labeled) if hidden else labeled[:100]
+            target = np.setdiff1d(rows.labels, labeled) if hidden else labeled[:100]
             labels = ds.labels.copy()
             labels[target] = (labels[target] + 3) % 10
             ds = kdata.ArrayDataset(ds.images, labels, ds.classes, ds.name)

@@ -89,6 +89,9 @@ def run_experiment(
             f"precision {runtime.precision}, {torch.get_num_threads()} threads, run dir {run_dir}",
             highlight=False,
         )
+        console.print(bundle.test_source, highlight=False, markup=False)
+        for warning in bundle.warnings:
+            console.print(f"warning: {warning}", style="yellow", highlight=False, markup=False)
         ctx = RunContext(cfg, bundle, engine, run_dir / "checkpoints", resume)
         execute(plan, ctx)
         summary = {
@@ -100,6 +103,7 @@ def run_experiment(
             "torch": torch.__version__,
             "wall_seconds": round(time.perf_counter() - t_start, 2),
             "run_dir": str(run_dir),
+            "data": {"test": bundle.test_source, "warnings": list(bundle.warnings)},
             "models": ctx.records,
         }
         if main:

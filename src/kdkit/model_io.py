@@ -121,8 +121,15 @@ def check_classes(
 ) -> None:
     """Raise ModelError when a checkpoint does not predict the data set's classes (by count; by name too)."""
     theirs = list(meta.get("classes") or [])
-    if meta.get("num_classes") == len(classes) and not (by_name and theirs and theirs != classes):
+    if meta.get("num_classes") == len(classes) and not (theirs and theirs != classes):
         return
+    if not by_name and meta.get("num_classes") == len(classes):
+        # Same count, other names or order: class id k would mean another class, and nothing would fail.
+        raise ModelError(
+            f"{field} {str(path)!r} predicts the classes {', '.join(theirs[:12])} but {dataset} has "
+            f"{', '.join(classes[:12])}: its class ids would mean other classes; use a model trained on "
+            "this data set's class folders"
+        )
     if not by_name:
         raise ModelError(
             f"{field} {str(path)!r} predicts {meta.get('num_classes')} classes but {dataset} has {len(classes)}"
@@ -132,3 +139,33 @@ def check_classes(
         f"but {dataset} has {len(classes)} ({', '.join(classes[:12])}): every teacher of an ensemble must predict "
         "the data set's classes"
     )
+
+
+def check_image_size(meta: dict[str, Any], field: str, path: str | Path, image_size: int) -> None:
+    """Raise ModelError when a checkpoint was trained at another image size than the run's images."""
+    # Global pooling lets most networks run at any resolution, so a mismatch would not fail: it would
+    # silently lower the teacher's accuracy and everything distilled from it.
+    theirs = meta.get("image_size")
+    if theirs is not None and theirs != image_size:
+        raise ModelError(
+            f"{field} {str(path)!r} was trained on {theirs}x{theirs} images but this run's images are "
+            f"{image_size}x{image_size}; set data.image_size: {theirs} (or train the model at {image_size})"
+        )
+
+
+def check_test_images(meta: dict[str, Any], field: str, path: str | Path, split: dict[str, Any]) -> None:
+    """Raise ModelError when a model of this data set was trained on another test hold-out than the run's.
+
+    With data.test_size the test images are drawn out of the training folder: a model drawn with another
+    size or seed (or trained on the whole folder) has trained on some of this run's test images.
+    """
+    theirs = meta.get("data_split")
+    if not isinstance(theirs, dict) or theirs.get("dataset") != split.get("dataset"):
+        return  # another data set, or no record: nothing can be told
+    held, mine = theirs.get("test_held_out"), split.get("test_held_out")
+    if held != mine:
+        raise ModelError(
+            f"{field} {str(path)!r} was trained with the test hold-out {held or 'none (every image of the folder)'} "
+            f"but this run tests on {mine or 'the source test split'}: it has trained on images this run tests "
+            "on; use the same data.test_size and data.test_seed as the run that trained it"
+        )

@@ -32,7 +32,14 @@ from kdkit.config import ExperimentConfig
 from kdkit.data.bundle import DataBundle, make_loader
 from kdkit.data.splits import omit_classes
 from kdkit.errors import ConfigError
-from kdkit.model_io import build_model, check_classes, read_model_meta, rebuild_model
+from kdkit.model_io import (
+    build_model,
+    check_classes,
+    check_image_size,
+    check_test_images,
+    read_model_meta,
+    rebuild_model,
+)
 from kdkit.objective_builder import build_objective
 from kdkit.plan import CohortPhase, DistillPhase, EnsemblePhase, LoadPhase, ModelSource, Plan, TrainPhase
 from kdkit.strategies import make_plan
@@ -78,6 +85,8 @@ def _sources(plan: Plan, cfg: ExperimentConfig, bundle: DataBundle) -> dict[str,
             check_classes(
                 meta, phase.field, phase.checkpoint, classes, cfg.data.dataset, phase.same_class_names
             )
+            check_image_size(meta, phase.field, phase.checkpoint, bundle.image_size)
+            check_test_images(meta, phase.field, phase.checkpoint, bundle.split)
             out[phase.role] = _Source(phase.checkpoint, meta=meta)
         elif isinstance(phase, (TrainPhase, DistillPhase)):
             out[phase.role] = _Source(phase.model.field, phase.model)

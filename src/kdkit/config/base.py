@@ -82,6 +82,15 @@ class TrainConfig(_Strict):
         return v
 
 
+class SplitFolders(_Strict):
+    """Which folders of an ImageFolder source are the training and the test split."""
+
+    train: str = Field("train", min_length=1, description="folder of the training images")
+    test: str | None = Field(
+        None, min_length=1, description="folder of the test images (default: 'test', unless data.test_size)"
+    )
+
+
 class DataConfig(_Strict):
     """Where data comes from and how it is split."""
 
@@ -116,7 +125,28 @@ class DataConfig(_Strict):
         "images excluded); recorded in checkpoints. false: pixels / 255 only",
     )
     train_limit: int | None = Field(
-        None, ge=1, description="use only the first N training images (smoke runs)"
+        None,
+        ge=1,
+        description="use only N training images, drawn per class in proportion to its size by data.split_seed "
+        "(uniformly when data.labeled_* hides labels; smoke runs)",
+    )
+    splits: SplitFolders | None = Field(
+        None, description="the folders of an imagefolder: source that hold the training and the test images"
+    )
+    test_size: float | None = Field(
+        None,
+        gt=0,
+        description="for a source without a test split: hold out this many images (a count >= 1 or a fraction) "
+        "of the training folder, per class, by data.test_seed, as the test set",
+    )
+    test_seed: int = Field(
+        0,
+        description="seed of the data.test_size hold-out (fixed, so that runs of any seed share one test set)",
+    )
+    allow_missing_test_classes: bool = Field(
+        False,
+        description="evaluate although the test split has no images of some training classes (printed as a "
+        "warning); by default that is an error",
     )
     labeled_fraction: float | None = Field(
         None,
@@ -132,6 +162,18 @@ class DataConfig(_Strict):
     def _one_labeled_size(self) -> DataConfig:
         if self.labeled_fraction is not None and self.labeled_count is not None:
             raise ValueError("set data.labeled_fraction or data.labeled_count, not both")
+        if self.test_size is not None and self.splits is not None and self.splits.test is not None:
+            raise ValueError(
+                f"set data.splits.test ({self.splits.test!r}) or data.test_size ({self.test_size}), not both: "
+                "the test images come from a folder or are held out of the training images"
+            )
+        if self.splits is not None and self.splits.test == self.splits.train:
+            raise ValueError(
+                f"data.splits: train and test name the same folder {self.splits.train!r}; a model must never be "
+                "tested on its training images (use data.test_size to hold a test set out of it)"
+            )
+        if self.test_size is not None and self.test_size >= 1 and self.test_size != int(self.test_size):
+            raise ValueError(f"data.test_size: a count must be whole, found {self.test_size}")
         return self
 
     @property

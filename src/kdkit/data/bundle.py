@@ -10,10 +10,22 @@ import numpy as np
 import torch
 
 from kdkit.config import DataConfig
+from kdkit.data.class_lists import align_classes, empty_class_warnings
+from kdkit.data.imagefolder import TRAIN_SPLIT, MissingSplitError
 from kdkit.data.loader import Augment, AugParams, InMemoryLoader, channel_stats
 from kdkit.data.sources import ArrayDataset, load_dataset
-from kdkit.data.splits import split_labeled, split_train_val, val_mask
+from kdkit.data.splits import (
+    hold_out_test,
+    limit_per_class,
+    limit_uniform,
+    split_labeled,
+    split_train_val,
+    val_mask,
+)
 from kdkit.errors import ConfigError, DataError
+
+# Keys of a recorded split that must agree before a model's validation images can be drawn again.
+_SAME_DRAW = ("dataset", "images", "train_limit", "test_held_out")
 
 
 @dataclass
@@ -30,6 +42,9 @@ class DataBundle:
     # loading a model can tell how many of its validation images that model was trained on.
     split: dict[str, Any] = dataclasses.field(default_factory=dict)
     full_labels: np.ndarray | None = None  # labels of the whole training set the split was drawn from
+    test_source: str = ""  # where the test images come from, said in the console and in summary.json
+    # Conditions that change what a number means but do not stop the run: printed, and kept in summary.json.
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def val_of_full(self) -> np.ndarray | None:
@@ -54,23 +69,77 @@ class DataBundle:
         return int(self.train.images.shape[2])
 
 
+def _count_or_fraction(size: float) -> int | float:
+    """A config size: a count when it is at least 1, else a fraction."""
+    return int(size) if size >= 1 else float(size)
+
+
+def _train_and_test(cfg: DataConfig) -> tuple[ArrayDataset, ArrayDataset, str, list[str]]:
+    """Return (training set, test set labelled by the training classes, where the test set came from, warnings).
+
+    The class list is the training split's; every other split is checked against it before anything trains.
+    """
+    kwargs: dict[str, Any] = {"root": cfg.root, "download": cfg.download, "image_size": cfg.image_size}
+    is_folder = cfg.dataset.startswith("imagefolder:")
+    if cfg.splits is not None and not is_folder:
+        raise ConfigError(
+            f"data.splits names the folders of an imagefolder:<path> source; {cfg.dataset!r} has the fixed "
+            "splits train and test"
+        )
+    train_folder = cfg.splits.train if cfg.splits is not None else TRAIN_SPLIT
+    full = load_dataset(cfg.dataset, train_folder, **kwargs)
+    test_folder = cfg.splits.test if cfg.splits is not None and cfg.splits.test else "test"
+    if cfg.test_size is None:
+        test = load_dataset(cfg.dataset, test_folder, **kwargs)
+        where = f"split {test_folder!r}" + (f" (training split {train_folder!r})" if is_folder else "")
+        test, warnings = align_classes(full, test, where, cfg.dataset, cfg.allow_missing_test_classes)
+        what = f"folder {test_folder!r}" if is_folder else f"the {cfg.dataset} test split"
+        return full, test, f"test images from {what}", warnings
+    if not is_folder:
+        raise ConfigError(
+            f"data.test_size: {cfg.dataset!r} has its own test split; remove data.test_size to evaluate on it"
+        )
+    try:
+        load_dataset(cfg.dataset, test_folder, **kwargs)
+    except MissingSplitError:
+        pass
+    else:
+        raise ConfigError(
+            f"data.test_size: {cfg.dataset} has a test split folder {test_folder!r}; remove data.test_size to "
+            "evaluate on it (or name the folders with data.splits)"
+        )
+    train, test = hold_out_test(full, _count_or_fraction(cfg.test_size), cfg.test_seed)
+    what = (
+        f"test images: {len(test)} held out of folder {train_folder!r} per class by data.test_size="
+        f"{cfg.test_size} and data.test_seed={cfg.test_seed} (the source has no test split)"
+    )
+    return train, test, what, []
+
+
 def load_data(cfg: DataConfig, seed: int) -> DataBundle:
     """Return train/val/test splits: validation held out of the training set by seed, test untouched."""
-    kwargs: dict[str, Any] = {"root": cfg.root, "download": cfg.download, "image_size": cfg.image_size}
-    full = load_dataset(cfg.dataset, "train", **kwargs)
-    test = load_dataset(cfg.dataset, "test", **kwargs)
+    full, test, test_source, warnings = _train_and_test(cfg)
+    split_seed = seed if cfg.split_seed is None else cfg.split_seed
+    held_out = {"test_size": cfg.test_size, "test_seed": cfg.test_seed} if cfg.test_size is not None else None
     if cfg.train_limit is not None and cfg.train_limit < len(full):
-        full = full.subset(torch.arange(cfg.train_limit).numpy(), name=f"{full.name}[:{cfg.train_limit}]")
+        # Per class, except where labels are hidden: a per-class draw would read them.
+        draw = limit_uniform if cfg.semi_supervised else limit_per_class
+        full = draw(full, cfg.train_limit, split_seed)
+        warnings += empty_class_warnings(full, f"the training set (data.train_limit={cfg.train_limit})")
     if cfg.test_limit is not None and cfg.test_limit < len(test):
         # Evenly spaced, not the first N: folder-ordered test sets list one class after another.
         keep = torch.linspace(0, len(test) - 1, cfg.test_limit).round().long().numpy()
         test = test.subset(keep, name=f"{test.name}[{cfg.test_limit} evenly spaced]")
+        warnings += empty_class_warnings(test, f"the test set (data.test_limit={cfg.test_limit})")
     val_size: int | float = int(cfg.val_size) if cfg.val_size >= 1 else float(cfg.val_size)
     if isinstance(val_size, int) and val_size >= len(full):
         raise ConfigError(f"data.val_size: {val_size} leaves no training images (the set has {len(full)})")
-    split_seed = seed if cfg.split_seed is None else cfg.split_seed
     train, val = split_train_val(full, val_size, split_seed)
     split = {"dataset": cfg.dataset, "images": len(full), "val_size": val_size, "split_seed": split_seed}
+    if cfg.train_limit is not None:
+        split["train_limit"] = cfg.train_limit  # drawn per class by split_seed (before: the first N images)
+    if held_out is not None:
+        split["test_held_out"] = held_out
     if cfg.normalize:
         mean, std = channel_stats(train.images)
     else:
@@ -93,6 +162,8 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
         unlabeled=unlabeled,
         split=split,
         full_labels=full.labels,
+        test_source=test_source,
+        warnings=warnings,
     )
 
 
@@ -110,7 +181,7 @@ def val_images_trained_on(bundle: DataBundle, split: dict[str, Any] | None) -> i
     mine = bundle.split
     if not isinstance(split, dict) or bundle.full_labels is None or not mine:
         return None
-    if split.get("dataset") != mine["dataset"] or split.get("images") != mine["images"]:
+    if any(split.get(key) != mine.get(key) for key in _SAME_DRAW):
         return None
     if not len(bundle.val):
         return 0

@@ -55,9 +55,14 @@ def _check_clean_end(tf: tarfile.TarFile, archive: Path) -> None:
 
 
 def iter_tar_files(
-    archive: Path, want: Callable[[tuple[str, ...]], bool] | None = None
+    archive: Path,
+    want: Callable[[tuple[str, ...]], bool] | None = None,
+    dirs: set[tuple[str, ...]] | None = None,
 ) -> Iterator[tuple[tuple[str, ...], bytes]]:
-    """Yield ``(path parts, bytes)`` for every regular file in the archive that ``want`` accepts, in archive order."""
+    """Yield ``(path parts, bytes)`` for every regular file in the archive that ``want`` accepts, in archive order.
+
+    ``dirs``, when given, collects every directory of the archive (listed, or implied by a file's path).
+    """
     archive = Path(archive)
     if not archive.is_file():
         raise DataError(f"{archive}: archive not found (expected a .tar/.tar.gz/.tgz file)")
@@ -68,6 +73,10 @@ def iter_tar_files(
         with tarfile.open(archive, mode="r:*") as tf:
             for member in tf:
                 parts = safe_member_parts(member.name, archive)
+                if dirs is not None and parts:
+                    # Every folder counts, so that a class folder without images can be named.
+                    end = len(parts) if member.isdir() else len(parts) - 1
+                    dirs.update(parts[:i] for i in range(1, end + 1))
                 if member.isdir() or not parts:
                     continue
                 if not member.isfile():
@@ -115,12 +124,14 @@ def _is_image(parts: Parts) -> bool:
     )
 
 
-def scan_directory(root: Path) -> dict[Parts, Path]:
-    """Map relative path parts -> file path for every image file below ``root``."""
+def scan_directory(root: Path, dirs: set[Parts] | None = None) -> dict[Parts, Path]:
+    """Map relative path parts -> file path for every image file below ``root`` (``dirs`` collects the folders)."""
     found: dict[Parts, Path] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel = Path(dirpath).relative_to(root).parts
+        if dirs is not None and rel:
+            dirs.add(rel)
         for f in filenames:
             parts = (*rel, f)
             if _is_image(parts):
@@ -128,56 +139,99 @@ def scan_directory(root: Path) -> dict[Parts, Path]:
     return found
 
 
-def scan_archive(archive: Path) -> dict[Parts, bytes]:
-    """Map path parts -> encoded bytes for every image member of a tar archive (one streaming pass)."""
+def scan_archive(archive: Path, dirs: set[Parts] | None = None) -> dict[Parts, bytes]:
+    """Map path parts -> encoded bytes for every image member of a tar archive (one streaming pass).
+
+    ``dirs``, when given, collects the archive's folders.
+    """
     # One pass that keeps every image's encoded bytes: the split layout is only known once all names
     # are seen, and a second pass would decompress the whole gzip stream again. Encoded images are
     # smaller than the decoded arrays we build from them.
-    return dict(iter_tar_files(archive, _is_image))
+    return dict(iter_tar_files(archive, _is_image, dirs))
+
+
+class MissingSplitError(DataError):
+    """The source has no folder for the requested split (a flat folder has only training images)."""
+
+
+# The split a folder without split directories serves: all its images are training images.
+TRAIN_SPLIT = "train"
+
+
+def _missing_split(
+    source: str, split: str, where: str, found: Sequence[str], flat: bool
+) -> MissingSplitError:
+    """The error for a split folder that does not exist, listing the folders that do and the ways out."""
+    if flat:
+        return MissingSplitError(
+            f"{source}: no split directory {split!r}: the class folders ({', '.join(found)}) sit at {where}, "
+            f"so every image is a training image and split {split!r} would evaluate on them; hold a test set "
+            "out of them by seed with data.test_size, or arrange the folder as <split>/<class>/<image>"
+        )
+    return MissingSplitError(
+        f"{source}: no split directory {split!r} at {where}; found directories {', '.join(found)} "
+        "(choose one of them as the split, e.g. data.splits: {train: ..., test: ...})"
+    )
 
 
 def resolve_layout(paths: Sequence[Parts], split: str | None, source: str) -> Parts:
     """Find the directory (as a path prefix) whose subdirectories are the classes.
 
     Descends into the ``split`` directory when one exists, and through single wrapper directories
-    (an archive's top-level folder); stops where some subdirectory holds images directly.
+    (an archive's top-level folder); stops where some subdirectory holds images directly. A folder without
+    split directories serves only the training split: any other split of it would be its training images.
     """
     prefix: Parts = ()
-    used_split = False
+    used_split = split is None
     while True:
         n = len(prefix)
         below = [p[n:] for p in paths if p[:n] == prefix]
         subdirs = sorted({p[0] for p in below if len(p) > 1})
+        where = "/".join(prefix) or "top level"
         if not subdirs:
-            where = "/".join(prefix) or "top level"
             raise DataError(
                 f"{source}: no class directories at {where}; expected [<split>/]<class>/<image> "
                 f"with image files ({', '.join(IMAGE_EXTENSIONS)})"
             )
         if any(len(p) == 2 for p in below):
+            if not used_split and split != TRAIN_SPLIT:
+                raise _missing_split(source, str(split), where, subdirs, flat=True)
             return prefix
-        if split is not None and not used_split and split in subdirs:
-            prefix = (*prefix, split)
+        if not used_split and split in subdirs:
+            prefix = (*prefix, str(split))
             used_split = True
         elif len(subdirs) == 1:
             prefix = (*prefix, subdirs[0])
+        elif split is not None and not used_split:
+            raise _missing_split(source, split, where, subdirs, flat=False)
         else:
-            where = "/".join(prefix) or "top level"
-            wanted = f"split directory {split!r}" if split is not None else "class directories with images"
             raise DataError(
-                f"{source}: no {wanted} at {where}; found directories {', '.join(subdirs)} "
+                f"{source}: no class directories with images at {where}; found directories {', '.join(subdirs)} "
                 "(choose one of them as the split)"
             )
 
 
 def select_samples(
-    files: Mapping[Parts, object], split: str | None, source: str
+    files: Mapping[Parts, object], split: str | None, source: str, dirs: set[Parts] | None = None
 ) -> tuple[list[str], list[tuple[Parts, int]]]:
-    """Return (class names, [(path parts, label)]) for the split, classes and files in sorted order."""
+    """Return (class names, [(path parts, label)]) for the split, classes and files in sorted order.
+
+    With ``dirs`` (the source's folders), a class folder holding no image is refused: dropping it would
+    silently change the number of classes.
+    """
     prefix = resolve_layout(list(files), split, source)
     n = len(prefix)
     chosen = sorted(p for p in files if p[:n] == prefix and len(p) > n + 1)
     classes = sorted({p[n] for p in chosen})
+    if dirs is not None:
+        empty = sorted({d[n] for d in dirs if d[:n] == prefix and len(d) > n} - set(classes))
+        if empty:
+            where = "/".join(prefix) or "top level"
+            raise DataError(
+                f"{source}: split {split!r} has class folders without images at {where}: {', '.join(empty)} "
+                f"(expected image files {', '.join(IMAGE_EXTENSIONS)}); add images or remove those folders, "
+                "since an empty folder would silently drop its class"
+            )
     index = {c: i for i, c in enumerate(classes)}
     return classes, [(p, index[p[n]]) for p in chosen]
 

@@ -174,7 +174,8 @@ DATASET_FILES: dict[str, dict[str, Any]] = {
 
 
 # Bump when a loader's output for the same source files changes, so stale cache entries are not reused.
-LOADER_VERSIONS = {"cifar-archive": 1, "imagefolder": 1}
+# imagefolder 2: an archive with a class folder without images is refused (version 1 cached it without that class).
+LOADER_VERSIONS = {"cifar-archive": 1, "imagefolder": 2}
 
 KNOWN_NAMES = ("mnist", "mnist-small", "cifar10", "cifar100", "cifar10-jpg", "imagefolder:<path>")
 NATIVE_SIZE = {"mnist": 28, "mnist-small": 28, "cifar10": 32, "cifar100": 32}
@@ -338,9 +339,12 @@ def _load_folder(
 ) -> ArrayDataset:
     """Load one split of an ImageFolder directory or tar archive (through the cache)."""
     source = str(path)
+    folders: set[tuple[str, ...]] = set()
     if path.is_dir():
-        dir_files = scan_directory(path)
+        dir_files = scan_directory(path, folders)
         signature = cache_mod.tree_signature(path, dir_files.values())
+        # The cache key covers image files only, so folders are checked on every load, before the cache.
+        selected = select_samples(dir_files, split, source, folders)
     elif is_tar_name(path):
         dir_files = None
         signature = cache_mod.file_signature([path])
@@ -354,10 +358,11 @@ def _load_folder(
         if dir_files is not None:
             files = dir_files
             items_of = lambda parts: (str(dir_files[parts]), dir_files[parts])  # noqa: E731
+            classes, samples = selected
         else:
-            files = scan_archive(path)
+            files = scan_archive(path, folders)
             items_of = lambda parts: (f"{path}:{'/'.join(parts)}", files[parts])  # noqa: E731
-        classes, samples = select_samples(files, split, source)
+            classes, samples = select_samples(files, split, source, folders)
         images = decode_all([items_of(p) for p, _ in samples], image_size, source)
         return ArrayDataset(images, [label for _, label in samples], classes, name)
 

@@ -10,19 +10,19 @@ from kdkit.data.sources import ArrayDataset
 from kdkit.errors import DataError
 
 
-def _val_count(n: int, val_size: int | float, name: str) -> int:
-    """Turn an absolute count or a fraction into a number of validation samples."""
+def _val_count(n: int, val_size: int | float, name: str, field: str = "val_size") -> int:
+    """Turn an absolute count or a fraction into a number of held-out samples (``field`` names it in errors)."""
     if isinstance(val_size, bool) or not isinstance(val_size, (int, float, np.integer, np.floating)):
         raise DataError(
-            f"split of {name!r}: val_size must be an int count or a float fraction, found {val_size!r}"
+            f"split of {name!r}: {field} must be an int count or a float fraction, found {val_size!r}"
         )
     if isinstance(val_size, (float, np.floating)):
         if not 0.0 <= val_size < 1.0:
-            raise DataError(f"split of {name!r}: a fractional val_size must lie in [0, 1), found {val_size}")
+            raise DataError(f"split of {name!r}: a fractional {field} must lie in [0, 1), found {val_size}")
         return int(round(val_size * n))
     if not 0 <= val_size <= n:
         raise DataError(
-            f"split of {name!r}: val_size must lie in [0, {n}] (the dataset size), found {val_size}"
+            f"split of {name!r}: {field} must lie in [0, {n}] (the dataset size), found {val_size}"
         )
     return int(val_size)
 
@@ -38,6 +38,23 @@ def _stratified_quota(counts: np.ndarray, n_val: int) -> np.ndarray:
     return quota
 
 
+def _stratified_mask(
+    labels: np.ndarray, num_classes: int, n_pick: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Return a mask of ``n_pick`` samples drawn per class in proportion to the class sizes."""
+    n = len(labels)
+    picked = np.zeros(n, dtype=bool)
+    if n_pick:
+        num = max(num_classes, int(labels.max()) + 1 if n else 0)
+        counts = np.bincount(labels, minlength=num)
+        quota = _stratified_quota(counts, n_pick)
+        for c in range(num):
+            if quota[c]:
+                members = np.flatnonzero(labels == c)
+                picked[rng.choice(members, size=int(quota[c]), replace=False)] = True
+    return picked
+
+
 def val_mask(
     labels: np.ndarray, num_classes: int, val_size: int | float, seed: int, name: str = "dataset"
 ) -> np.ndarray:
@@ -45,19 +62,47 @@ def val_mask(
 
     Only the labels decide the split, so a model's recorded split can be drawn again without its images.
     """
-    n = len(labels)
-    n_val = _val_count(n, val_size, name)
-    rng = np.random.default_rng(seed)
-    is_val = np.zeros(n, dtype=bool)
-    if n_val:
-        num = max(num_classes, int(labels.max()) + 1 if n else 0)
-        counts = np.bincount(labels, minlength=num)
-        quota = _stratified_quota(counts, n_val)
-        for c in range(num):
-            if quota[c]:
-                members = np.flatnonzero(labels == c)
-                is_val[rng.choice(members, size=int(quota[c]), replace=False)] = True
-    return is_val
+    n_val = _val_count(len(labels), val_size, name)
+    return _stratified_mask(labels, num_classes, n_val, np.random.default_rng(seed))
+
+
+def limit_per_class(ds: ArrayDataset, limit: int, seed: int) -> ArrayDataset:
+    """Return ``limit`` samples drawn per class in proportion to its size, by ``seed``; samples keep their order.
+
+    The first N images of a folder-ordered set are the first classes only; a stratified draw keeps every class.
+    """
+    if limit >= len(ds):
+        return ds
+    # A stream of its own, so that the draw does not repeat the validation split's choices.
+    keep = _stratified_mask(ds.labels, ds.num_classes, int(limit), np.random.default_rng([seed, 0x11A17]))
+    return ds.subset(np.flatnonzero(keep), name=f"{ds.name}[{limit} per class by seed {seed}]")
+
+
+def hold_out_test(ds: ArrayDataset, test_size: int | float, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
+    """Return (train, test) of a source without a test split: ``test_size`` images per class by ``seed``."""
+    n_test = _val_count(len(ds), test_size, ds.name, "data.test_size")
+    if not 0 < n_test < len(ds):
+        raise DataError(
+            f"data.test_size: {test_size} holds out {n_test} of the {len(ds)} images of {ds.name!r}; "
+            "expected at least one test image and at least one left for training"
+        )
+    # A stream of its own: the validation split, drawn later from what is left, never repeats its choices.
+    is_test = _stratified_mask(ds.labels, ds.num_classes, n_test, np.random.default_rng([seed, 0x7E57]))
+    return (
+        ds.subset(np.flatnonzero(~is_test), name=f"{ds.name}:train"),
+        ds.subset(np.flatnonzero(is_test), name=f"{ds.name}:held-out-test"),
+    )
+
+
+def limit_uniform(ds: ArrayDataset, limit: int, seed: int) -> ArrayDataset:
+    """Return ``limit`` samples drawn uniformly by ``seed`` without reading a label; samples keep their order.
+
+    For semi-supervised runs: a per-class draw would read the labels that the run hides.
+    """
+    if limit >= len(ds):
+        return ds
+    keep = np.sort(np.random.default_rng([seed, 0x11A17]).choice(len(ds), size=int(limit), replace=False))
+    return ds.subset(keep, name=f"{ds.name}[{limit} by seed {seed}]")
 
 
 def split_train_val(ds: ArrayDataset, val_size: int | float, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
