@@ -12,6 +12,7 @@ from PIL import Image
 
 from kdkit.cli import build_parser, main
 from kdkit.config import DataConfig, build_config
+from kdkit.config.base import SplitFolders
 from kdkit.config.reference import config_keys, config_markdown
 from kdkit.errors import CheckpointError, ConfigError
 from kdkit.experiment import plan_experiment
@@ -248,7 +249,12 @@ def test_config_defaults_prints_every_key_of_a_section_from_the_models(capsys):
     assert main(["config", "--defaults", "--section", "data"]) == 0
     out = capsys.readouterr().out
     keys = [line.split(":")[0] for line in out.splitlines() if not line.startswith(" ")]
-    assert keys == ["data"] + [f"data.{name}" for name in DataConfig.model_fields]
+    expected = ["data"]
+    for name in DataConfig.model_fields:
+        expected.append(f"data.{name}")
+        if name == "splits":  # a nested section lists its own keys right after it
+            expected += [f"data.splits.{sub}" for sub in SplitFolders.model_fields]
+    assert keys == expected
     assert 'data.dataset: str, length >= 1 = "mnist-small"' in out
     assert "data.val_size: float, >= 0 = 0.1" in out
     assert "data.image_size: int | null, >= 8 = null" in out
