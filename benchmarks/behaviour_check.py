@@ -164,11 +164,15 @@ def render(recs: dict[str, Any], before: str) -> str:
         mb, ma = recs["methods-before"], recs["methods-after"]
         lines += [
             "",
-            "| methods (resnet56 -> resnet8, seed 0, one teacher) | test accuracy before | after |",
-            "|---|---|---|",
+            f"| methods: resnet56 -> resnet8, seed 0, {ma['epochs']} epoch(s), one teacher | test accuracy before "
+            "| after | student weights bit-identical |",
+            "|---|---|---|---|",
         ]
         for k in sorted(ma["runs"]):
-            lines.append(f"| {k} | {mb['runs'][k]['accuracy']:.4f} | {ma['runs'][k]['accuracy']:.4f} |")
+            same = "yes" if mb["weights_sha256"][k] == ma["weights_sha256"][k] else "no"
+            lines.append(
+                f"| {k} | {mb['runs'][k]['accuracy']:.4f} | {ma['runs'][k]['accuracy']:.4f} | {same} |"
+            )
     lines.append(MARKS[1])
     return "\n".join(lines)
 
