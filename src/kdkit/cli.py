@@ -45,6 +45,11 @@ def _add_data_root(p: argparse.ArgumentParser, what: str = "sets data.root") -> 
     )
 
 
+def _add_overrides(p: argparse.ArgumentParser, help: str) -> None:
+    """Add the repeatable --set KEY=VALUE (collected in args.overrides)."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def _data_root_override(args: argparse.Namespace) -> list[str]:
     """Return the `data.root=...` override of --data-root, or nothing when it is not given."""
     root = getattr(args, "data_root", None)
@@ -59,13 +64,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue the interrupted run in --run-dir from its last checkpoint (same config and --set)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set student.train.epochs=5 (repeatable; values are YAML)",
+    _add_overrides(
+        p, "override a config field, e.g. --set student.train.epochs=5 (repeatable; values are YAML)"
     )
     p.add_argument(
         "--plan",
@@ -164,13 +164,8 @@ def _add_compress_parser(sub: Any) -> None:
     p.add_argument("run_dir", help="directory of a finished kdkit run (holds config.yaml and checkpoints/)")
     p.add_argument("--overwrite", action="store_true", help="replace a previous RUN_DIR/compress/")
     _add_data_root(p, "replaces the run's data.root")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a compress setting, e.g. --set compress.prune_target=0.3 (repeatable; values are YAML)",
+    _add_overrides(
+        p, "override a compress setting, e.g. --set compress.prune_target=0.3 (repeatable; values are YAML)"
     )
 
 
@@ -184,14 +179,7 @@ def _add_cache_parser(sub: Any) -> None:
         epilog=EPILOG,
     )
     p.add_argument("config", help="experiment YAML")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field (repeatable)",
-    )
+    _add_overrides(p, "override a config field (repeatable)")
     _add_data_root(p)
 
 
@@ -224,14 +212,7 @@ def _add_sweep_parser(sub: Any) -> None:
     p.add_argument(
         "--out", required=True, help="sweep directory: runs/, results/, sweep.json, sweep.md, sweep.png"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field for every run (repeatable; values are YAML)",
-    )
+    _add_overrides(p, "override a config field for every run (repeatable; values are YAML)")
     _add_data_root(p)
 
 

@@ -22,7 +22,7 @@ from kdkit.executor import execute
 from kdkit.metrics import MetricsLogger
 from kdkit.phases.context import RunContext
 from kdkit.plan import Plan
-from kdkit.preflight import preflight
+from kdkit.preflight import check_plan
 from kdkit.report import print_table
 from kdkit.run_dir import check_resumable, default_run_dir, prepare_run_dir
 from kdkit.runtime import resolve_runtime
@@ -31,8 +31,9 @@ from kdkit.strategies import make_plan
 
 def plan_experiment(cfg: ExperimentConfig) -> Plan:
     """Return the plan of a config, checked by preflight on its data (nothing trains, nothing is written)."""
-    make_plan(cfg)  # config-only mistakes first, before the data is read
-    return preflight(cfg, load_data(cfg.data, cfg.seed))
+    plan = make_plan(cfg)  # config-only mistakes first, before the data is read
+    check_plan(plan, cfg, load_data(cfg.data, cfg.seed))
+    return plan
 
 
 def _open_run_dir(cfg: ExperimentConfig, run_dir: str | Path | None, overwrite: bool, resume: bool) -> Path:
@@ -68,9 +69,9 @@ def run_experiment(
     console = console or make_console()
     # The plan, the data and every check that needs no training come first: a mistake fails in seconds,
     # before the run directory is made and before any phase trains.
-    make_plan(cfg)
+    plan = make_plan(cfg)
     bundle = load_data(cfg.data, cfg.seed)
-    plan = preflight(cfg, bundle)
+    check_plan(plan, cfg, bundle)
     dinfo = distributed.init(cfg.runtime.backend)
     main = dinfo.is_main
     if not main:
