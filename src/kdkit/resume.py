@@ -83,6 +83,24 @@ def load_optimizer_state(
     for idx, vals in meta["scalars"].items():
         state.setdefault(int(idx), {}).update(vals)
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    _match_param_layouts(opt)
+
+
+def _match_param_layouts(opt: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor its parameter's memory layout (strides).
+
+    Checkpoints store contiguous tensors, so a channels_last conv weight's momentum comes back in NCHW.
+    Mixed layouts take another elementwise kernel (no fused multiply-add) and the update differs in the
+    last bit: the resumed run would drift from the uninterrupted one.
+    """
+    for param, st in opt.state.items():
+        for name, value in st.items():
+            if (
+                isinstance(value, Tensor)
+                and value.shape == param.shape
+                and value.stride() != param.stride()
+            ):
+                st[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def state_path(directory: Path, phase: str, step: int) -> Path:
