@@ -84,10 +84,14 @@ def _step(model, opt, x):
     opt.step()
 
 
-@pytest.mark.parametrize("make_opt", [
-    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-4),
-    lambda p: torch.optim.AdamW(p, lr=1e-2),
-], ids=["sgd", "adamw"])
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-4),
+        lambda p: torch.optim.AdamW(p, lr=1e-2),
+    ],
+    ids=["sgd", "adamw"],
+)
 def test_restored_optimizer_state_takes_each_parameters_layout_and_the_next_step_is_identical(
     make_opt, tmp_path
 ):

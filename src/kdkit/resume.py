@@ -95,11 +95,7 @@ def _match_param_layouts(opt: torch.optim.Optimizer) -> None:
     """
     for param, st in opt.state.items():
         for name, value in st.items():
-            if (
-                isinstance(value, Tensor)
-                and value.shape == param.shape
-                and value.stride() != param.stride()
-            ):
+            if isinstance(value, Tensor) and value.shape == param.shape and value.stride() != param.stride():
                 st[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
