@@ -41,3 +41,18 @@ def test_readme_lists_exactly_the_registered_loss_terms():
     missing, unknown = sorted(set(TERMS) - set(listed)), sorted(set(listed) - set(TERMS))
     assert not missing and not unknown, f"README terms: missing {missing}, not registered {unknown}"
     assert block == terms_markdown(), "README list is stale: regenerate it with kdkit.terms.terms_markdown()"
+
+
+def test_feature_terms_from_python_example_runs_and_trains_the_adapter():
+    block = re.search(r"Feature terms from Python:.*?```python\n(.*?)```", README, re.S).group(1)
+    ns: dict = {}
+    exec(compile(block, "README.md", "exec"), ns)  # noqa: S102 - our own README
+    objective, student, loader = ns["objective"], ns["student"], ns["loader"]
+    assert [t.name for t in objective.terms] == ["ce", "kd", "fitnet"]
+    assert objective.modules  # the 8 -> 16 channel adapter was built from the sample batch
+    correct = total = 0
+    with torch.no_grad():
+        for b in loader:
+            correct += int((student(b.x).argmax(1) == b.y).sum())
+            total += len(b.y)
+    assert total == 5000 and correct / total > 0.4  # three epochs of ce + kd + fitnet from a trained teacher

@@ -23,6 +23,8 @@ _EXPORTS = {
     "Augment": "kdkit.data.loader",
     "Objective": "kdkit.objective",
     "Term": "kdkit.objective",
+    "TermConfig": "kdkit.config",
+    "build_objective": "kdkit.objective_builder",
     "TrainConfig": "kdkit.config",
     "ExperimentConfig": "kdkit.config",
     "load_config": "kdkit.config",

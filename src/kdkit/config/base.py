@@ -13,7 +13,7 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(BaseModel):
-    """A model by registry name; every other key is passed to its factory and checked there."""
+    """A model by registry name (`kdkit models`), `torchvision:NAME` / `timm:NAME`, or your own `pkg.module:Factory`; every other key is passed to its factory and checked there."""
 
     model_config = ConfigDict(extra="allow")
     name: str = Field(min_length=1)

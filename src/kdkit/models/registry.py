@@ -13,6 +13,7 @@ from torch import nn
 
 from kdkit.errors import ModelError
 from kdkit.models.external import create_external  # imports torchvision/timm only when asked for
+from kdkit.models.module_path import create_from_module_path, is_module_path
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
@@ -100,7 +101,7 @@ def _unknown_model_error(name: str) -> ModelError:
 def create(
     name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **kwargs: Any
 ) -> nn.Module:
-    """Build the model registered as ``name`` (or "torchvision:<name>" / "timm:<name>")."""
+    """Build the model registered as ``name`` (or "torchvision:<name>" / "timm:<name>" / "pkg.mod:Factory")."""
     if not isinstance(name, str) or not name.strip():
         raise ModelError(f"model name must be a non-empty string, got {name!r}")
     for arg, value in zip(COMMON_ARGS, (num_classes, in_channels, image_size), strict=True):
@@ -109,12 +110,15 @@ def create(
 
     if ":" in name:
         prefix, _, ext_name = name.partition(":")
-        if prefix.lower() not in EXTERNAL_PREFIXES:
-            raise ModelError(
-                f"unknown model source {prefix!r} in {name!r}; use one of "
-                f"{', '.join(p + ':<name>' for p in EXTERNAL_PREFIXES)} or a name from kdkit.models.list_models()"
-            )
-        return create_external(prefix.lower(), ext_name, num_classes, in_channels, image_size, **kwargs)
+        if prefix.lower() in EXTERNAL_PREFIXES:
+            return create_external(prefix.lower(), ext_name, num_classes, in_channels, image_size, **kwargs)
+        if is_module_path(name):
+            return create_from_module_path(name, num_classes, in_channels, image_size, **kwargs)
+        raise ModelError(
+            f"unknown model source {prefix!r} in {name!r}; use one of "
+            f"{', '.join(p + ':<name>' for p in EXTERNAL_PREFIXES)}, 'package.module:Factory' (your own "
+            f"model) or a name from kdkit.models.list_models()"
+        )
 
     factory = _REGISTRY.get(name.lower())
     if factory is None:
