@@ -238,7 +238,7 @@ class Engine:
         trained = Trained(model, objective, opt, sched, ema)
         state = TrainState.load(checkpoint, phase, trained, dev) if checkpoint and checkpoint.resume else None
         if state is not None:
-            self.logger.log(phase, state.step, event="resumed", epoch=state.epoch, batch=state.batch)
+            self.logger.log(phase, state.step, event="resumed", epoch=state.epoch + 1, batch=state.batch)
             self.say(f"[{phase}] resumed at epoch {state.epoch + 1}, batch {state.batch}, step {state.step}")
         state = state or TrainState()
         bar = PhaseProgress(self.console, phase, cfg.epochs * len(loader), state.step, self.progress)
@@ -344,7 +344,7 @@ class Engine:
         self.logger.log(
             run.name,
             run.state.step,
-            epoch=epoch,
+            epoch=epoch + 1,  # 1-based, as in the epoch records and on the console
             loss=avg,
             train_accuracy=acc,
             lr=lr,

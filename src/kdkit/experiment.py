@@ -14,7 +14,7 @@ from rich.console import Console
 from kdkit import distributed
 from kdkit.checkpoint import atomic_write_text
 from kdkit.config import ExperimentConfig
-from kdkit.console import make_console
+from kdkit.console import RunConsole, make_console
 from kdkit.data.bundle import load_data
 from kdkit.engine import Engine
 from kdkit.errors import RunDirError
@@ -79,6 +79,8 @@ def run_experiment(
     run_dir = _open_run_dir(cfg, run_dir, overwrite, resume)
     runtime = resolve_runtime(cfg.runtime.precision, cfg.runtime.threads, cfg.runtime.channels_last)
     logger = MetricsLogger(run_dir if main else None, tensorboard=cfg.runtime.tensorboard)
+    if main and isinstance(console, RunConsole):
+        console.open_log(run_dir / "console.log")
     rt = cfg.runtime
     engine = Engine(
         runtime, logger, console, log_every=rt.log_every, progress=rt.progress, compile=rt.compile
@@ -121,3 +123,5 @@ def run_experiment(
         return summary
     finally:
         logger.close()
+        if isinstance(console, RunConsole):
+            console.close_log()

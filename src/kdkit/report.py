@@ -20,7 +20,17 @@ ROLE_LABELS = {
 }
 
 
-def eval_record(model: nn.Module, fit: FitResult | None, val: EvalResult, test: EvalResult) -> dict[str, Any]:
+def eval_record(
+    model: nn.Module,
+    fit: FitResult | None,
+    val: EvalResult,
+    test: EvalResult,
+    classes: list[str] | None = None,
+) -> dict[str, Any]:
+    """Return a model's record: test and validation figures, size, training time, per-class test errors.
+
+    `classes` (label i is classes[i]) is recorded beside `errors_per_class` and the confusion matrix.
+    """
     rec: dict[str, Any] = {
         "accuracy": test.accuracy,
         "errors": test.errors,
@@ -32,6 +42,12 @@ def eval_record(model: nn.Module, fit: FitResult | None, val: EvalResult, test: 
         "train_seconds": round(fit.train_seconds, 3) if fit else 0.0,
         "errors_per_class": test.errors_per_class,
     }
+    if classes is not None:
+        rec["classes"] = list(classes)
+    if test.top5_accuracy is not None:
+        rec["top5_accuracy"] = test.top5_accuracy
+    if test.confusion is not None:
+        rec["confusion_matrix"] = test.confusion.tolist()  # row = true class, column = prediction
     if fit:
         rec["steps"] = fit.steps
         rec["samples_per_second"] = round(fit.samples_per_second, 1)

@@ -15,7 +15,15 @@ from kdkit.config import ExperimentConfig
 from kdkit.errors import ConfigError, RunDirError
 
 # Files and folders kdkit writes into a run directory; --overwrite removes these and nothing else.
-RUN_ARTIFACTS = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "tb", "compress")
+RUN_ARTIFACTS = (
+    "config.yaml",
+    "metrics.jsonl",
+    "console.log",
+    "summary.json",
+    "checkpoints",
+    "tb",
+    "compress",
+)
 
 
 def check_replaceable(

@@ -21,6 +21,8 @@ from kdkit import distributed
 from kdkit.data.batches import LABELS, BatchLoader
 
 IGNORE_INDEX = -100
+# A confusion matrix is kept up to this many classes (a language model's vocabulary gets none).
+MAX_CONFUSION_CLASSES = 256
 
 
 @dataclass
@@ -35,6 +37,15 @@ class EvalResult:
     loss: float
     class_counts: Tensor  # samples (tokens) per true class
     class_errors: Tensor  # misclassified samples (tokens) per true class
+    confusion: Tensor | None = None  # (C, C) counts, row = true class, column = prediction (C <= 256)
+    top5_correct: int | None = None  # true class among the 5 highest logits (more than 5 classes)
+
+    @property
+    def top5_accuracy(self) -> float | None:
+        """Return the top-5 accuracy (None with 5 classes or fewer, where it is always 1)."""
+        if self.top5_correct is None:
+            return None
+        return self.top5_correct / self.total if self.total else 0.0
 
     @property
     def accuracy(self) -> float:
@@ -138,20 +149,33 @@ class ClassificationTask:
         """
         was_training = model.training
         model.eval()
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # correct, total, loss
+        sums = torch.zeros(4, dtype=torch.float64, device=device)  # correct, total, loss, top-5 correct
         per_class = torch.zeros(2, num_classes or 1, dtype=torch.float64, device=device)  # counts, errors
+        with_confusion = num_classes is not None and num_classes <= MAX_CONFUSION_CLASSES
+        confusion = torch.zeros(
+            (num_classes or 0) ** 2 if with_confusion else 0, dtype=torch.float64, device=device
+        )
+        width = 0
         dist = distributed.info()
         for batch in loader.shard(dist.rank, dist.world_size):
             logits = self.logits(model, batch, device).float()
             y = batch[self.label_key].to(device, non_blocking=True).reshape(-1)
             logits = logits.reshape(-1, logits.shape[-1])
+            width = logits.shape[-1]
             scored = y != self.ignore_index
-            right = (logits.argmax(dim=1) == y) & scored
+            predicted = logits.argmax(dim=1)
+            right = (predicted == y) & scored
             sums[0] += right.double().sum()
             sums[1] += scored.double().sum()
             sums[2] += torch.nn.functional.cross_entropy(
                 logits, y, reduction="sum", ignore_index=self.ignore_index
             ).double()
+            if width > 5:
+                top5 = (logits.topk(5, dim=1).indices == y[:, None]).any(dim=1) & scored
+                sums[3] += top5.double().sum()
+            if with_confusion:
+                cells = y[scored] * num_classes + predicted[scored]
+                confusion.index_add_(0, cells, torch.ones_like(cells, dtype=torch.float64))
             y, wrong = y[scored], (~right[scored]).double()
             if num_classes is None and len(y):
                 per_class = _grown(per_class, int(y.max()) + 1)
@@ -164,14 +188,16 @@ class ClassificationTask:
             width[dist.rank] = per_class.shape[1]
             per_class = _grown(per_class, int(distributed.all_reduce_sum(width).max()))
         c = per_class.shape[1]
-        counts = distributed.all_reduce_sum(torch.cat([sums, per_class.reshape(-1)]))
+        counts = distributed.all_reduce_sum(torch.cat([sums, per_class.reshape(-1), confusion]))
         total = int(counts[1])
         return EvalResult(
             correct=int(counts[0]),
             total=total,
             loss=float(counts[2]) / max(total, 1),
-            class_counts=counts[3 : 3 + c].long().cpu(),
-            class_errors=counts[3 + c :].long().cpu(),
+            class_counts=counts[4 : 4 + c].long().cpu(),
+            class_errors=counts[4 + c : 4 + 2 * c].long().cpu(),
+            confusion=counts[4 + 2 * c :].long().cpu().view(c, c) if with_confusion else None,
+            top5_correct=int(counts[3]) if width > 5 else None,
         )
 
 

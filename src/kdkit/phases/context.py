@@ -79,7 +79,16 @@ class RunContext:
         """Evaluate a trained model on validation and test, record it, and save its checkpoint."""
         val = self.engine.evaluate(model, self.val_loader, self.bundle.num_classes)
         test = self.engine.evaluate(model, self.test_loader, self.bundle.num_classes)
-        self.records[role] = {**eval_record(model, fit, val, test), **extra}
+        self.records[role] = {**eval_record(model, fit, val, test, self.bundle.train.classes), **extra}
+        self.engine.logger.log(
+            role,
+            fit.steps if fit else 0,
+            event="evaluated",
+            test_accuracy=test.accuracy,
+            test_errors=test.errors,
+            **({"test_top5_accuracy": test.top5_accuracy} if test.top5_accuracy is not None else {}),
+            **({"val_accuracy": val.accuracy} if val.total else {}),
+        )
         if distributed.info().is_main:
             meta = {"role": role, "dataset": self.cfg.data.dataset, "metrics": self.records[role]}
             save_model(self.ckpt_dir / role, model, spec, self.bundle, meta)

@@ -27,7 +27,7 @@ def run_ensemble(phase: EnsemblePhase, ctx: RunContext) -> None:
     judge = engine.prepare(ens.averaged(1.0))
     val = engine.evaluate(judge, ctx.val_loader, ctx.bundle.num_classes)
     test = engine.evaluate(judge, ctx.test_loader, ctx.bundle.num_classes)
-    rec = eval_record(judge, None, val, test)
+    rec = eval_record(judge, None, val, test, ctx.bundle.train.classes)
     rec["train_seconds"] = round(sum(ctx.records[r]["train_seconds"] for r in phase.members), 3)
     rec["ensemble"] = {
         "mode": e.mode,
