@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from rich.console import Console
 
 from kdkit.checkpoint import save_checkpoint
+from kdkit.cli import main
 from kdkit.config import DataConfig, build_config
 from kdkit.data.bundle import load_data
 from kdkit.engine import Engine
@@ -239,3 +241,23 @@ def test_teacher_trained_on_this_runs_held_out_test_images_is_refused(tmp_path):
     held = {**whole, "images": 8, "test_held_out": {"test_size": 4.0, "test_seed": 0}}
     same = _teacher_config(tmp_path, root, {"classes": ["ant", "bee"], "data_split": held}, test_size=4)
     preflight(same, load_data(same.data, same.seed))  # the same hold-out passes
+
+
+def test_kdkit_cache_runs_preflight_before_any_teacher_forward_pass(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KDKIT_CACHE", str(tmp_path / "cache"))
+    root = _tree(tmp_path / "pets", {"train/ant": 4, "train/bee": 4, "test/ant": 1, "test/bee": 1})
+    teacher = create("resnet8", num_classes=2, in_channels=3, image_size=32)
+    meta = {"kind": "model", "model": {"name": "resnet8"}, "num_classes": 2, "classes": ["ant", "bee"]}
+    save_checkpoint(tmp_path / "teacher", teacher.state_dict(), {**meta, "in_channels": 3, "image_size": 32})
+    cfg = {
+        "data": {"dataset": f"imagefolder:{root}", "val_size": 0},
+        "teacher": {"model": {"name": "resnet8"}, "checkpoint": str(tmp_path / "teacher")},
+        "student": {"model": {"name": "resnet8"}},
+        "distill": {"teacher_outputs": "cache"},
+        "phases": ["distill"],
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["cache", str(tmp_path / "cfg.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "trained on 32x32 images but this run's images are 8x8" in err
+    assert not (tmp_path / "cache" / "teacher-outputs").exists()  # no teacher output computed or written

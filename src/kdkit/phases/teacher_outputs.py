@@ -22,10 +22,11 @@ from kdkit.data.loader import Augment, AugParams
 from kdkit.data.sources import ArrayDataset
 from kdkit.data.splits import omit_classes
 from kdkit.engine import Engine
-from kdkit.errors import ConfigError, ModelError
+from kdkit.errors import ConfigError
 from kdkit.metrics import MetricsLogger
 from kdkit.model_io import load_model
 from kdkit.phases.context import RunContext
+from kdkit.preflight import preflight
 from kdkit.runtime import resolve_runtime
 from kdkit.teacher import FrozenTeacher
 from kdkit.teacher_cache import CacheSpec, TeacherCache, cache_key, disk_bytes, draws_for
@@ -107,13 +108,11 @@ def build_teacher_cache(cfg: ExperimentConfig, console: Console | None = None) -
     runtime = resolve_runtime(cfg.runtime.precision, cfg.runtime.threads, cfg.runtime.channels_last)
     engine = Engine(runtime, MetricsLogger(None), console, progress=False)
     bundle = load_data(cfg.data, cfg.seed)
+    # The cache serves a run of this config: refuse what that run would refuse (a teacher of other classes,
+    # image size or test hold-out, bad terms ...) before spending the teacher's forward passes.
+    preflight(cfg, bundle)
     ctx = RunContext(cfg, bundle, engine, Path(cfg.teacher.checkpoint).parent, resume=False)
-    teacher, meta = load_model(cfg.teacher.checkpoint)
-    if meta["num_classes"] != bundle.num_classes:
-        raise ModelError(
-            f"teacher.checkpoint predicts {meta['num_classes']} classes, {cfg.data.dataset} has "
-            f"{bundle.num_classes}"
-        )
+    teacher, _ = load_model(cfg.teacher.checkpoint)
     d, dcfg = cfg.distill, cfg.distill_train()
     transfer = omit_classes(bundle.train, d.omit_classes) if d.omit_classes else bundle.train
     frozen = FrozenTeacher(engine.prepare(teacher), dtype=runtime.amp_dtype)
