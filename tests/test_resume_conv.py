@@ -118,3 +118,15 @@ def test_restored_optimizer_state_takes_each_parameters_layout_and_the_next_step
         _step(twin, twin_opt, x)
     for a, b in zip(model.parameters(), twin.parameters()):
         assert torch.equal(a, b)
+
+
+def test_conv_net_stopped_by_ctrl_c_resumes_bit_identically(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(CFG))
+    ref = _kdkit(["run", str(cfg), "--run-dir", str(tmp_path / "ref")])
+    run = tmp_path / "run"
+    stopped = _kdkit(["run", str(cfg), "--run-dir", str(run)], "step:52:SIGINT")  # mid teacher epoch 2
+    assert stopped.returncode == 130 and "stopped by signal 2" in stopped.stderr, stopped.stderr[-2000:]
+    done = _kdkit(["run", str(cfg), "--run-dir", str(run), "--resume"])
+    assert done.returncode == 0 and "resumed at epoch 2, batch 17" in done.stderr, done.stderr[-2000:]
+    assert ref.returncode == 0 and _weights(run) == _weights(tmp_path / "ref")
