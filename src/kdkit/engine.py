@@ -25,9 +25,9 @@ from kdkit.console import make_console
 from kdkit.data.batches import LABELS, BatchLoader
 from kdkit.errors import KdkitError
 from kdkit.metrics import MetricsLogger
-from kdkit.models import constraints
+from kdkit.models import backbone_parameters, constraints
 from kdkit.objective import Objective
-from kdkit.optim import WeightEma, build_optimizer, build_scheduler
+from kdkit.optim import WeightEma, build_optimizer, build_scheduler, separate_backbone
 from kdkit.progress import PhaseProgress, epoch_line
 from kdkit.resume import CheckpointPolicy
 from kdkit.runtime import Runtime
@@ -222,7 +222,7 @@ class Engine:
         model = self.prepare(model)
         objective = objective.to(dev)
         params = list(model.parameters()) + list(objective.parameters())
-        opt = build_optimizer(params, cfg)
+        opt = build_optimizer(params, cfg, backbone_parameters(model) if separate_backbone(cfg) else ())
         # With an average of the weights, the phase validates and returns the average: `shipped` holds it.
         ema = WeightEma(model, cfg.ema_decay) if cfg.ema_decay is not None else None
         shipped = copy.deepcopy(model) if ema is not None else model

@@ -12,16 +12,24 @@ from kdkit.config import ModelSpec
 from kdkit.data.bundle import DataBundle
 from kdkit.errors import CheckpointError, ConfigError, ModelError
 from kdkit.models import create
+from kdkit.models.pretrained import WeightsReport, load_pretrained
 from kdkit.models.registry import COMMON_ARGS
 
 
 def build_model(
     spec: ModelSpec, num_classes: int, in_channels: int, image_size: int, field: str
 ) -> nn.Module:
-    """Return a new model from a spec, turning factory errors into config errors naming the field."""
+    """Return a new model from a spec (pretrained weights loaded), factory errors as config errors."""
+    return build_model_reported(spec, num_classes, in_channels, image_size, field)[0]
+
+
+def build_model_reported(
+    spec: ModelSpec, num_classes: int, in_channels: int, image_size: int, field: str
+) -> tuple[nn.Module, WeightsReport | None]:
+    """Return a new model from a spec and, when it starts from pretrained weights, what loading them did."""
     check_data_decided_options(spec, field, dict(zip(COMMON_ARGS, (num_classes, in_channels, image_size))))
     try:
-        return create(
+        model = create(
             spec.name,
             num_classes=num_classes,
             in_channels=in_channels,
@@ -30,6 +38,9 @@ def build_model(
         )
     except ModelError as exc:
         raise ConfigError(f"{field}: {exc}") from None
+    if spec.pretrained is None:
+        return model, None
+    return model, load_pretrained(model, spec.pretrained, field)
 
 
 def check_data_decided_options(spec: ModelSpec, field: str, from_data: dict[str, int]) -> None:

@@ -155,13 +155,13 @@ class ClassificationTask:
         confusion = torch.zeros(
             (num_classes or 0) ** 2 if with_confusion else 0, dtype=torch.float64, device=device
         )
-        width = 0
+        n_logits = 0
         dist = distributed.info()
         for batch in loader.shard(dist.rank, dist.world_size):
             logits = self.logits(model, batch, device).float()
             y = batch[self.label_key].to(device, non_blocking=True).reshape(-1)
             logits = logits.reshape(-1, logits.shape[-1])
-            width = logits.shape[-1]
+            n_logits = logits.shape[-1]
             scored = y != self.ignore_index
             predicted = logits.argmax(dim=1)
             right = (predicted == y) & scored
@@ -170,7 +170,7 @@ class ClassificationTask:
             sums[2] += torch.nn.functional.cross_entropy(
                 logits, y, reduction="sum", ignore_index=self.ignore_index
             ).double()
-            if width > 5:
+            if n_logits > 5:
                 top5 = (logits.topk(5, dim=1).indices == y[:, None]).any(dim=1) & scored
                 sums[3] += top5.double().sum()
             if with_confusion:
@@ -197,7 +197,7 @@ class ClassificationTask:
             class_counts=counts[4 : 4 + c].long().cpu(),
             class_errors=counts[4 + c : 4 + 2 * c].long().cpu(),
             confusion=counts[4 + 2 * c :].long().cpu().view(c, c) if with_confusion else None,
-            top5_correct=int(counts[3]) if width > 5 else None,
+            top5_correct=int(counts[3]) if n_logits > 5 else None,
         )
 
 

@@ -5,7 +5,15 @@ outputs, ensembles, compression), `strategy`, `experiment` (the whole run and th
 together), `loading` (files, overrides, error messages).
 """
 
-from kdkit.config.base import AugmentConfig, DataConfig, ModelSpec, PhaseModel, RuntimeConfig, TrainConfig
+from kdkit.config.base import (
+    AugmentConfig,
+    DataConfig,
+    ModelSpec,
+    PhaseModel,
+    PretrainedConfig,
+    RuntimeConfig,
+    TrainConfig,
+)
 from kdkit.config.distill import (
     CacheConfig,
     CompressConfig,
@@ -38,6 +46,7 @@ __all__ = [
     "EnsembleMember",
     "ExperimentConfig",
     "ModelSpec",
+    "PretrainedConfig",
     "Phase",
     "PhaseModel",
     "ResponseLossConfig",

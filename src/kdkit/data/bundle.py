@@ -27,6 +27,10 @@ from kdkit.errors import ConfigError, DataError
 # Keys of a recorded split that must agree before a model's validation images can be drawn again.
 _SAME_DRAW = ("dataset", "images", "train_limit", "test_held_out")
 
+# The per-channel statistics of ImageNet's training images, which ImageNet-pretrained weights expect.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 @dataclass
 class DataBundle:
@@ -140,7 +144,13 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
         split["train_limit"] = cfg.train_limit  # drawn per class by split_seed (before: the first N images)
     if held_out is not None:
         split["test_held_out"] = held_out
-    if cfg.normalize:
+    if cfg.normalize == "imagenet":
+        if full.images.shape[1] != 3:
+            raise ConfigError(
+                f"data.normalize: imagenet needs RGB images; {cfg.dataset} has {full.images.shape[1]} channel(s)"
+            )
+        mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+    elif cfg.normalize:
         mean, std = channel_stats(train.images)
     else:
         mean, std = [0.0] * full.images.shape[1], [1.0] * full.images.shape[1]

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 # Importing the model modules registers their factories.
-from kdkit.models import cnn, mlp, mobilenetv2, resnet_cifar, shufflenet, vgg, wrn  # noqa: F401
+from kdkit.models import (  # noqa: F401
+    cnn,
+    efficientnet_lite,
+    mlp,
+    mobilenetv2,
+    resnet_cifar,
+    shallow_cnn,
+    shufflenet,
+    vgg,
+    wrn,
+)
 from kdkit.models.cnn import CNN
-from kdkit.models.heads import get_classifier
+from kdkit.models.heads import backbone_parameters, get_classifier
 from kdkit.models.mlp import MLP
 from kdkit.models.registry import (
     apply_constraints,
@@ -38,6 +48,7 @@ __all__ = [
     "BasicBlock",
     "ResNet",
     "apply_constraints",
+    "backbone_parameters",
     "constraints",
     "count_params",
     "create",

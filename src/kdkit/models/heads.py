@@ -21,3 +21,9 @@ def get_classifier(model: nn.Module) -> nn.Module:
     if not linears:
         raise ModelError(f"cannot find a classifier (nn.Linear) in {type(model).__name__}")
     return linears[-1]
+
+
+def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Return every parameter of a model but its classifier head's (what fine-tuning scales or freezes)."""
+    head = {id(p) for p in get_classifier(model).parameters()}
+    return [p for p in model.parameters() if id(p) not in head]

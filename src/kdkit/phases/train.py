@@ -15,7 +15,7 @@ from kdkit.data.bundle import make_loader
 from kdkit.data.loader import Augment, AugParams
 from kdkit.data.sources import ArrayDataset
 from kdkit.label_smoothing import warn_label_smoothing
-from kdkit.model_io import build_model
+from kdkit.model_io import build_model_reported
 from kdkit.objective import Objective
 from kdkit.phases.context import RunContext
 from kdkit.phases.objectives import objective_of
@@ -46,7 +46,10 @@ def train_model(
         return done
     assert source.spec is not None
     seed_everything(seed)
-    model = build_model(source.spec, *ctx.dims, field=source.field)
+    model, weights = build_model_reported(source.spec, *ctx.dims, field=source.field)
+    if weights is not None:
+        ctx.engine.say(f"[{role}] {weights.line()}")
+        record = {**(record or {}), "pretrained": weights.record()}
     if not isinstance(objective, Objective):
         objective = objective(model)  # built from the model's observed shapes (adapters)
     loader = make_loader(
