@@ -79,9 +79,7 @@ def test_shapes_that_differ_are_named_and_keeping_a_head_of_other_classes_is_ref
     path = tmp_path / "w.safetensors"
     save_file(_source_model(num_classes=1000).state_dict(), str(path))
     model = create("resnet8", num_classes=5, in_channels=3, image_size=32)
-    with pytest.raises(
-        ModelError, match=r"2 tensors differ in shape .*fc.weight \(1000, 64\) vs \(5, 64\)"
-    ):
+    with pytest.raises(ModelError, match=r"2 tensors differ in shape .*fc.weight \(1000, 64\) vs \(5, 64\)"):
         load_pretrained(model, PretrainedConfig(weights=str(path), head="keep"), "teacher.model")
 
 

@@ -134,6 +134,8 @@ class ClassificationTask:
 
     def accuracy_counts(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Return (correct, counted) as device tensors: ignored labels are neither correct nor counted."""
+        if labels.is_floating_point():  # mixed targets (mixup/CutMix): the class with the larger share
+            labels = labels.argmax(dim=-1)
         # argmax is never ignore_index (< 0), so ignored tokens cannot count as correct.
         correct = (logits.argmax(dim=-1) == labels).sum()
         return correct, (labels != self.ignore_index).sum()

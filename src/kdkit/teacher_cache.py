@@ -140,7 +140,7 @@ class TeacherCache:
                 for k in range(k_draws):
                     x = images[idx]
                     if draws is not None:
-                        x = apply_params(x, augment, draws[idx, torch.full_like(idx, k)])
+                        x = apply_params(x, augment, draws[idx, torch.full_like(idx, k)], images)
                     views.append(teacher_fn(normalize(x)).float())
                 outs.append(torch.stack(views, dim=1))  # (b, K, C)
             logits = torch.cat(outs)
@@ -215,6 +215,8 @@ def disk_bytes(n: int, draws: int, num_classes: int, topk: int | None) -> int:
     return n * draws * per_view
 
 
-def draws_for(n: int, augment: Augment, spec: CacheSpec, seed: int) -> AugParams | None:
+def draws_for(
+    n: int, augment: Augment, spec: CacheSpec, seed: int, size: tuple[int, int] | None = None
+) -> AugParams | None:
     """Return the fixed augmentation draws of a cache (None for an unaugmented transfer set)."""
-    return augment_draws(n, spec.draws, augment, seed) if augment.enabled else None
+    return augment_draws(n, spec.draws, augment, seed, size) if augment.enabled else None

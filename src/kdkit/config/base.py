@@ -61,11 +61,30 @@ class AugmentConfig(_Strict):
     )
     jitter: int = Field(0, ge=0, le=64, description="random translation by up to this many pixels each way")
     flip: bool = Field(False, description="random horizontal flip")
+    mixup: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="mixup (Zhang et al. 2018): blend each image with a partner, weight ~ Beta(a, a) for this a "
+        "(0: off; 0.2-1 are usual); the targets are mixed likewise and the teacher sees the same blend",
+    )
+    cutmix: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="CutMix (Yun et al. 2019): paste a box of a partner image, area ~ Beta(a, a) (0: off); with "
+        "mixup on too, each image gets one of the two at random",
+    )
 
     @property
     def enabled(self) -> bool:
         """Return True when any augmentation is active."""
-        return bool(self.crop_padding or self.jitter or self.flip)
+        return bool(self.crop_padding or self.jitter or self.flip or self.mixes)
+
+    @property
+    def mixes(self) -> bool:
+        """Return True when mixup or CutMix is on (targets become class probabilities)."""
+        return bool(self.mixup or self.cutmix)
 
 
 class TrainConfig(_Strict):

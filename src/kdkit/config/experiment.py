@@ -122,6 +122,11 @@ class ExperimentConfig(_Strict):
                     "distill.ensemble.mode 'relabel' labels fixed augmented copies (distill.ensemble.augment); "
                     "turn off the student's own augmentation (distill.train.augment / student.train.augment)"
                 )
+            if e.augment.mixes:
+                raise ValueError(
+                    "distill.ensemble.augment: mixup/cutmix make no relabelled copies (a copy keeps its own "
+                    "label); mix the student's batches instead (distill.train.augment)"
+                )
             if e.relabel_copies and not e.augment.enabled:
                 raise ValueError(
                     "distill.ensemble.relabel_copies > 0 needs distill.ensemble.augment (copies would be identical)"

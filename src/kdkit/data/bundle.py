@@ -229,4 +229,5 @@ def make_loader(
         extras=extras,
         draws=draws,
         draw_extras=draw_extras,
+        num_classes=bundle.num_classes,
     )

@@ -15,22 +15,34 @@ import torch
 from torch import Tensor
 
 from kdkit.data.batches import INDEX, LABELS, stable_seed
+from kdkit.data.mixing import MixDraws, mix_images, mixed_targets, sample_mix
 
 IMAGES = "images"
 
 
 @dataclass(frozen=True)
 class Augment:
-    """Batch augmentation: zero-pad-and-crop, translation jitter and horizontal flip."""
+    """Batch augmentation: zero-pad-and-crop, translation jitter, horizontal flip, mixup and CutMix.
+
+    `mixup` / `cutmix` are the Beta(a, a) parameters of the mixing weight (0: off; both on: half the images
+    each); see `kdkit.data.mixing`.
+    """
 
     crop_padding: int = 0
     jitter: int = 0
     flip: bool = False
+    mixup: float = 0.0
+    cutmix: float = 0.0
 
     @property
     def enabled(self) -> bool:
         """Return True when any augmentation is active."""
-        return bool(self.crop_padding or self.jitter or self.flip)
+        return bool(self.crop_padding or self.jitter or self.flip or self.mixes)
+
+    @property
+    def mixes(self) -> bool:
+        """Return True when images are mixed with partners (mixup or CutMix): targets become soft."""
+        return bool(self.mixup or self.cutmix)
 
 
 @dataclass(eq=False)
@@ -82,24 +94,41 @@ def channel_stats(images: np.ndarray | Tensor) -> tuple[list[float], list[float]
 
 @dataclass
 class AugParams:
-    """Per-image augmentation parameters: translation offsets in [0, 2p] (p = max shift) and flips."""
+    """Per-image augmentation parameters: translation offsets in [0, 2p] (p = max shift), flips and mixing."""
 
     oy: Tensor
     ox: Tensor
     flip: Tensor
+    mix: MixDraws | None = None
 
     def __getitem__(self, idx: Tensor | tuple) -> AugParams:
-        return AugParams(self.oy[idx], self.ox[idx], self.flip[idx])
+        mix = self.mix[idx] if self.mix is not None else None
+        return AugParams(self.oy[idx], self.ox[idx], self.flip[idx], mix)
 
 
-def sample_params(n: int, aug: Augment, gen: torch.Generator) -> AugParams:
-    """Return random augmentation parameters for n images."""
+def sample_params(
+    n: int,
+    aug: Augment,
+    gen: torch.Generator,
+    pool: Tensor | None = None,
+    size: tuple[int, int] | None = None,
+) -> AugParams:
+    """Return random augmentation parameters for n images.
+
+    Mixing needs `pool` (the data-set indices partners come from: the batch itself, or the whole set) and
+    the image `size`.
+    """
     p = max(aug.crop_padding, aug.jitter)
     zeros = torch.zeros(n, dtype=torch.long)
     oy = torch.randint(0, 2 * p + 1, (n,), generator=gen) if p > 0 else zeros + p
     ox = torch.randint(0, 2 * p + 1, (n,), generator=gen) if p > 0 else zeros + p
     flip = torch.rand(n, generator=gen) < 0.5 if aug.flip else torch.zeros(n, dtype=torch.bool)
-    return AugParams(oy, ox, flip)
+    mix = None
+    if aug.mixes:
+        if pool is None or size is None:
+            raise ValueError("mixup/cutmix draws need the pool of partner indices and the image size")
+        mix = sample_mix(n, aug.mixup, aug.cutmix, pool, size, gen)
+    return AugParams(oy, ox, flip, mix)
 
 
 def translate(x: Tensor, oy: Tensor, ox: Tensor, max_shift: int) -> Tensor:
@@ -116,8 +145,7 @@ def translate(x: Tensor, oy: Tensor, ox: Tensor, max_shift: int) -> Tensor:
     return padded[bidx, cidx, rows, cols]
 
 
-def apply_params(x: Tensor, aug: Augment, params: AugParams) -> Tensor:
-    """Return a uint8 batch (N, C, H, W) augmented with the given per-image parameters."""
+def _geometric(x: Tensor, aug: Augment, params: AugParams) -> Tensor:
     # Pad-and-crop by p and translation by up to p pixels are the same operation on a zero background.
     x = translate(x, params.oy, params.ox, max(aug.crop_padding, aug.jitter))
     if aug.flip:
@@ -125,19 +153,38 @@ def apply_params(x: Tensor, aug: Augment, params: AugParams) -> Tensor:
     return x
 
 
+def apply_params(x: Tensor, aug: Augment, params: AugParams, source: Tensor | None = None) -> Tensor:
+    """Return a uint8 batch (N, C, H, W) augmented with the given per-image parameters.
+
+    With mixing, `source` holds the data set's images: each partner is read from it, shifted and flipped
+    like its image, and mixed in.
+    """
+    x = _geometric(x, aug, params)
+    if params.mix is not None:
+        if source is None:
+            raise ValueError("mixup/cutmix need the source images to read the partners from")
+        partner = _geometric(source.index_select(0, params.mix.partner), aug, params)
+        x = mix_images(x, partner, params.mix)
+    return x
+
+
 def augment_batch(x: Tensor, aug: Augment, gen: torch.Generator) -> Tensor:
-    """Return an augmented copy of a uint8 batch (N, C, H, W)."""
-    return apply_params(x, aug, sample_params(len(x), aug, gen))
+    """Return an augmented copy of a uint8 batch (N, C, H, W) (mixing within the batch)."""
+    return apply_params(x, aug, sample_params(len(x), aug, gen, torch.arange(len(x)), x.shape[-2:]), x)
 
 
-def augment_draws(n: int, draws: int, aug: Augment, seed: int) -> AugParams:
+def augment_draws(
+    n: int, draws: int, aug: Augment, seed: int, size: tuple[int, int] | None = None
+) -> AugParams:
     """Return K fixed augmentation draws per image, (N, K) each, reproducible from the seed.
 
     Teacher outputs cached for these draws let the student train on exactly the views the teacher labelled.
+    Mixing partners are drawn from the whole set (`size`: the image size, needed for mixing).
     """
     gen = torch.Generator().manual_seed(stable_seed(seed, -1, draws))
-    p = sample_params(n * draws, aug, gen)
-    return AugParams(p.oy.view(n, draws), p.ox.view(n, draws), p.flip.view(n, draws))
+    p = sample_params(n * draws, aug, gen, torch.arange(n), size)
+    mix = p.mix.view(n, draws) if p.mix is not None else None
+    return AugParams(p.oy.view(n, draws), p.ox.view(n, draws), p.flip.view(n, draws), mix)
 
 
 class InMemoryLoader:
@@ -165,9 +212,14 @@ class InMemoryLoader:
         extras: dict[str, Tensor] | None = None,
         draws: AugParams | None = None,
         draw_extras: dict[str, Tensor] | None = None,
+        num_classes: int | None = None,
     ) -> None:
         self.images = torch.as_tensor(images)
         self.labels = torch.as_tensor(labels).long()
+        # Mixed targets are (N, num_classes) probabilities: the class count comes from the data set.
+        self.num_classes = (
+            num_classes if num_classes is not None else int(self.labels.max()) + 1 if len(self.labels) else 0
+        )
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
             raise ValueError(
                 f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}"
@@ -262,13 +314,19 @@ class InMemoryLoader:
             # index_select, not images[idx]: the same rows, about 10x faster for a uint8 image batch on CPU.
             x = self.images.index_select(0, idx)
             extras = {k: v.index_select(0, idx) for k, v in self.extras.items()}
+            y = self.labels.index_select(0, idx)
             if self.augment.enabled:
                 gen = torch.Generator().manual_seed(stable_seed(self.seed, self.epoch, b, 1))
                 if self.draws is not None:
                     k = torch.randint(0, self.draws.oy.shape[1], (len(gidx),), generator=gen)[mine]
-                    x = apply_params(x, self.augment, self.draws[idx, k])
+                    params = self.draws[idx, k]
                     extras.update({name: v[idx, k] for name, v in self.draw_extras.items()})
                 else:
-                    x = apply_params(x, self.augment, sample_params(len(gidx), self.augment, gen)[mine])
-            yield Batch(self.normalize(x), self.labels.index_select(0, idx), idx, extras)
+                    size = tuple(self.images.shape[-2:])
+                    params = sample_params(len(gidx), self.augment, gen, gidx, size)[mine]  # type: ignore[arg-type]
+                x = apply_params(x, self.augment, params, self.images)
+                if params.mix is not None:
+                    partner_y = self.labels.index_select(0, params.mix.partner)
+                    y = mixed_targets(y, partner_y, params.mix.lam, self.num_classes)
+            yield Batch(self.normalize(x), y, idx, extras)
         self.start_batch = 0

@@ -62,7 +62,7 @@ def cached_logits(
     key = cache_key(frozen.model, images, labels, augment, spec, seed, engine.runtime.precision, norm_stats)
     root = Path(c.dir).expanduser() if c.dir else default_cache_root()
     cache = TeacherCache(root / key, key, spec)
-    draws = draws_for(len(images), augment, spec, seed)
+    draws = draws_for(len(images), augment, spec, seed, tuple(images.shape[-2:]))
     if not cache.complete():
         t0 = time.perf_counter()
         norm = make_loader(transfer, bundle, 1, train=False, channels_last=ctx.cl).normalize

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdkit.config import ExperimentConfig, ResponseLossConfig, TrainConfig
+from kdkit.config import ExperimentConfig, ResponseLossConfig, TermConfig, TrainConfig
 from kdkit.errors import ConfigError
 from kdkit.objective_builder import reads_teacher_features
 from kdkit.plan import DistillPhase, ModelSource, ObjectivePlan, TeacherOutputs, TransferPlan
@@ -49,6 +49,8 @@ def distill_objective(cfg: ExperimentConfig, train: TrainConfig, transfer: Trans
     """Return the objective of a distillation phase: distill.terms, else the response loss of distill."""
     d = cfg.distill
     soft_unlabeled = transfer.unlabeled is not None and transfer.unlabeled.targets == "soft"
+    if train.augment.mixes:
+        _check_mixing(d.terms or [], transfer)
     if d.terms:
         if soft_unlabeled:
             for i, t in enumerate(d.terms):
@@ -63,6 +65,21 @@ def distill_objective(cfg: ExperimentConfig, train: TrainConfig, transfer: Trans
     return ObjectivePlan(
         "response", train.label_smoothing, response=response_loss(cfg), mask_unlabeled=soft_unlabeled
     )
+
+
+def _check_mixing(terms: list[TermConfig], transfer: TransferPlan) -> None:
+    """Refuse mixup/CutMix where targets cannot be mixed: class-id terms, relabelled or unlabeled sets."""
+    if transfer.images != "train":
+        raise ConfigError(
+            "distill.train.augment: mixup/cutmix mix images and their targets, but this transfer set "
+            f"({transfer.images}) fixes the teacher's outputs per image and has no labels to mix; turn them off"
+        )
+    for i, t in enumerate(terms):
+        if t.loss != "ce" and term_spec(t.loss).kind in ("labels", "logits_labels"):
+            raise ConfigError(
+                f"distill.terms: loss term {i} ({t.loss!r}) reads class ids, but mixup/cutmix "
+                "(distill.train.augment) give mixed targets; remove the term or the mixing"
+            )
 
 
 def response_loss(cfg: ExperimentConfig) -> ResponseLossConfig:
