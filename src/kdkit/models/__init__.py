@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 # Importing the model modules registers their factories.
-from kdkit.models import cnn, mlp, mobilenetv2, resnet_cifar, shufflenet, vgg, wrn  # noqa: F401
+from kdkit.models import cnn, gpt, mlp, mobilenetv2, resnet_cifar, shufflenet, vgg, wrn  # noqa: F401
 from kdkit.models.cnn import CNN
+from kdkit.models.gpt import GPT, KVCache
 from kdkit.models.heads import get_classifier
 from kdkit.models.mlp import MLP
 from kdkit.models.registry import (
@@ -33,6 +34,8 @@ from kdkit.models.sequence import GRUClassifier
 
 __all__ = [
     "CNN",
+    "GPT",
+    "KVCache",
     "MLP",
     "GRUClassifier",
     "BasicBlock",
