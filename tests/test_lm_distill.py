@@ -1,0 +1,270 @@
+"""Causal-LM distillation end to end through Engine.fit: a tiny GPT teacher trained on BPE-tokenized text, a
+student distilled with the token divergences (teacher online, teacher-forced), and the sparse teacher cache:
+k = V gives the dense loss, the key refuses another teacher, and the bytes per token follow the format."""
+
+import pytest
+import torch
+
+from kdkit.config import TrainConfig
+from kdkit.data.lm_text import block_loader, blocks, prepare_text
+from kdkit.engine import Engine
+from kdkit.errors import CheckpointError
+from kdkit.lm_cache import (
+    SPARSE_KEYS,
+    SparseTeacherCache,
+    bytes_per_token,
+    cache_key,
+    id_dtype,
+    sparse_steps,
+    sparse_term,
+)
+from kdkit.losses import SparseTargets, forward_kl
+from kdkit.models import GPT
+from kdkit.objective import Objective, Term
+from kdkit.runtime import resolve_runtime
+from kdkit.steps import StepPosition, StepRuntime
+from kdkit.tasks import ClassificationTask
+from kdkit.teacher import FrozenTeacher
+
+TOKENS = ClassificationTask(input_keys=("input_ids", "attention_mask"))
+BLOCK = 32
+WORDS = ["the", "cat", "sat", "on", "a", "mat", "while", "dog", "ran", "after", "red", "ball", "and", "slept"]
+
+
+def _engine():
+    return Engine(resolve_runtime("fp32"), progress=False, log_every=1000)
+
+
+def _text(lines=800, seed=0):
+    """Sentences from a small grammar: subject, verb, object, so that a model has something to learn."""
+    g = torch.Generator().manual_seed(seed)
+    subjects, verbs, objects = (
+        ["the cat", "a dog", "the red ball"],
+        ["sat on", "ran after", "slept by"],
+        WORDS,
+    )
+    out = []
+    for _ in range(lines):
+        s, v = (
+            subjects[int(torch.randint(0, 3, (1,), generator=g))],
+            verbs[int(torch.randint(0, 3, (1,), generator=g))],
+        )
+        o = " ".join(objects[int(i)] for i in torch.randint(0, len(objects), (2,), generator=g))
+        out.append(f"{s} {v} {o}.\n")
+    return "".join(out)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lm") / "text.txt"
+    path.write_text(_text(), encoding="utf-8")
+    return prepare_text(path, vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def teacher(data):
+    torch.manual_seed(0)
+    model = GPT(data.vocab_size, 2, 48, 4, BLOCK)
+    cfg = TrainConfig(epochs=4, lr=3e-3, optimizer="adamw", batch_size=16, schedule="constant")
+    loader = block_loader(data.train, BLOCK, 16, shuffle=True, seed=0)
+    fit = _engine().fit("teacher", model, Objective.hard_labels(), loader, cfg, task=TOKENS)
+    return fit.model.eval()
+
+
+def _student(vocab, seed=1):
+    torch.manual_seed(seed)
+    return GPT(vocab, 1, 32, 4, BLOCK)
+
+
+CFG = TrainConfig(epochs=1, lr=3e-3, optimizer="adamw", batch_size=16, schedule="constant")
+
+
+def _fixed_batch(data):
+    inputs, mask, labels = blocks(data.val, BLOCK)
+    return {"input_ids": inputs, "attention_mask": mask, "labels": labels}
+
+
+def _loss_on(objective, student, teacher, batch):
+    with torch.no_grad():
+        s = student(batch["input_ids"], batch["attention_mask"])
+        t = teacher(batch["input_ids"], batch["attention_mask"])
+        return float(objective({"student.logits": s, "teacher.logits": t, "labels": batch["labels"]})[0])
+
+
+def test_teacher_learns_the_text(data, teacher):
+    val = block_loader(data.val, BLOCK, 16)
+    res = _engine().evaluate(teacher, val, task=TOKENS)
+    assert res.total == len(data.val) - 1
+    assert res.perplexity < 0.5 * data.vocab_size, res.perplexity  # far below a uniform guess
+    untrained = _engine().evaluate(GPT(data.vocab_size, 2, 48, 4, BLOCK), val, task=TOKENS)
+    assert res.perplexity < 0.5 * untrained.perplexity
+
+
+@pytest.mark.parametrize(
+    "loss, options",
+    [
+        ("forward_kl", {}),
+        ("reverse_kl", {}),
+        ("gkd_jsd", {"beta": 0.5}),
+        ("skew_kl", {"alpha": 0.1}),
+        ("skew_reverse_kl", {"alpha": 0.1}),
+        ("total_variation", {}),
+    ],
+)
+def test_teacher_forced_distillation_through_engine_fit_lowers_the_divergence(data, teacher, loss, options):
+    objective = Objective([Term.from_name(loss, 1.0, **options)])
+    student = _student(data.vocab_size)
+    batch = _fixed_batch(data)  # held-out blocks
+    before = _loss_on(objective, student, teacher, batch)
+    # 8 steps over the first 64 training blocks: enough to see each loss's gradient reach the student.
+    loader = block_loader(data.train[: 64 * BLOCK + 1], BLOCK, 16, shuffle=True, seed=2)
+    cfg = CFG.model_copy(update={"epochs": 2, "lr": 1e-2})
+    fit = _engine().fit(
+        "student", student, objective, loader, cfg, task=TOKENS, teacher=FrozenTeacher(teacher)
+    )
+    assert fit.steps == 8
+    after = _loss_on(objective, fit.model, teacher, batch)
+    assert after < 0.85 * before, (before, after)
+    assert fit.history[0][f"loss.{loss}"] > 0
+
+
+def test_distilled_student_beats_its_initial_perplexity_and_agrees_with_the_teacher(data, teacher):
+    objective = Objective([Term.from_name("forward_kl", 0.9), Term.from_name("ce", 0.1)])
+    student = _student(data.vocab_size)
+    val = block_loader(data.val, BLOCK, 16)
+    start = _engine().evaluate(student, val, task=TOKENS).perplexity
+    cfg = CFG.model_copy(update={"epochs": 2})
+    loader = block_loader(data.train, BLOCK, 16, shuffle=True, seed=2)
+    fit = _engine().fit(
+        "student", student, objective, loader, cfg, task=TOKENS, teacher=FrozenTeacher(teacher)
+    )
+    end = _engine().evaluate(fit.model, val, task=TOKENS).perplexity
+    assert end < 0.5 * start, (start, end)
+    batch = _fixed_batch(data)
+    scored = batch["labels"] != -100
+
+    def agreement(model):
+        with torch.no_grad():
+            same = model(batch["input_ids"]).argmax(-1) == teacher(batch["input_ids"]).argmax(-1)
+        return float(same[scored].float().mean())
+
+    before, after = agreement(_student(data.vocab_size)), agreement(fit.model)
+    print(f"perplexity {start:.1f} -> {end:.1f}, agreement with the teacher {before:.2f} -> {after:.2f}")
+    assert after > before + 0.3, (before, after)
+
+
+# ------------------------------------------------------------------------------------------ sparse cache
+
+
+def _train_blocks(data):
+    inputs, mask, _ = blocks(data.train, BLOCK)
+    return inputs, mask
+
+
+def _cache(tmp_path, data, teacher, k, temperature=1.0):
+    inputs, mask = _train_blocks(data)
+    key = cache_key(teacher, inputs, mask, "tok", k, temperature)
+    cache = SparseTeacherCache(tmp_path / key, key)
+    info = cache.build(teacher, inputs, mask, data.vocab_size, k, temperature)
+    return cache, info
+
+
+def test_cache_at_k_equal_vocab_trains_like_dense_targets(tmp_path, data, teacher):
+    v = data.vocab_size
+    cache, info = _cache(tmp_path, data, teacher, k=v)
+    served = cache.load()
+    assert served[SPARSE_KEYS[0]].dtype == torch.int16 and served[SPARSE_KEYS[1]].dtype == torch.float16
+    assert float(served[SPARSE_KEYS[2]].float().abs().max()) == 0.0  # nothing outside the top V
+
+    def run(sparse):
+        student = _student(v, seed=3)
+        loader = block_loader(data.train, BLOCK, 16, shuffle=True, seed=4, extras=served if sparse else None)
+        if sparse:
+            obj, kw = Objective([sparse_term("forward_kl", 1.0)]), {"steps": sparse_steps()}
+        else:
+            obj, kw = Objective([Term.from_name("forward_kl", 1.0)]), {"teacher": FrozenTeacher(teacher)}
+        return _engine().fit("student", student, obj, loader, CFG, task=TOKENS, **kw)
+
+    dense, sparse = run(False), run(True)
+    assert sparse.steps == dense.steps > 5
+    # fp16 log-probabilities are the only difference: the losses agree to ~1e-3.
+    assert sparse.history[0]["loss"] == pytest.approx(dense.history[0]["loss"], rel=2e-3)
+    batch = _fixed_batch(data)
+    with torch.no_grad():
+        a = dense.model(batch["input_ids"])
+        b = sparse.model(batch["input_ids"])
+    assert float((a.softmax(-1) - b.softmax(-1)).abs().max()) < 0.05
+
+
+def test_sparse_targets_from_the_cache_match_the_teacher_and_lower_bound_the_dense_loss(
+    tmp_path, data, teacher
+):
+    cache, info = _cache(tmp_path, data, teacher, k=8)
+    served = cache.load()
+    inputs, mask = _train_blocks(data)
+    x = inputs[:4]
+    with torch.no_grad():
+        logits = teacher(x)
+    ref = SparseTargets.from_logits(logits, 8)
+    ids = served[SPARSE_KEYS[0]][:4].long()
+    assert torch.equal(ids, ref.ids)
+    torch.testing.assert_close(served[SPARSE_KEYS[1]][:4].float(), ref.logprobs, rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(served[SPARSE_KEYS[2]][:4].float(), ref.tail, rtol=2e-3, atol=1e-4)
+    student = _student(data.vocab_size)
+    _, _, labels = blocks(data.train, BLOCK)
+    with torch.no_grad():
+        s = student(x)
+    cached = SparseTargets(served[SPARSE_KEYS[0]][:4], served[SPARSE_KEYS[1]][:4], served[SPARSE_KEYS[2]][:4])
+    sparse_loss, dense_loss = forward_kl(s, cached, labels[:4]), forward_kl(s, logits, labels[:4])
+    assert 0 < float(sparse_loss) < float(dense_loss)
+
+
+def test_cache_bytes_per_token_key_and_integrity(tmp_path, data, teacher):
+    cache, info = _cache(tmp_path, data, teacher, k=8)
+    positions = _train_blocks(data)[0].numel()
+    assert info.positions == positions
+    assert info.bytes_per_token == bytes_per_token(8, data.vocab_size) == 8 * (2 + 2) + 2  # int16 ids, fp16
+    assert 0 < info.file_bytes - positions * 34 < 1024  # the safetensors header and nothing else
+    dense_fp16 = 2 * data.vocab_size
+    assert info.bytes_per_token < dense_fp16 / 10
+    assert id_dtype(32768) == torch.int16 and id_dtype(32769) == torch.int32
+    assert bytes_per_token(64, 50257) == 64 * (4 + 2) + 2  # GPT-2's vocabulary needs int32 ids
+    assert cache.info() == info and cache.complete()
+    # Another teacher (or data, or tokenizer) has another key: its cache refuses this directory.
+    other = GPT(data.vocab_size, 2, 48, 4, BLOCK)
+    inputs, mask = _train_blocks(data)
+    for key in (
+        cache_key(other, inputs, mask, "tok", 8, 1.0),
+        cache_key(teacher, inputs[:-1], mask[:-1], "tok", 8, 1.0),
+        cache_key(teacher, inputs, mask, "another tokenizer", 8, 1.0),
+    ):
+        assert key != cache.key
+        with pytest.raises(CheckpointError, match="made for another teacher, data or tokenizer"):
+            SparseTeacherCache(cache.directory, key).load()
+    # A changed file is refused by its hash.
+    path = cache.directory / "targets.safetensors"
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        cache.load()
+
+
+def test_sparse_term_refuses_another_temperature_and_feeds_through_served_steps(tmp_path, data, teacher):
+    cache, _ = _cache(tmp_path, data, teacher, k=4, temperature=2.0)
+    served = cache.load()
+    loader = block_loader(data.train, BLOCK, 8, extras=served)
+    batch = next(iter(loader))
+    steps = sparse_steps()
+    student = _student(data.vocab_size)
+    term = sparse_term("gkd_jsd", 1.0, made_at=2.0, temperature=2.0, beta=0.3)
+    steps.open(student, Objective([term]), StepRuntime(torch.device("cpu"), TOKENS, lambda m: m))
+    tensors = steps.tensors(student, batch, StepPosition(0, 0))
+    assert set(SPARSE_KEYS) <= set(tensors)
+    assert term(tensors).item() > 0
+    wrong = sparse_term("gkd_jsd", 1.0, made_at=2.0, temperature=1.0)
+    with pytest.raises(ValueError, match="made at temperature 2.0, the loss asks for 1.0"):
+        wrong(tensors)
+    with pytest.raises(KeyError, match="not a token divergence"):
+        sparse_term("kd")
+    steps.close()
