@@ -6,9 +6,12 @@ import pytest
 import torch
 
 from kdkit.config import TrainConfig
+from kdkit.data.batches import stable_seed
 from kdkit.data.lm_text import block_loader, blocks, prepare_text
+from kdkit.data.tokens import TokenLoader
 from kdkit.engine import Engine
 from kdkit.errors import CheckpointError
+from kdkit.generation import generate
 from kdkit.lm_cache import (
     SPARSE_KEYS,
     SparseTeacherCache,
@@ -18,7 +21,9 @@ from kdkit.lm_cache import (
     sparse_steps,
     sparse_term,
 )
+from kdkit.lm_modes import OnPolicyStep, continuation_labels, sequence_kd_set
 from kdkit.losses import SparseTargets, forward_kl
+from kdkit.losses import generalized_jsd as L_jsd
 from kdkit.models import GPT
 from kdkit.objective import Objective, Term
 from kdkit.runtime import resolve_runtime
@@ -268,3 +273,95 @@ def test_sparse_term_refuses_another_temperature_and_feeds_through_served_steps(
     with pytest.raises(KeyError, match="not a token divergence"):
         sparse_term("kd")
     steps.close()
+
+
+# ------------------------------------------------------------------------ on-policy (GKD) and sequence-level KD
+
+
+def _gkd_fit(data, teacher, lmbda, seed=5, epochs=1, blocks_used=64):
+    student = _student(data.vocab_size)
+    steps = OnPolicyStep(FrozenTeacher(teacher), lmbda=lmbda, prompt_len=8, seed=seed)
+    loader = block_loader(data.train[: blocks_used * BLOCK + 1], BLOCK, 16, shuffle=True, seed=2)
+    objective = Objective([Term.from_name("gkd_jsd", 1.0, beta=0.5)])
+    cfg = CFG.model_copy(update={"epochs": epochs, "lr": 1e-2})
+    fit = _engine().fit("student", student, objective, loader, cfg, task=TOKENS, steps=steps)
+    return fit, steps
+
+
+def test_on_policy_step_scores_the_students_own_continuations(data, teacher):
+    student = _student(data.vocab_size)
+    steps = OnPolicyStep(FrozenTeacher(teacher), lmbda=1.0, prompt_len=8, seed=0)
+    objective = Objective([Term.from_name("gkd_jsd", 1.0)])
+    steps.open(student, objective, StepRuntime(torch.device("cpu"), TOKENS, lambda m: m))
+    batch = next(iter(block_loader(data.train, BLOCK, 4)))
+    t = steps.tensors(student, batch, StepPosition(0, 0))
+    steps.close()
+    labels = t["labels"]
+    assert (labels[:, :7] == -100).all() and (labels[:, -1] == -100).all()
+    sequences = generate(student, batch["input_ids"][:, :8], BLOCK - 8, generator=_gen(0, 0, 0))
+    assert torch.equal(labels[:, 7:-1], sequences[:, 8:])  # the sampled tokens are the targets' positions
+    assert not torch.equal(sequences[:, 8:], batch["input_ids"][:, 8:])  # not the data
+    with torch.no_grad():
+        torch.testing.assert_close(t["teacher.logits"], teacher(sequences))
+        torch.testing.assert_close(t["student.logits"], student(sequences))
+    assert continuation_labels(torch.arange(6)[None], 2).tolist() == [[-100, 2, 3, 4, 5, -100]]
+
+
+def _gen(seed, epoch, batch):
+    return torch.Generator().manual_seed(stable_seed(seed, epoch, batch, 1))
+
+
+def test_gkd_lambda_zero_is_teacher_forced_and_runs_are_deterministic(data, teacher):
+    forced, steps0 = _gkd_fit(data, teacher, 0.0)
+    assert steps0.on_policy_steps == 0
+    student = _student(data.vocab_size)
+    loader = block_loader(data.train[: 64 * BLOCK + 1], BLOCK, 16, shuffle=True, seed=2)
+    objective = Objective([Term.from_name("gkd_jsd", 1.0, beta=0.5)])
+    cfg = CFG.model_copy(update={"lr": 1e-2})
+    plain = _engine().fit(
+        "student", student, objective, loader, cfg, task=TOKENS, teacher=FrozenTeacher(teacher)
+    )
+    assert forced.history[0]["loss"] == plain.history[0]["loss"]
+    a, steps_a = _gkd_fit(data, teacher, 0.5)
+    b, _ = _gkd_fit(data, teacher, 0.5)
+    coins = [steps_a.is_on_policy(StepPosition(0, i)) for i in range(4)]
+    assert steps_a.on_policy_steps == sum(coins) and 0 < sum(coins) < 4
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a.history[0]["loss"] != forced.history[0]["loss"]
+
+
+def test_on_policy_distillation_lowers_the_divergence_on_the_students_samples(data, teacher):
+    def on_samples(student):
+        prompts = blocks(data.val, BLOCK)[0][:, :8]
+        seqs = generate(student, prompts, BLOCK - 8, seed=11)
+        labels = continuation_labels(seqs, 8)
+        with torch.no_grad():
+            return float(L_jsd(student(seqs), teacher(seqs), labels))
+
+    before = on_samples(_student(data.vocab_size))
+    fit, steps = _gkd_fit(data, teacher, 1.0, epochs=2)
+    assert steps.on_policy_steps == fit.steps == 8
+    after = on_samples(fit.model)
+    assert after < 0.85 * before, (before, after)
+
+
+def test_sequence_level_kd_learns_the_teachers_greedy_continuations(data, teacher):
+    prompts = blocks(data.train, BLOCK)[0][:64, :8]
+    ids, mask, labels = sequence_kd_set(FrozenTeacher(teacher), prompts, BLOCK)
+    assert ids.shape == labels.shape == (64, BLOCK) and torch.equal(ids[:, :8], prompts)
+    with torch.no_grad():
+        greedy = teacher(ids).argmax(-1)
+    scored = labels != -100
+    assert torch.equal(greedy[scored], labels[scored])  # each target is the teacher's argmax given its prefix
+    student = _student(data.vocab_size)
+    loader = TokenLoader(ids, mask, labels, 16, shuffle=True, seed=1, trim=False)
+
+    def agreement(model):
+        with torch.no_grad():
+            return float((model(ids).argmax(-1) == labels)[scored].float().mean())
+
+    before = agreement(student)
+    cfg = CFG.model_copy(update={"epochs": 3, "lr": 1e-2})
+    fit = _engine().fit("student", student, Objective.hard_labels(), loader, cfg, task=TOKENS)
+    assert agreement(fit.model) > before + 0.3
