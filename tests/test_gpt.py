@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from kdkit import models
+from kdkit.checkpoint import load_checkpoint, save_checkpoint
 from kdkit.generation import Sampling, filter_logits, generate
 from kdkit.models import GPT, KVCache
 
@@ -134,3 +135,18 @@ def test_eos_pads_finished_sequences_and_block_size_is_enforced():
     assert (out[0, 3:] == int(first[0])).all()
     with pytest.raises(ValueError, match="exceed block_size 16"):
         generate(model, prompt, 14)
+
+
+def test_tied_weights_survive_a_kdkit_checkpoint(tmp_path):
+    model = _model()
+    with torch.no_grad():
+        model.embed.weight.add_(1.0)  # differs from a fresh model's
+    save_checkpoint(tmp_path / "gpt", model.state_dict(), {"epoch": 1})
+    tensors, _ = load_checkpoint(tmp_path / "gpt")
+    assert torch.equal(tensors["head.weight"], tensors["embed.weight"])
+    fresh = _model(seed=1)
+    fresh.load_state_dict(tensors)
+    assert fresh.head.weight is fresh.embed.weight  # still tied after loading
+    ids = torch.randint(0, V, (2, 8), generator=torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        assert torch.equal(fresh(ids), model(ids))

@@ -10,7 +10,7 @@ from kdkit.data.batches import stable_seed
 from kdkit.data.lm_text import block_loader, blocks, prepare_text
 from kdkit.data.tokens import TokenLoader
 from kdkit.engine import Engine
-from kdkit.errors import CheckpointError
+from kdkit.errors import CheckpointError, ModelError
 from kdkit.generation import generate
 from kdkit.lm_cache import (
     SPARSE_KEYS,
@@ -26,6 +26,7 @@ from kdkit.losses import SparseTargets, forward_kl
 from kdkit.losses import generalized_jsd as L_jsd
 from kdkit.models import GPT
 from kdkit.objective import Objective, Term
+from kdkit.resume import CheckpointPolicy
 from kdkit.runtime import resolve_runtime
 from kdkit.steps import StepPosition, StepRuntime
 from kdkit.tasks import ClassificationTask
@@ -235,6 +236,9 @@ def test_cache_bytes_per_token_key_and_integrity(tmp_path, data, teacher):
     assert id_dtype(32768) == torch.int16 and id_dtype(32769) == torch.int32
     assert bytes_per_token(64, 50257) == 64 * (4 + 2) + 2  # GPT-2's vocabulary needs int32 ids
     assert cache.info() == info and cache.complete()
+    assert set(cache.load(vocab_size=data.vocab_size)) == set(SPARSE_KEYS)
+    with pytest.raises(ModelError, match=f"over {data.vocab_size} tokens .* the student predicts 5000"):
+        cache.load(vocab_size=5000)
     # Another teacher (or data, or tokenizer) has another key: its cache refuses this directory.
     other = GPT(data.vocab_size, 2, 48, 4, BLOCK)
     inputs, mask = _train_blocks(data)
@@ -365,3 +369,51 @@ def test_sequence_level_kd_learns_the_teachers_greedy_continuations(data, teache
     cfg = CFG.model_copy(update={"epochs": 3, "lr": 1e-2})
     fit = _engine().fit("student", student, Objective.hard_labels(), loader, cfg, task=TOKENS)
     assert agreement(fit.model) > before + 0.3
+
+
+def test_on_policy_refuses_a_student_with_another_vocabulary_before_any_step(data, teacher):
+    student = GPT(data.vocab_size + 1, 1, 32, 4, BLOCK)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    loader = block_loader(data.train[: 16 * BLOCK + 1], BLOCK, 16)
+    steps = OnPolicyStep(FrozenTeacher(teacher), lmbda=1.0)
+    objective = Objective([Term.from_name("forward_kl", 1.0)])
+    with pytest.raises(
+        ModelError, match=f"the teacher predicts {data.vocab_size} tokens, the student {data.vocab_size + 1}"
+    ):
+        _engine().fit("student", student, objective, loader, CFG, task=TOKENS, steps=steps)
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+
+
+def test_interrupted_on_policy_phase_resumes_bit_identically(data, teacher, tmp_path, monkeypatch):
+    def run(directory, resume=False):
+        student = _student(data.vocab_size)
+        steps = OnPolicyStep(FrozenTeacher(teacher), lmbda=0.5, prompt_len=8, seed=9)
+        loader = block_loader(data.train[: 64 * BLOCK + 1], BLOCK, 16, shuffle=True, seed=2)
+        objective = Objective([Term.from_name("gkd_jsd", 1.0, beta=0.5)])
+        cfg = CFG.model_copy(update={"epochs": 2, "lr": 1e-2})
+        policy = CheckpointPolicy(directory, every_steps=2, resume=resume)
+        return _engine().fit(
+            "student", student, objective, loader, cfg, task=TOKENS, steps=steps, checkpoint=policy
+        )
+
+    reference = run(tmp_path / "ref")
+
+    class Killed(Exception):
+        pass
+
+    hits = {"n": 0}
+
+    def hit(point):
+        hits["n"] += point == "step"
+        if hits["n"] == 7:  # epoch 2 of 2 (4 steps each), one step after the state of step 6
+            raise Killed
+
+    monkeypatch.setattr("kdkit.engine.faults.hit", hit)
+    with pytest.raises(Killed):
+        run(tmp_path / "run")
+    monkeypatch.setattr("kdkit.engine.faults.hit", lambda point: None)
+    resumed = run(tmp_path / "run", resume=True)
+    assert resumed.steps == reference.steps == 8
+    ref, res = reference.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(ref[k], res[k]) for k in ref)
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in reference.history]

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from kdkit.checkpoint import atomic_save_tensors, atomic_write_text, file_sha256
 from kdkit.data.batches import LABELS
-from kdkit.errors import CheckpointError
+from kdkit.errors import CheckpointError, ModelError
 from kdkit.losses.token_divergences import SparseTargets, tail_mass
 from kdkit.objective import Term
 from kdkit.steps import STUDENT_LOGITS, ServedTeacherStep
@@ -174,9 +174,17 @@ class SparseTeacherCache:
             )
         return meta
 
-    def load(self) -> dict[str, Tensor]:
-        """Return the served tensors by `SPARSE_KEYS` name, after checking the key and the file's sha256."""
+    def load(self, vocab_size: int | None = None) -> dict[str, Tensor]:
+        """Return the served tensors by `SPARSE_KEYS` name, after checking the key and the file's sha256.
+
+        With `vocab_size` (the student's), a cache made over another vocabulary is refused (ModelError).
+        """
         meta = self._meta()
+        if vocab_size is not None and vocab_size != meta["vocab_size"]:
+            raise ModelError(
+                f"sparse teacher cache {self.directory} holds targets over {meta['vocab_size']} tokens (the "
+                f"teacher's vocabulary); the student predicts {vocab_size}"
+            )
         path = self.directory / TARGETS_FILE
         if not path.is_file() or file_sha256(path) != meta["sha256"]:
             raise CheckpointError(f"sparse teacher cache file {path} is missing or corrupt (sha256 mismatch)")

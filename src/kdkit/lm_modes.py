@@ -23,6 +23,7 @@ from kdkit.generation import Sampling, generate
 from kdkit.objective import Objective
 from kdkit.steps import StepPosition, StepRuntime, TeacherStep
 from kdkit.teacher import FrozenTeacher
+from kdkit.vocab import check_shared_vocabulary
 
 IGNORE_INDEX = -100
 
@@ -70,7 +71,9 @@ class OnPolicyStep(TeacherStep):
         self._module: nn.Module | None = None
 
     def open(self, model: nn.Module, objective: Objective, runtime: StepRuntime) -> None:
-        """Keep the unwrapped student (it generates) and open the teacher-forced provider."""
+        """Check the shared vocabulary, keep the unwrapped student (it generates), open the teacher-forced provider."""
+        inner = self.teacher.model if isinstance(self.teacher, FrozenTeacher) else self.teacher
+        check_shared_vocabulary(inner, model)  # before any step: a mismatch would only show as a shape error
         self._module = model
         super().open(model, objective, runtime)
 
