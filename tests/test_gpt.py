@@ -12,6 +12,15 @@ from kdkit.models import GPT, KVCache
 V = 97
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they lose a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _param_formula(vocab, layers, d, block, positions, ratio=4):
     """Per block: two bias-free LayerNorms (d each), qkv (3 d^2) and output projection (d^2) without bias, an MLP
     d -> ratio*d -> d without bias; the embedding V*d shared with the head; a final LayerNorm; learned positions."""

@@ -37,6 +37,15 @@ BLOCK = 32
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "while", "dog", "ran", "after", "red", "ball", "and", "slept"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they lose a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _engine():
     return Engine(resolve_runtime("fp32"), progress=False, log_every=1000)
 
