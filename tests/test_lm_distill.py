@@ -21,7 +21,7 @@ from kdkit.lm_cache import (
     sparse_steps,
     sparse_term,
 )
-from kdkit.lm_modes import OnPolicyStep, continuation_labels, sequence_kd_set
+from kdkit.lm_modes import LMTeacherStep, OnPolicyStep, continuation_labels, sequence_kd_set
 from kdkit.losses import SparseTargets, forward_kl
 from kdkit.losses import generalized_jsd as L_jsd
 from kdkit.models import GPT
@@ -179,6 +179,7 @@ def _train_blocks(data):
 def _cache(tmp_path, data, teacher, k, temperature=1.0):
     inputs, mask = _train_blocks(data)
     key = cache_key(teacher, inputs, mask, "tok", k, temperature)
+    assert cache_key(FrozenTeacher(teacher), inputs, mask, "tok", k, temperature) == key
     cache = SparseTeacherCache(tmp_path / key, key)
     info = cache.build(teacher, inputs, mask, data.vocab_size, k, temperature)
     return cache, info
@@ -380,11 +381,12 @@ def test_sequence_level_kd_learns_the_teachers_greedy_continuations(data, teache
     assert agreement(fit.model) > before + 0.3
 
 
-def test_on_policy_refuses_a_student_with_another_vocabulary_before_any_step(data, teacher):
+@pytest.mark.parametrize("provider", [LMTeacherStep, OnPolicyStep])
+def test_a_student_with_another_vocabulary_is_refused_before_any_step(data, teacher, provider):
     student = GPT(data.vocab_size + 1, 1, 32, 4, BLOCK)
     before = {k: v.clone() for k, v in student.state_dict().items()}
     loader = block_loader(data.train[: 16 * BLOCK + 1], BLOCK, 16)
-    steps = OnPolicyStep(FrozenTeacher(teacher), lmbda=1.0)
+    steps = provider(FrozenTeacher(teacher))
     objective = Objective([Term.from_name("forward_kl", 1.0)])
     with pytest.raises(
         ModelError, match=f"the teacher predicts {data.vocab_size} tokens, the student {data.vocab_size + 1}"

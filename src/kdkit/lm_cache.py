@@ -35,6 +35,7 @@ from kdkit.errors import CheckpointError, ModelError
 from kdkit.losses.token_divergences import SparseTargets, tail_mass
 from kdkit.objective import Term
 from kdkit.steps import STUDENT_LOGITS, ServedTeacherStep
+from kdkit.teacher import FrozenTeacher
 from kdkit.teacher_cache import hash_tensor
 from kdkit.terms import term_spec
 
@@ -65,6 +66,8 @@ def cache_key(
 ) -> str:
     """Return the hash naming a cache: teacher weights, blocks and mask, tokenizer, k, temperature and format."""
     h = hashlib.sha256(FORMAT.encode())
+    if isinstance(teacher, FrozenTeacher):
+        teacher = teacher.model  # the same weights give the same key, wrapped or not
     for name, t in sorted(teacher.state_dict().items()):
         h.update(name.encode())
         hash_tensor(h, t)

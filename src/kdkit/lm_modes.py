@@ -1,7 +1,8 @@
 """Modes of causal-LM distillation beyond teacher forcing: on-policy (GKD) steps and sequence-level KD.
 
-- Supervised (teacher-forced) distillation needs nothing here: `Engine.fit(teacher=FrozenTeacher(t))` runs the
-  teacher on the data's blocks and a token divergence compares the two next-token distributions.
+- Supervised (teacher-forced) distillation: `LMTeacherStep(FrozenTeacher(t))` (or `Engine.fit(teacher=...)`)
+  runs the teacher on the data's blocks and a token divergence compares the two next-token distributions;
+  `LMTeacherStep` first refuses a student of another vocabulary.
 - `OnPolicyStep` (GKD, Agarwal et al. 2024, algorithm 1): at each step, with probability `lmbda`, the student
   continues the first `prompt_len` tokens of every block by sampling, and both models are run on the student's
   own sequences, the divergence scored only on the generated tokens; otherwise the step is teacher-forced on
@@ -45,7 +46,21 @@ def continuation_labels(sequences: Tensor, prompt_len: int, valid: Tensor | None
     return labels
 
 
-class OnPolicyStep(TeacherStep):
+class LMTeacherStep(TeacherStep):
+    """Teacher-forced distillation of a language model: `TeacherStep` that first checks the shared vocabulary.
+
+    `open` (called by `Engine.fit` before the first step) raises ModelError naming both vocabulary sizes when
+    the teacher and the student predict different numbers of tokens.
+    """
+
+    def open(self, model: nn.Module, objective: Objective, runtime: StepRuntime) -> None:
+        """Check the shared vocabulary, then move the teacher and install the hooks."""
+        inner = self.teacher.model if isinstance(self.teacher, FrozenTeacher) else self.teacher
+        check_shared_vocabulary(inner, model)
+        super().open(model, objective, runtime)
+
+
+class OnPolicyStep(LMTeacherStep):
     """GKD's mixture of on-policy and supervised steps for a token-divergence objective; see the module docstring.
 
     The student samples with `sampling` (temperature 1 by default, as in GKD); `on_policy_steps` counts the steps
@@ -71,9 +86,7 @@ class OnPolicyStep(TeacherStep):
         self._module: nn.Module | None = None
 
     def open(self, model: nn.Module, objective: Objective, runtime: StepRuntime) -> None:
-        """Check the shared vocabulary, keep the unwrapped student (it generates), open the teacher-forced provider."""
-        inner = self.teacher.model if isinstance(self.teacher, FrozenTeacher) else self.teacher
-        check_shared_vocabulary(inner, model)  # before any step: a mismatch would only show as a shape error
+        """Keep the unwrapped student (it generates) and open the teacher-forced provider (vocabulary checked)."""
         self._module = model
         super().open(model, objective, runtime)
 
