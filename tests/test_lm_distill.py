@@ -428,3 +428,21 @@ def test_interrupted_on_policy_phase_resumes_bit_identically(data, teacher, tmp_
     ref, res = reference.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(ref[k], res[k]) for k in ref)
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in reference.history]
+
+
+def test_training_on_top_8_targets_lowers_the_dense_divergence(tmp_path, data, teacher):
+    cache, _ = _cache(tmp_path, data, teacher, k=8)
+    served = cache.load(vocab_size=data.vocab_size)
+    n = 64  # the first 64 blocks, as in the teacher-forced tests
+    extras = {k: v[:n] for k, v in served.items()}
+    loader = block_loader(data.train[: n * BLOCK + 1], BLOCK, 16, shuffle=True, seed=2, extras=extras)
+    student = _student(data.vocab_size)
+    dense = Objective([Term.from_name("forward_kl", 1.0)])
+    batch = _fixed_batch(data)
+    before = _loss_on(dense, student, teacher, batch)
+    cfg = CFG.model_copy(update={"epochs": 2, "lr": 1e-2})
+    objective = Objective([sparse_term("forward_kl", 1.0)])
+    fit = _engine().fit("student", student, objective, loader, cfg, task=TOKENS, steps=sparse_steps())
+    assert fit.steps == 8
+    after = _loss_on(dense, fit.model, teacher, batch)  # the full-vocabulary KL on held-out blocks
+    assert after < 0.85 * before, (before, after)
