@@ -191,3 +191,19 @@ def test_same_size_tokenizers_with_other_tokens_are_refused(text_file):
     with pytest.raises(ModelError, match="only 200"):
         small = GPT(200, 1, 16, 2, 16)
         check_shared_vocabulary(small, small, teacher_tokenizer=a, student_tokenizer=a)
+
+
+def test_a_hugging_face_tokenizer_folder_works_like_our_own(text_file, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    ours = prepare_text(text_file, vocab_size=300)
+    folder = tmp_path / "hf"
+    transformers.PreTrainedTokenizerFast(tokenizer_object=ours.tokenizer).save_pretrained(folder)
+    assert (folder / "tokenizer.json").is_file() and (folder / "tokenizer_config.json").is_file()
+    theirs = prepare_text(text_file, tokenizer=folder)
+    assert torch.equal(theirs.train, ours.train) and torch.equal(theirs.test, ours.test)
+    hf = transformers.AutoTokenizer.from_pretrained(folder)
+    model = GPT(ours.vocab_size, 1, 16, 2, 16)
+    assert (
+        check_shared_vocabulary(model, model, teacher_tokenizer=hf, student_tokenizer=ours.tokenizer)
+        == ours.vocab_size
+    )
