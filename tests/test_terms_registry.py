@@ -62,6 +62,25 @@ CASES = {
     ),
     "dist": ({"options": {"gamma": 2.0}}, lambda S, T, y, m: L.dist(S["logits"], T["logits"], gamma=2.0)),
     "ce": ({"options": {"label_smoothing": 0.1}}, lambda S, T, y, m: L.cross_entropy(S["logits"], y, 0.1)),
+    # Per-token divergences (logits (..., V) with labels (...), -100 not scored) on per-sample logits here.
+    "forward_kl": (
+        {"options": {"temperature": 2.0}},
+        lambda S, T, y, m: L.forward_kl(S["logits"], T["logits"], y, temperature=2.0),
+    ),
+    "reverse_kl": ({}, lambda S, T, y, m: L.reverse_kl(S["logits"], T["logits"], y)),
+    "gkd_jsd": (
+        {"options": {"beta": 0.3}},
+        lambda S, T, y, m: L.generalized_jsd(S["logits"], T["logits"], y, beta=0.3),
+    ),
+    "skew_kl": (
+        {"options": {"alpha": 0.2}},
+        lambda S, T, y, m: L.skew_kl(S["logits"], T["logits"], y, alpha=0.2),
+    ),
+    "skew_reverse_kl": (
+        {"options": {"alpha": 0.2, "temperature": 3.0}},
+        lambda S, T, y, m: L.skew_reverse_kl(S["logits"], T["logits"], y, temperature=3.0, alpha=0.2),
+    ),
+    "total_variation": ({}, lambda S, T, y, m: L.total_variation(S["logits"], T["logits"], y)),
     "fitnet": (_pair("relu2", "relu2"), lambda S, T, y, m: L.fitnet(S["relu2"], T["relu2"])),
     "attention_transfer": (
         {**_pair("relu1", "relu2"), "options": {"p": 1.0}},
@@ -281,6 +300,12 @@ def test_reads_teacher_features():
         "dkd",
         "dist",
         "ce",
+        "forward_kl",
+        "reverse_kl",
+        "gkd_jsd",
+        "skew_kl",
+        "skew_reverse_kl",
+        "total_variation",
     ]
 
 

@@ -64,8 +64,18 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        # safetensors refuses shared or non-contiguous storage: give it plain contiguous copies.
-        clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        # safetensors refuses shared or non-contiguous storage: give it plain contiguous copies. On the CPU
+        # `.contiguous().cpu()` copies nothing, so a tensor whose storage an earlier one holds (tied input and
+        # output embeddings of a language model) is cloned; loading copies the same values into both names.
+        clean: dict[str, torch.Tensor] = {}
+        storages: set[int] = set()
+        for k, v in tensors.items():
+            t = v.detach().contiguous().cpu()
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in storages:
+                t = t.clone()
+            storages.add(t.untyped_storage().data_ptr())
+            clean[k] = t
         save_file(clean, tmp, metadata=metadata)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())

@@ -44,7 +44,8 @@ class CacheSpec:
     shard_size: int = 10000
 
 
-def _hash_tensor(h: Any, t: Tensor) -> None:
+def hash_tensor(h: Any, t: Tensor) -> None:
+    """Feed a tensor's dtype, shape and bytes to a hashlib hash (the caches' keys are built from these)."""
     h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
     # reshape(-1): 0-dim tensors (BatchNorm's num_batches_tracked) cannot be viewed as bytes directly.
     h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -64,9 +65,9 @@ def cache_key(
     h = hashlib.sha256(FORMAT.encode())
     for name, t in sorted(teacher.state_dict().items()):
         h.update(name.encode())
-        _hash_tensor(h, t)
-    _hash_tensor(h, images)
-    _hash_tensor(h, labels)
+        hash_tensor(h, t)
+    hash_tensor(h, images)
+    hash_tensor(h, labels)
     h.update(
         json.dumps(
             {

@@ -25,13 +25,31 @@ from kdkit.losses.relation import (
     similarity_preserving,
 )
 from kdkit.losses.response import cross_entropy, kd, kd_mse_mix, logit_mse, soft_target_kd
+from kdkit.losses.token_divergences import (
+    SparseTargets,
+    forward_kl,
+    generalized_jsd,
+    next_token_cross_entropy,
+    reverse_kl,
+    skew_kl,
+    skew_reverse_kl,
+    total_variation,
+)
 
 __all__ = [
+    "forward_kl",
+    "generalized_jsd",
+    "next_token_cross_entropy",
+    "reverse_kl",
+    "skew_kl",
+    "skew_reverse_kl",
+    "total_variation",
     "CRDLoss",
     "ContrastLoss",
     "ContrastMemory",
     "Embed",
     "OFDLoss",
+    "SparseTargets",
     "Paraphraser",
     "Translator",
     "VIDLoss",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from kdkit.models import (  # noqa: F401
     cnn,
     efficientnet_lite,
+    gpt,
     mlp,
     mobilenetv2,
     resnet_cifar,
@@ -15,6 +16,7 @@ from kdkit.models import (  # noqa: F401
     wrn,
 )
 from kdkit.models.cnn import CNN
+from kdkit.models.gpt import GPT, KVCache
 from kdkit.models.heads import backbone_parameters, get_classifier
 from kdkit.models.mlp import MLP
 from kdkit.models.registry import (
@@ -43,6 +45,8 @@ from kdkit.models.sequence import GRUClassifier
 
 __all__ = [
     "CNN",
+    "GPT",
+    "KVCache",
     "MLP",
     "GRUClassifier",
     "BasicBlock",
