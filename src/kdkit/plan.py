@@ -41,7 +41,8 @@ class ModelSource:
             return f"a trainable copy of {self.copy_of}"
         assert self.spec is not None
         opts = ", ".join(f"{k}={v}" for k, v in self.spec.options().items())
-        return f"{self.spec.name}({opts}) built with seed {self.seed} [{self.field}]"
+        start = f"weights {self.spec.pretrained.weights}, head" if self.spec.pretrained else "seed"
+        return f"{self.spec.name}({opts}) built with {start} {self.seed} [{self.field}]"
 
 
 @dataclass(frozen=True)
