@@ -45,7 +45,7 @@ from kdkit.config import build_config
 from kdkit.experiment import run_experiment
 
 RESULTS = ROOT / "benchmarks" / "results"
-MARKS = ("<!-- flowers_seed: begin -->", "<!-- flowers_seed: end -->")
+MARKS = ("<!-- flowers_seed:start -->", "<!-- flowers_seed:end -->")
 LRS = (1e-3, 1e-2)
 AUGMENT = {"flip": True, "jitter": 8}  # the article: random flip, rotation 0.1, zoom 0.1 (Keras layers)
 
