@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # Importing the model modules registers their factories.
-from kdkit.models import cnn, mlp, mobilenetv2, resnet_cifar, shufflenet, vgg, wrn  # noqa: F401
+from kdkit.models import cnn, mlp, mobilenetv2, resnet_cifar, shufflenet, text, vgg, wrn  # noqa: F401
 from kdkit.models.cnn import CNN
 from kdkit.models.heads import get_classifier
 from kdkit.models.mlp import MLP
@@ -30,11 +30,14 @@ from kdkit.models.resnet_cifar import (
     resnet110,
 )
 from kdkit.models.sequence import GRUClassifier
+from kdkit.models.text import BiLSTMClassifier, TextCNN
 
 __all__ = [
     "CNN",
     "MLP",
     "GRUClassifier",
+    "BiLSTMClassifier",
+    "TextCNN",
     "BasicBlock",
     "ResNet",
     "apply_constraints",
