@@ -176,3 +176,4 @@ class ClassificationTask:
 
 
 IMAGE_CLASSIFICATION = ClassificationTask(input_keys=("images",))
+TOKEN_CLASSIFICATION = ClassificationTask(input_keys=("input_ids", "attention_mask"))

@@ -5,7 +5,17 @@ outputs, ensembles, compression), `strategy`, `experiment` (the whole run and th
 together), `loading` (files, overrides, error messages).
 """
 
-from kdkit.config.base import AugmentConfig, DataConfig, ModelSpec, PhaseModel, RuntimeConfig, TrainConfig
+from kdkit.config.base import (
+    AugmentConfig,
+    DataConfig,
+    ModelSpec,
+    PhaseModel,
+    RuntimeConfig,
+    TextAugmentConfig,
+    TextDataConfig,
+    TrainConfig,
+    is_text_dataset,
+)
 from kdkit.config.distill import (
     CacheConfig,
     CompressConfig,
@@ -46,11 +56,14 @@ __all__ = [
     "StrategyKind",
     "TeacherConfig",
     "TermConfig",
+    "TextAugmentConfig",
+    "TextDataConfig",
     "TrainConfig",
     "UnlabeledConfig",
     "apply_overrides",
     "build_config",
     "format_validation_error",
+    "is_text_dataset",
     "load_config",
     "load_yaml",
     "parse_override",

@@ -7,7 +7,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from kdkit.config.base import DataConfig, ModelSpec, PhaseModel, RuntimeConfig, TrainConfig, _Strict
+from kdkit.config.base import (
+    DataConfig,
+    ModelSpec,
+    PhaseModel,
+    RuntimeConfig,
+    TextDataConfig,
+    TrainConfig,
+    _Strict,
+    is_text_dataset,
+)
 from kdkit.config.distill import CompressConfig, DistillConfig, EnsembleConfig
 from kdkit.config.strategy import StrategyConfig
 
@@ -144,6 +153,24 @@ class ExperimentConfig(_Strict):
                     f"unlabeled data (data.labeled_*) is labelled by the teacher once per round; "
                     f"distill.ensemble.mode {e.mode!r} cannot do that, use 'average'"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _text_tokenizer(self) -> ExperimentConfig:
+        # Sentences are tokenised with the teacher's tokenizer unless data.text.tokenizer names another.
+        if not is_text_dataset(self.data.dataset):
+            return self
+        text = self.data.text or TextDataConfig()
+        if text.tokenizer is None:
+            teacher = self.teacher.model.name if self.teacher.model is not None else ""
+            if not teacher.startswith("hf:"):
+                raise ValueError(
+                    f"data.text.tokenizer: sentence data ({self.data.dataset}) needs a tokenizer, hf:PATH; the "
+                    "teacher is not an hf: model, so name one"
+                )
+            text = text.model_copy(update={"tokenizer": teacher})
+        if self.data.text != text:
+            self.data.text = text
         return self
 
     def distill_train(self) -> TrainConfig:

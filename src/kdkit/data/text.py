@@ -265,3 +265,26 @@ class BucketLoader:
                 **{k: v.index_select(0, idx) for k, v in self.extras.items()},
             }
         self.start_batch = 0
+
+
+def concat_text(first: TextDataset, second: TextDataset, name: str) -> TextDataset:
+    """Return the sentences of both tokenised datasets (same classes and padding id), `first` first."""
+    if first.classes != second.classes or first.pad_id != second.pad_id:
+        raise DataError(f"cannot join {first.name!r} and {second.name!r}: other classes or padding id")
+    if not (first.tokenized and second.tokenized):
+        raise DataError(f"cannot join {first.name!r} and {second.name!r}: both must be tokenised")
+    assert first.input_ids is not None and second.input_ids is not None
+    assert first.lengths is not None and second.lengths is not None
+    width = max(first.input_ids.shape[1], second.input_ids.shape[1])
+    ids = np.full((len(first) + len(second), width), first.pad_id, dtype=np.int64)
+    ids[: len(first), : first.input_ids.shape[1]] = first.input_ids
+    ids[len(first) :, : second.input_ids.shape[1]] = second.input_ids
+    return TextDataset(
+        first.sentences + second.sentences,
+        np.concatenate([first.labels, second.labels]),
+        list(first.classes),
+        name,
+        input_ids=ids,
+        lengths=np.concatenate([first.lengths, second.lengths]),
+        pad_id=first.pad_id,
+    )

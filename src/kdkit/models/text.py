@@ -60,6 +60,8 @@ def _embedding(vocab: int, dim: int | None, pad_id: int, source: str | None, fre
             f"embeddings_from {source!r} has {weight.shape[0]} tokens but the data's vocabulary has {vocab}: "
             "tokenise the data with that model's tokenizer (data.tokenizer)"
         )
+    if weight.device.type == "meta":  # preflight builds on the meta device: the shape is all there is
+        return nn.Embedding(vocab, dim or weight.shape[1], padding_idx=pad_id)
     weight = projected_embeddings(weight, dim or weight.shape[1])
     emb = nn.Embedding.from_pretrained(weight, freeze=freeze, padding_idx=pad_id)
     return emb

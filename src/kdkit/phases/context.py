@@ -77,8 +77,9 @@ class RunContext:
         self, role: str, model: nn.Module, spec: ModelSpec, fit: FitResult | None, **extra: Any
     ) -> None:
         """Evaluate a trained model on validation and test, record it, and save its checkpoint."""
-        val = self.engine.evaluate(model, self.val_loader, self.bundle.num_classes)
-        test = self.engine.evaluate(model, self.test_loader, self.bundle.num_classes)
+        task = self.bundle.task
+        val = self.engine.evaluate(model, self.val_loader, self.bundle.num_classes, task)
+        test = self.engine.evaluate(model, self.test_loader, self.bundle.num_classes, task)
         self.records[role] = {**eval_record(model, fit, val, test), **extra}
         if distributed.info().is_main:
             meta = {"role": role, "dataset": self.cfg.data.dataset, "metrics": self.records[role]}

@@ -21,6 +21,7 @@ from kdkit.data.bundle import load_data, make_loader
 from kdkit.data.loader import Augment, AugParams
 from kdkit.data.sources import ArrayDataset
 from kdkit.data.splits import omit_classes
+from kdkit.data.text import TextDataset
 from kdkit.engine import Engine
 from kdkit.errors import ConfigError, ModelError
 from kdkit.metrics import MetricsLogger
@@ -37,12 +38,14 @@ def default_cache_root() -> Path:
     return Path(base).expanduser() / "teacher-outputs"
 
 
-def precomputed_logits(ctx: RunContext, teacher: nn.Module, transfer: ArrayDataset) -> torch.Tensor:
-    """Return the teacher's logits for every image of the transfer set, unaugmented, in order (CPU fp32)."""
+def precomputed_logits(
+    ctx: RunContext, teacher: nn.Module, transfer: ArrayDataset | TextDataset
+) -> torch.Tensor:
+    """Return the teacher's logits for every image (sentence) of the transfer set, unaugmented, in order (CPU fp32)."""
     plain = make_loader(
         transfer, ctx.bundle, ctx.cfg.runtime.eval_batch_size, train=False, channels_last=ctx.cl
     )
-    return ctx.engine.predict_logits(teacher, plain)
+    return ctx.engine.predict_logits(teacher, plain, ctx.bundle.task)
 
 
 def _cache_spec(ctx: RunContext, augment: Augment) -> CacheSpec:
