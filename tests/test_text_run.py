@@ -61,7 +61,7 @@ def _cfg(folders, **over):
             "model": {"name": "bilstm", "embed_dim": 16, "hidden": 16, "mlp": 16},
             "train": {**train, "epochs": 3, "lr": 1e-2},
         },
-        "distill": {"loss": "logit_mse", "alpha": 0.0, "beta": 1.0},
+        "distill": {"loss": "logit_mse", "alpha": 1.0, "beta": 0.0},  # Tang: logit regression alone
         "runtime": {"precision": "fp32", "progress": False, "tensorboard": False, "log_every": 1000},
     }
     for key, value in over.items():
@@ -108,6 +108,34 @@ def test_teacher_scratch_and_distilled_students_run_end_to_end(folders, tmp_path
     # The reloaded checkpoints predict what the run recorded, and they learnt the toy task.
     assert (t_right, s_right) == (100 - models["teacher"]["errors"], 100 - kd["errors"])
     assert t_right > 90 and s_right > 90
+
+
+def test_augmented_sentences_need_the_teacher_term(folders):
+    with pytest.raises(ValueError, match="data.text.augment adds unlabeled sentences .* distill.alpha is 0"):
+        _cfg(folders, distill={"loss": "kd", "alpha": 0.0, "beta": 1.0})
+
+
+def test_a_model_with_another_vocabulary_is_refused(folders, tmp_path):
+    bert, data = folders
+    text = {"tokenizer": f"hf:{bert}", "max_length": 24}
+    other = tiny_bert_folder(tmp_path / "other", words=["only", "three", "words"])
+    with pytest.raises(
+        ConfigError, match="teacher.model: hf:.* has another vocabulary than the data's tokenizer"
+    ):
+        plan_experiment(
+            _cfg(
+                folders,
+                data={"dataset": f"tsv:{data}", "text": text},
+                teacher={"model": {"name": f"hf:{other}"}},
+            )
+        )
+    same = tiny_bert_folder(tmp_path / "same", hidden=16)  # another folder with the same vocabulary is fine
+    plan = plan_experiment(
+        _cfg(
+            folders, data={"dataset": f"tsv:{data}", "text": text}, teacher={"model": {"name": f"hf:{same}"}}
+        )
+    )
+    assert [p.role for p in plan.phases] == ["teacher", "student_scratch", "student_kd"]
 
 
 def test_preflight_refuses_image_models_and_image_modes_on_sentences(folders):

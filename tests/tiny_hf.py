@@ -37,12 +37,12 @@ WORDS = [
 ]
 
 
-def tiny_bert_folder(folder: Path, *, hidden: int = 16, layers: int = 2) -> Path:
+def tiny_bert_folder(folder: Path, *, hidden: int = 16, layers: int = 2, words: list[str] = WORDS) -> Path:
     """Write a tiny random BertForSequenceClassification (safetensors) and its fast tokenizer to `folder`."""
     transformers = __import__("transformers")
     tokenizers = __import__("tokenizers")
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     wp = tokenizers.Tokenizer(
         tokenizers.models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]")

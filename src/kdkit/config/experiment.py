@@ -171,6 +171,11 @@ class ExperimentConfig(_Strict):
             text = text.model_copy(update={"tokenizer": teacher})
         if self.data.text != text:
             self.data.text = text
+        if text.augment is not None and not self.distill.terms and self.distill.alpha == 0:
+            raise ValueError(
+                "data.text.augment adds unlabeled sentences that only the teacher term teaches, but distill.alpha "
+                "is 0; set alpha > 0"
+            )
         return self
 
     def distill_train(self) -> TrainConfig:
