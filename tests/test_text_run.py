@@ -145,3 +145,40 @@ def test_preflight_refuses_image_models_and_image_modes_on_sentences(folders):
         plan_experiment(_cfg(folders, distill={"loss": "kd", "teacher_outputs": "cache"}))
     with pytest.raises(ConfigError, match="custom terms are not supported on sentence data"):
         plan_experiment(_cfg(folders, distill={"terms": [{"loss": "kd"}]}))
+
+
+def test_a_text_run_stopped_mid_epoch_resumes_bit_identical(folders, tmp_path, monkeypatch, capsys):
+    from kdkit import faults
+    from kdkit.engine import RunInterrupted
+    from kdkit.signals import STOP
+
+    cfg = _cfg(
+        folders,
+        phases=["teacher", "distill"],
+        teacher={"model": {"name": f"hf:{folders[0]}"}, "train": {"epochs": 0}},
+        distill={"loss": "kd", "alpha": 0.9, "beta": 0.1, "teacher_outputs": "online",
+                 "train": {"epochs": 2, "batch_size": 64, "optimizer": "adamw", "lr": 1e-2}},
+    )  # fmt: skip
+    whole = run_experiment(cfg, tmp_path / "whole")["models"]["student_kd"]
+    steps_per_epoch = -(-(256 + whole["augmented_sentences"]) // 64)
+    assert whole["steps"] == 2 * steps_per_epoch and whole["teacher_outputs"] == "online"
+    hits = {"n": 0}
+    stop_at = steps_per_epoch + 3  # mid-epoch 2: the epoch's bucketed order and the batch position matter
+
+    def stop(point):
+        hits["n"] += point == "step"
+        if hits["n"] == stop_at:
+            STOP.signum = 15
+
+    monkeypatch.setattr(faults, "hit", stop)
+    with pytest.raises(RunInterrupted):
+        run_experiment(cfg, tmp_path / "cut")
+    STOP.clear()
+    monkeypatch.undo()
+    capsys.readouterr()
+    resumed = run_experiment(cfg, tmp_path / "cut", resume=True)["models"]["student_kd"]
+    assert "[student_kd] resumed at epoch 2, batch 3" in capsys.readouterr().err
+    assert resumed["steps"] == whole["steps"] and resumed["errors"] == whole["errors"]
+    a = load_model(tmp_path / "whole" / "checkpoints" / "student_kd")[0].state_dict()
+    b = load_model(tmp_path / "cut" / "checkpoints" / "student_kd")[0].state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
