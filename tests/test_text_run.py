@@ -182,3 +182,11 @@ def test_a_text_run_stopped_mid_epoch_resumes_bit_identical(folders, tmp_path, m
     a = load_model(tmp_path / "whole" / "checkpoints" / "student_kd")[0].state_dict()
     b = load_model(tmp_path / "cut" / "checkpoints" / "student_kd")[0].state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_accuracy_counts_neither_ignored_nor_unlabeled_samples():
+    from kdkit.tasks import TOKEN_CLASSIFICATION
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 2.0]])
+    correct, counted = TOKEN_CLASSIFICATION.accuracy_counts(logits, torch.tensor([0, 0, -1, -100]))
+    assert (int(correct), int(counted)) == (1, 2)
