@@ -190,3 +190,23 @@ def test_training_accuracy_counts_neither_ignored_nor_unlabeled_samples():
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 2.0]])
     correct, counted = TOKEN_CLASSIFICATION.accuracy_counts(logits, torch.tensor([0, 0, -1, -100]))
     assert (int(correct), int(counted)) == (1, 2)
+
+
+def test_precomputed_teacher_logits_run_by_length_and_come_back_in_order(folders):
+    from types import SimpleNamespace
+
+    from kdkit.engine import Engine
+    from kdkit.models import create
+    from kdkit.phases.teacher_outputs import precomputed_logits
+    from kdkit.runtime import resolve_runtime
+
+    cfg = _cfg(folders)
+    bundle = load_data(cfg.data, cfg.seed)
+    engine = Engine(resolve_runtime("fp32"), progress=False)
+    ctx = SimpleNamespace(bundle=bundle, engine=engine, cfg=cfg, cl=False)
+    torch.manual_seed(0)
+    teacher = create(f"hf:{folders[0]}", num_classes=2).eval()
+    logits = precomputed_logits(ctx, teacher, bundle.test)
+    plain = engine.predict_logits(teacher, make_loader(bundle.test, bundle, 100, train=False), bundle.task)
+    assert logits.shape == (100, 2)
+    torch.testing.assert_close(logits, plain, rtol=0, atol=1e-5)

@@ -10,6 +10,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
@@ -41,10 +42,19 @@ def default_cache_root() -> Path:
 def precomputed_logits(
     ctx: RunContext, teacher: nn.Module, transfer: ArrayDataset | TextDataset
 ) -> torch.Tensor:
-    """Return the teacher's logits for every image (sentence) of the transfer set, unaugmented, in order (CPU fp32)."""
-    plain = make_loader(
-        transfer, ctx.bundle, ctx.cfg.runtime.eval_batch_size, train=False, channels_last=ctx.cl
-    )
+    """Return the teacher's logits for every image (sentence) of the transfer set, unaugmented, in order (CPU fp32).
+
+    Sentences run in order of length, so that each batch is padded little; the logits come back in set order.
+    """
+    bs = ctx.cfg.runtime.eval_batch_size
+    if isinstance(transfer, TextDataset) and transfer.lengths is not None:
+        order = np.argsort(transfer.lengths, kind="stable")
+        plain = make_loader(transfer.subset(order, name=transfer.name), ctx.bundle, bs, train=False)
+        by_length = ctx.engine.predict_logits(teacher, plain, ctx.bundle.task)
+        logits = torch.empty_like(by_length)
+        logits[torch.from_numpy(order)] = by_length
+        return logits
+    plain = make_loader(transfer, ctx.bundle, bs, train=False, channels_last=ctx.cl)
     return ctx.engine.predict_logits(teacher, plain, ctx.bundle.task)
 
 
