@@ -210,3 +210,29 @@ def test_precomputed_teacher_logits_run_by_length_and_come_back_in_order(folders
     plain = engine.predict_logits(teacher, make_loader(bundle.test, bundle, 100, train=False), bundle.task)
     assert logits.shape == (100, 2)
     torch.testing.assert_close(logits, plain, rtol=0, atol=1e-5)
+
+
+def test_mutual_peers_and_a_teacher_ensemble_train_on_sentences(folders, tmp_path):
+    peer = {"name": "bilstm", "embed_dim": 8, "hidden": 8, "mlp": 8}
+    small = {"epochs": 1, "batch_size": 64, "optimizer": "adamw", "lr": 1e-2}
+    dml = _cfg(
+        folders,
+        phases=["distill"],
+        distill={"loss": "kd", "temperature": 1.0, "alpha": 1.0, "beta": 1.0, "train": small},
+        strategy={
+            "kind": "mutual",
+            "peers": [peer, {"name": "textcnn", "embed_dim": 8, "filters": 4, "widths": [2, 3]}],
+        },
+    )
+    models = run_experiment(dml, tmp_path / "dml")["models"]
+    assert len(models) == 2 and all(r["test_size"] == 100 for r in models.values())
+    bert = {"name": f"hf:{folders[0]}"}
+    ens = _cfg(
+        folders,
+        phases=["teacher", "distill"],
+        teacher={"ensemble": [{"model": bert, "train": {"epochs": 0}}, {"model": peer, "train": small}]},
+        distill={"loss": "kd", "alpha": 0.9, "beta": 0.1, "train": small},
+    )
+    models = run_experiment(ens, tmp_path / "ens")["models"]
+    assert "teacher" in models and models["teacher"]["test_size"] == 100
+    assert models["student_kd"]["teacher_outputs"] == "precompute"

@@ -162,13 +162,16 @@ class ExperimentConfig(_Strict):
             return self
         text = self.data.text or TextDataConfig()
         if text.tokenizer is None:
-            teacher = self.teacher.model.name if self.teacher.model is not None else ""
-            if not teacher.startswith("hf:"):
+            # The teacher's, or the first hf: member's of a teacher ensemble.
+            members = [self.teacher.model] if self.teacher.model is not None else []
+            members += [m.model for m in self.teacher.ensemble or [] if m.model is not None]
+            hf = [m.name for m in members if m.name.startswith("hf:")]
+            if not hf:
                 raise ValueError(
                     f"data.text.tokenizer: sentence data ({self.data.dataset}) needs a tokenizer, hf:PATH; the "
                     "teacher is not an hf: model, so name one"
                 )
-            text = text.model_copy(update={"tokenizer": teacher})
+            text = text.model_copy(update={"tokenizer": hf[0]})
         if self.data.text != text:
             self.data.text = text
         if text.augment is not None and not self.distill.terms and self.distill.alpha == 0:

@@ -106,7 +106,7 @@ def _class_bias(phase: DistillPhase, ctx: RunContext) -> Callable[[nn.Module], d
     def adjust(model: nn.Module) -> dict[str, Any]:
         if not phase.class_bias:
             return {}
-        before = ctx.engine.evaluate(model, ctx.test_loader, ctx.bundle.num_classes)
+        before = ctx.engine.evaluate(model, ctx.test_loader, ctx.bundle.num_classes, ctx.bundle.task)
         adjust_class_bias(model, phase.class_bias)
         return {
             "before_class_bias": {
