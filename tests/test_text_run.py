@@ -11,9 +11,10 @@ pytest.importorskip("transformers")
 
 from tiny_hf import tiny_bert_folder  # noqa: E402
 
+from kdkit.cli import main  # noqa: E402
 from kdkit.config import ExperimentConfig  # noqa: E402
 from kdkit.data.bundle import load_data, make_loader  # noqa: E402
-from kdkit.errors import ConfigError  # noqa: E402
+from kdkit.errors import ConfigError, ModelError  # noqa: E402
 from kdkit.experiment import plan_experiment, run_experiment  # noqa: E402
 from kdkit.model_io import load_model  # noqa: E402
 
@@ -84,7 +85,7 @@ def test_the_bundle_tokenises_with_the_teachers_tokenizer_and_serves_token_batch
     assert batch["input_ids"].shape[1] == int(batch["attention_mask"].sum(1).max())
 
 
-def test_teacher_scratch_and_distilled_students_run_end_to_end(folders, tmp_path):
+def test_teacher_scratch_and_distilled_students_run_end_to_end(folders, tmp_path, capsys):
     cfg = _cfg(folders)
     summary = run_experiment(cfg, tmp_path / "run")
     models = summary["models"]
@@ -108,6 +109,25 @@ def test_teacher_scratch_and_distilled_students_run_end_to_end(folders, tmp_path
     # The reloaded checkpoints predict what the run recorded, and they learnt the toy task.
     assert (t_right, s_right) == (100 - models["teacher"]["errors"], 100 - kd["errors"])
     assert t_right > 90 and s_right > 90
+    assert meta["text"] == {
+        "tokenizer": f"hf:{folders[0]}", "max_length": 24, "label_column": 0, "text_column": 1, "header": True
+    }  # fmt: skip
+    # `kdkit eval` tokenises the test split as the model was trained and finds the run's figure.
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run" / "checkpoints" / "student_kd")]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (out["total"], out["errors"], out["split"]) == (100, kd["errors"], "test")
+    # The fine-tuned teacher, loaded from its checkpoint, teaches again; another tokenizer is refused.
+    ckpt = str(tmp_path / "run" / "checkpoints" / "teacher")
+    again = _cfg(
+        folders, phases=["distill"], teacher={"model": {"name": f"hf:{folders[0]}"}, "checkpoint": ckpt}
+    )
+    assert run_experiment(again, tmp_path / "again")["models"]["student_kd"]["errors"] == kd["errors"]
+    other = tiny_bert_folder(tmp_path / "copy")  # the same vocabulary, but not the folder it was trained with
+    moved = again.model_copy(deep=True)
+    moved.data.text.tokenizer = f"hf:{other}"
+    with pytest.raises(ModelError, match="was trained on token ids of hf:.* but this run tokenises with hf:"):
+        plan_experiment(moved)
 
 
 def test_augmented_sentences_need_the_teacher_term(folders):
@@ -236,3 +256,15 @@ def test_mutual_peers_and_a_teacher_ensemble_train_on_sentences(folders, tmp_pat
     models = run_experiment(ens, tmp_path / "ens")["models"]
     assert "teacher" in models and models["teacher"]["test_size"] == 100
     assert models["student_kd"]["teacher_outputs"] == "precompute"
+
+
+def test_checkpoints_of_images_and_of_sentences_do_not_mix():
+    from kdkit.model_io import check_text
+
+    text = {"tokenizer": "hf:a", "max_length": 24}
+    check_text({"text": text}, "teacher.checkpoint", "t", dict(text, max_length=64))  # any length is fine
+    check_text({}, "teacher.checkpoint", "t", None)
+    with pytest.raises(ModelError, match="'t' was trained on images, but this run's data are sentences"):
+        check_text({}, "teacher.checkpoint", "t", text)
+    with pytest.raises(ModelError, match="'t' was trained on sentences, but this run's data are images"):
+        check_text({"text": text}, "teacher.checkpoint", "t", None)

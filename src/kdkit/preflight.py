@@ -41,6 +41,7 @@ from kdkit.model_io import (
     check_classes,
     check_image_size,
     check_test_images,
+    check_text,
     read_model_meta,
     rebuild_model,
 )
@@ -91,7 +92,9 @@ def _sources(plan: Plan, cfg: ExperimentConfig, bundle: DataBundle) -> dict[str,
             check_classes(
                 meta, phase.field, phase.checkpoint, classes, cfg.data.dataset, phase.same_class_names
             )
-            check_image_size(meta, phase.field, phase.checkpoint, bundle.image_size)
+            check_text(meta, phase.field, phase.checkpoint, bundle.text)
+            if not bundle.is_text:  # sentence models read any length
+                check_image_size(meta, phase.field, phase.checkpoint, bundle.image_size)
             check_test_images(meta, phase.field, phase.checkpoint, bundle.split)
             out[phase.role] = _Source(phase.checkpoint, meta=meta)
         elif isinstance(phase, (TrainPhase, DistillPhase)):

@@ -58,8 +58,9 @@ class DataBundle:
     vocab_size: int | None = None
     max_length: int | None = None
     bucket_chunk: int = 50
-    augmented: TextDataset | None = (
-        None  # Tang et al.'s augmented training sentences (unlabeled), data.text.augment
+    augmented: TextDataset | None = None  # Tang et al.'s augmented sentences (unlabeled)
+    text: dict[str, Any] | None = (
+        None  # data.text as run (tokenizer, max_length, columns): kept in checkpoints
     )
 
     @property
@@ -205,6 +206,7 @@ def _load_text_data(cfg: DataConfig, seed: int) -> DataBundle:
         max_length=t.max_length,
         bucket_chunk=t.bucket_chunk,
         augmented=augmented,
+        text=t.model_dump(mode="json", exclude={"augment", "bucket_chunk"}),
     )
 
 
