@@ -1,10 +1,19 @@
 """Tang's transfer-set augmentation: masking, frequency-neighbour replacement, n-gram sampling; seeded."""
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
+from kdkit.data import text_augment
 from kdkit.data.text import SST2_CLASSES, TextDataset
-from kdkit.data.text_augment import FrequencyNeighbours, TextAugment, augment_dataset, augment_sentence
+from kdkit.data.text_augment import (
+    FrequencyNeighbours,
+    PosNeighbours,
+    TextAugment,
+    augment_dataset,
+    augment_sentence,
+)
 from kdkit.errors import ConfigError
 
 CORPUS = [
@@ -102,3 +111,64 @@ def test_the_mask_token_is_one_token_for_the_teachers_tokenizer(tmp_path):
         tok.convert_tokens_to_ids("film"),
         3,
     ]
+
+
+class _LookupTagger:
+    """A stand-in tagger: a fixed tag per word (the real one tags in context)."""
+
+    TAGS = {"good": "ADJ", "bad": "ADJ", "dull": "ADJ", "fun": "ADJ", "best": "ADJ", "boring": "ADJ"}
+
+    def tag(self, words):
+        return [self.TAGS.get(w, "NOUN") for w in words]
+
+
+def test_pos_replacement_draws_words_of_the_same_tag_by_their_unigram_counts():
+    corpus = ["good good good film", "bad film , movie", "dull story ."]
+    nb = PosNeighbours(corpus, _LookupTagger())
+    assert nb.tags[1] == ["ADJ", "NOUN", None, "NOUN"]  # a token without a letter is never tagged
+    assert nb.words["ADJ"] == ["good", "bad", "dull"] and nb.words["NOUN"] == ["film", "movie", "story"]
+    rng = np.random.default_rng(0)
+    drawn = Counter()
+    for _ in range(4000):
+        new = nb.replacements(corpus[1].split(), rng, index=1)
+        assert new[2] == "," and new[0] in {"good", "bad", "dull"} and new[1] in {"film", "movie", "story"}
+        drawn[new[0]] += 1
+    # good 3/5, bad 1/5, dull 1/5 of the adjectives in the corpus
+    assert abs(drawn["good"] / 4000 - 0.6) < 0.03 and abs(drawn["dull"] / 4000 - 0.2) < 0.03
+
+
+def test_pos_mode_augments_with_a_tagger_and_asks_for_the_package_without_one(monkeypatch):
+    aug = TextAugment(copies=6, p_mask=0.0, p_replace=0.5, p_ng=0.0, replace="pos")
+    monkeypatch.setattr(text_augment, "pos_tagger", lambda: _LookupTagger())
+    out, src = augment_dataset(_ds(), aug, "[MASK]", seed=1)
+    adjectives = set(_LookupTagger.TAGS)
+    for text, i in zip(out.sentences, src, strict=True):
+        for old, new in zip(CORPUS[i].split(), text.split(), strict=True):
+            assert (old in adjectives) == (new in adjectives) or old == ","
+    monkeypatch.undo()
+    real = text_augment.importlib.import_module
+
+    def no_tagger(name, *a, **k):
+        if name == "denckring_en_pos":
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(text_augment.importlib, "import_module", no_tagger)
+    with pytest.raises(ConfigError, match="pip install denckring-en-pos"):
+        augment_dataset(_ds(), aug, "[MASK]", seed=1)
+
+
+def test_the_packaged_english_tagger_keeps_parts_of_speech():
+    pytest.importorskip(
+        "denckring_en_pos", reason="the optional PyPI package denckring-en-pos is not installed"
+    )
+    tagger = text_augment.pos_tagger()
+    sentences = ["the film is a good movie", "a dull , boring story", "the actors are fun"]
+    nb = PosNeighbours(sentences, tagger)
+    assert nb.tags[0][:2] == ["DET|-", "NOUN|-"] and nb.tags[1][2] is None
+    rng = np.random.default_rng(0)
+    for i, s in enumerate(sentences):
+        for _ in range(20):
+            new = nb.replacements(s.split(), rng, index=i)
+            for tag, word in zip(nb.tags[i], new, strict=True):
+                assert tag is None or word in nb.words[tag]

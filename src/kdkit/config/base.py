@@ -113,11 +113,16 @@ class TextAugmentConfig(_Strict):
         0.1,
         ge=0,
         le=1,
-        description="per word: replace it by a word of similar unigram frequency (Tang: of the same part of speech)",
+        description="per word: replace it by another word (see replace)",
     )
     p_ng: float = Field(0.25, ge=0, le=1, description="per draft: keep only a random n-gram of it")
     max_ngram: int = Field(5, ge=1, description="n-gram sampling: n is drawn uniformly from 1..max_ngram")
-    window: int = Field(10, ge=1, description="replacement: words within this many frequency ranks")
+    window: int = Field(10, ge=1, description="replace frequency: words within this many frequency ranks")
+    replace: Literal["frequency", "pos"] = Field(
+        "frequency",
+        description="word replacement: frequency (a word of similar corpus frequency) or pos (Tang's: a word of the "
+        "same part of speech from its unigram distribution; needs `pip install denckring-en-pos`)",
+    )
 
 
 class TextDataConfig(_Strict):
