@@ -112,8 +112,9 @@ def test_teacher_scratch_and_distilled_students_run_end_to_end(folders, tmp_path
     assert meta["text"] == {
         "tokenizer": f"hf:{folders[0]}", "max_length": 24, "label_column": 0, "text_column": 1, "header": True
     }  # fmt: skip
+    drafts = f"augmented sentences: {kd['augmented_sentences']} drafts of the 256 training sentences"
+    assert drafts in capsys.readouterr().err
     # `kdkit eval` tokenises the test split as the model was trained and finds the run's figure.
-    capsys.readouterr()
     assert main(["eval", str(tmp_path / "run" / "checkpoints" / "student_kd")]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (out["total"], out["errors"], out["split"]) == (100, kd["errors"], "test")
