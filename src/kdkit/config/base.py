@@ -91,14 +91,8 @@ class SplitFolders(_Strict):
     )
 
 
-TEXT_DATASETS = (
-    "sst2",
-    "tsv:",
-)  # sentence data: "sst2", or "tsv:<folder>" holding train.tsv and dev.tsv/test.tsv
-
-
 def is_text_dataset(name: str) -> bool:
-    """Return True when a data.dataset name is sentence data (tokenised, batched by length)."""
+    """Return True when a data.dataset name is sentence data: sst2, or tsv:<folder> (train.tsv, test/dev.tsv)."""
     return name == "sst2" or name.startswith("tsv:")
 
 
