@@ -100,7 +100,8 @@ def tokenizer(tmp_path_factory):
 
 def test_tokenize_right_pads_with_the_tokenizers_pad_id_and_truncates(tokenizer):
     ds = tokenize(_dataset(), tokenizer, max_length=16)
-    assert ds.input_ids.shape == (103, 16) and ds.pad_id == tokenizer.pad_token_id == 0
+    assert ds.input_ids.shape == (103, 16) and ds.input_ids.dtype == np.int32
+    assert ds.pad_id == tokenizer.pad_token_id == 0
     first = tokenizer(ds.sentences[0], truncation=True, max_length=16)["input_ids"]
     assert first[-1] == 3  # truncation keeps the closing [SEP]
     assert ds.input_ids[0, : len(first)].tolist() == first and ds.lengths[0] == len(first)
@@ -126,7 +127,10 @@ def test_bucketed_batches_cover_every_sentence_once_and_pad_little(tokenizer):
         lengths = torch.from_numpy(ds.lengths)[b["index"]]
         assert b["input_ids"].shape[1] == int(lengths.max())
         assert torch.equal(b["attention_mask"].sum(1), lengths)
-        assert torch.equal(b["input_ids"], torch.from_numpy(ds.input_ids)[b["index"], : int(lengths.max())])
+        assert b["input_ids"].dtype == torch.int64
+        assert torch.equal(
+            b["input_ids"], torch.from_numpy(ds.input_ids)[b["index"], : int(lengths.max())].long()
+        )
         assert torch.equal(b["labels"], torch.from_numpy(ds.labels)[b["index"]])
 
 
@@ -169,3 +173,18 @@ def test_bucket_batches_sort_within_chunks():
 def test_untokenised_data_is_refused():
     with pytest.raises(DataError, match="not tokenised"):
         BucketLoader(_dataset(), 8)
+
+
+def test_joining_tokenised_sets_pads_to_the_wider(tokenizer):
+    from kdkit.data.text import concat_text
+
+    a = tokenize(_dataset(n=5, seed=3), tokenizer, max_length=8)
+    b = tokenize(_dataset(n=4, seed=4), tokenizer, max_length=30)
+    joined = concat_text(a, b, "both")
+    assert len(joined) == 9 and joined.input_ids.shape[1] == max(a.input_ids.shape[1], b.input_ids.shape[1])
+    assert (joined.input_ids[:5, a.input_ids.shape[1] :] == a.pad_id).all()
+    assert np.array_equal(joined.input_ids[5:, : b.input_ids.shape[1]], b.input_ids)
+    assert np.array_equal(joined.lengths, np.concatenate([a.lengths, b.lengths]))
+    assert joined.sentences == a.sentences + b.sentences and joined.labels.tolist()[5:] == b.labels.tolist()
+    with pytest.raises(DataError, match="both must be tokenised"):
+        concat_text(a, _dataset(n=2), "x")

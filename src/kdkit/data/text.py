@@ -75,7 +75,8 @@ def read_tsv(
 class TextDataset:
     """Sentences with integer labels (label ``i`` is ``classes[i]``; -1 for an unlabeled sentence).
 
-    After `tokenize`, ``input_ids`` (N, L) int64 holds each sentence's token ids right-padded with ``pad_id``,
+    After `tokenize`, ``input_ids`` (N, L) int32 holds each sentence's token ids right-padded with ``pad_id``
+    (int32 halves the memory of a large augmented set; batches are served as int64),
     and ``lengths`` (N,) their counts.
     """
 
@@ -156,7 +157,7 @@ def tokenize(ds: TextDataset, tokenizer: Any, max_length: int) -> TextDataset:
         raise DataError(f"the tokenizer of {ds.name!r} has no padding token")
     enc = tokenizer(list(ds.sentences), truncation=True, max_length=max_length, padding=False)["input_ids"]
     lengths = np.fromiter((len(e) for e in enc), dtype=np.int64, count=len(enc))
-    ids = np.full((len(enc), max(int(lengths.max(initial=1)), 1)), pad_id, dtype=np.int64)
+    ids = np.full((len(enc), max(int(lengths.max(initial=1)), 1)), pad_id, dtype=np.int32)
     for i, e in enumerate(enc):
         ids[i, : len(e)] = e
     out = ds.subset(np.arange(len(ds)), name=ds.name)
@@ -258,7 +259,7 @@ class BucketLoader:
             lengths = self.lengths.index_select(0, idx)
             width = max(int(lengths.max()), 1) if len(idx) else 1
             yield {
-                INPUT_IDS: self.input_ids.index_select(0, idx)[:, :width],
+                INPUT_IDS: self.input_ids.index_select(0, idx)[:, :width].long(),
                 ATTENTION_MASK: (torch.arange(width)[None] < lengths[:, None]).long(),
                 LABELS: self.labels.index_select(0, idx),
                 INDEX: idx,
@@ -276,7 +277,7 @@ def concat_text(first: TextDataset, second: TextDataset, name: str) -> TextDatas
     assert first.input_ids is not None and second.input_ids is not None
     assert first.lengths is not None and second.lengths is not None
     width = max(first.input_ids.shape[1], second.input_ids.shape[1])
-    ids = np.full((len(first) + len(second), width), first.pad_id, dtype=np.int64)
+    ids = np.full((len(first) + len(second), width), first.pad_id, dtype=np.int32)
     ids[: len(first), : first.input_ids.shape[1]] = first.input_ids
     ids[len(first) :, : second.input_ids.shape[1]] = second.input_ids
     return TextDataset(
