@@ -63,7 +63,13 @@ def _cfg(folders, **over):
             "train": {**train, "epochs": 3, "lr": 1e-2},
         },
         "distill": {"loss": "logit_mse", "alpha": 1.0, "beta": 0.0},  # Tang: logit regression alone
-        "runtime": {"precision": "fp32", "progress": False, "tensorboard": False, "log_every": 1000},
+        "runtime": {
+            "precision": "fp32",
+            "threads": 1,
+            "progress": False,
+            "tensorboard": False,
+            "log_every": 1000,
+        },
     }
     for key, value in over.items():
         section, _, field = key.partition("__")
