@@ -172,6 +172,12 @@ def test_preflight_refuses_image_models_and_image_modes_on_sentences(folders):
         plan_experiment(_cfg(folders, distill={"loss": "kd", "teacher_outputs": "cache"}))
     with pytest.raises(ConfigError, match="custom terms are not supported on sentence data"):
         plan_experiment(_cfg(folders, distill={"terms": [{"loss": "kd"}]}))
+    with pytest.raises(ConfigError, match="compress: .* not yet for sentence models"):
+        plan_experiment(_cfg(folders, compress={}))
+    from kdkit.phases.teacher_outputs import build_teacher_cache
+
+    with pytest.raises(ConfigError, match="kdkit cache keeps teacher outputs of augmented images"):
+        build_teacher_cache(_cfg(folders, teacher={"model": {"name": f"hf:{folders[0]}"}, "checkpoint": "t"}))
 
 
 def test_a_text_run_stopped_mid_epoch_resumes_bit_identical(folders, tmp_path, monkeypatch, capsys):

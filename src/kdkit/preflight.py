@@ -181,6 +181,10 @@ def _check_text(
                 f"{src.key}: {name} has another vocabulary than the data's tokenizer {cfg.data.text.tokenizer}: its "
                 "token ids would mean other words; set data.text.tokenizer to the model's folder"
             )
+    if plan.compress:
+        raise ConfigError(
+            "compress: pruning, int8 and ONNX export are for image models, not yet for sentence models"
+        )
     for phase in plan.phases:
         if not isinstance(phase, DistillPhase):
             continue

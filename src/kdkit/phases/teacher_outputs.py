@@ -120,6 +120,10 @@ def build_teacher_cache(cfg: ExperimentConfig, console: Console | None = None) -
     runtime = resolve_runtime(cfg.runtime.precision, cfg.runtime.threads, cfg.runtime.channels_last)
     engine = Engine(runtime, MetricsLogger(None), console, progress=False)
     bundle = load_data(cfg.data, cfg.seed)
+    if bundle.is_text:
+        raise ConfigError(
+            "kdkit cache keeps teacher outputs of augmented images; sentence data has none to cache"
+        )
     ctx = RunContext(cfg, bundle, engine, Path(cfg.teacher.checkpoint).parent, resume=False)
     teacher, meta = load_model(cfg.teacher.checkpoint)
     if meta["num_classes"] != bundle.num_classes:
