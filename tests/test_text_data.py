@@ -188,3 +188,12 @@ def test_joining_tokenised_sets_pads_to_the_wider(tokenizer):
     assert joined.sentences == a.sentences + b.sentences and joined.labels.tolist()[5:] == b.labels.tolist()
     with pytest.raises(DataError, match="both must be tokenised"):
         concat_text(a, _dataset(n=2), "x")
+
+
+def test_tokenising_in_chunks_gives_the_same_ids(tokenizer):
+    ds = _dataset(n=50, seed=5)
+    whole, chunked = tokenize(ds, tokenizer, 40), tokenize(ds, tokenizer, 40, chunk=7)
+    assert np.array_equal(whole.input_ids, chunked.input_ids) and np.array_equal(
+        whole.lengths, chunked.lengths
+    )
+    assert whole.input_ids.shape[1] == whole.lengths.max() < 40  # trimmed to the longest sentence

@@ -148,20 +148,36 @@ def load_tsv_dataset(
     return TextDataset(sentences, labels, names, name or Path(path).stem)
 
 
-def tokenize(ds: TextDataset, tokenizer: Any, max_length: int) -> TextDataset:
-    """Return the dataset with its token ids, from a fast tokenizer in one batched call (truncated to max_length)."""
+def tokenize(ds: TextDataset, tokenizer: Any, max_length: int, chunk: int = 8192) -> TextDataset:
+    """Return the dataset with its token ids (truncated to max_length), from a fast tokenizer in batched calls.
+
+    Sentences go to the tokenizer `chunk` at a time, so that a million augmented sentences never hold a million
+    encodings in memory at once.
+    """
     if max_length < 2:
         raise DataError(f"max_length must be >= 2 (room for the special tokens), got {max_length}")
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         raise DataError(f"the tokenizer of {ds.name!r} has no padding token")
-    enc = tokenizer(list(ds.sentences), truncation=True, max_length=max_length, padding=False)["input_ids"]
-    lengths = np.fromiter((len(e) for e in enc), dtype=np.int64, count=len(enc))
-    ids = np.full((len(enc), max(int(lengths.max(initial=1)), 1)), pad_id, dtype=np.int32)
-    for i, e in enumerate(enc):
-        ids[i, : len(e)] = e
-    out = ds.subset(np.arange(len(ds)), name=ds.name)
-    out.input_ids, out.lengths, out.pad_id = ids, lengths, int(pad_id)
+    n = len(ds)
+    ids = np.full((n, max_length), pad_id, dtype=np.int32)
+    lengths = np.zeros(n, dtype=np.int64)
+    for start in range(0, n, chunk):
+        enc = tokenizer(
+            list(ds.sentences[start : start + chunk]),
+            truncation=True,
+            max_length=max_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        for i, e in enumerate(enc, start=start):
+            ids[i, : len(e)] = e
+            lengths[i] = len(e)
+    width = max(int(lengths.max(initial=1)), 1)
+    out = ds.subset(np.arange(n), name=ds.name)
+    out.input_ids = np.ascontiguousarray(ids[:, :width])
+    out.lengths, out.pad_id = lengths, int(pad_id)
     return out
 
 
