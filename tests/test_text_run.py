@@ -17,6 +17,7 @@ from kdkit.data.bundle import load_data, make_loader  # noqa: E402
 from kdkit.errors import ConfigError, ModelError  # noqa: E402
 from kdkit.experiment import plan_experiment, run_experiment  # noqa: E402
 from kdkit.model_io import load_model  # noqa: E402
+from kdkit.strategies import make_plan  # noqa: E402
 
 GOOD = ["good", "great", "fun", "best", "love", "funny"]
 BAD = ["bad", "awful", "dull", "boring", "worst", "hate"]
@@ -85,6 +86,8 @@ def test_the_bundle_tokenises_with_the_teachers_tokenizer_and_serves_token_batch
     assert bundle.in_channels == 36 and bundle.image_size == 24 and bundle.num_classes == 2
     assert bundle.task.input_keys == ("input_ids", "attention_mask")
     assert bundle.augmented is not None and (bundle.augmented.labels == -1).all()
+    described = make_plan(cfg).phases[2].transfer.describe()
+    assert described == "training split + augmented sentences, unlabeled (data.text.augment)"
     assert 256 < len(bundle.augmented) <= 2 * 256
     batch = next(iter(make_loader(bundle.train, bundle, 32, train=True, seed=0)))
     assert set(batch) == {"input_ids", "attention_mask", "labels", "index"}
@@ -137,9 +140,11 @@ def test_teacher_scratch_and_distilled_students_run_end_to_end(folders, tmp_path
         plan_experiment(moved)
 
 
-def test_augmented_sentences_need_the_teacher_term(folders):
+def test_augmented_sentences_need_the_teacher_term_and_all_classes(folders):
     with pytest.raises(ValueError, match="data.text.augment adds unlabeled sentences .* distill.alpha is 0"):
         _cfg(folders, distill={"loss": "kd", "alpha": 0.0, "beta": 1.0})
+    with pytest.raises(ValueError, match="distill.omit_classes cannot be combined with data.text.augment"):
+        _cfg(folders, distill={"loss": "kd", "omit_classes": [1]})
 
 
 def test_a_model_with_another_vocabulary_is_refused(folders, tmp_path):
@@ -163,6 +168,7 @@ def test_a_model_with_another_vocabulary_is_refused(folders, tmp_path):
         )
     )
     assert [p.role for p in plan.phases] == ["teacher", "student_scratch", "student_kd"]
+    assert plan.phases[2].transfer.describe() == "training split"  # no data.text.augment here
 
 
 def test_preflight_refuses_image_models_and_image_modes_on_sentences(folders):

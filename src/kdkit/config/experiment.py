@@ -174,6 +174,11 @@ class ExperimentConfig(_Strict):
             text = text.model_copy(update={"tokenizer": hf[0]})
         if self.data.text != text:
             self.data.text = text
+        if text.augment is not None and self.distill.omit_classes:
+            raise ValueError(
+                "distill.omit_classes cannot be combined with data.text.augment (the drafts of omitted sentences "
+                "would stay in the transfer set)"
+            )
         if text.augment is not None and not self.distill.terms and self.distill.alpha == 0:
             raise ValueError(
                 "data.text.augment adds unlabeled sentences that only the teacher term teaches, but distill.alpha "

@@ -55,8 +55,9 @@ def _transfer_set(
         return transfer, fixed, {"unlabeled": {**info, "round": t.round, "rounds": u.rounds}}
     transfer = omit_classes(train, list(t.omit_classes)) if t.omit_classes else train
     augmented = ctx.bundle.augmented
-    if augmented is not None and isinstance(transfer, TextDataset):
+    if t.augmented_sentences:
         # Tang et al.: the training sentences and their augmented drafts, which only the teacher labels.
+        assert augmented is not None and isinstance(transfer, TextDataset)
         transfer = concat_text(transfer, augmented, f"{transfer.name}+augmented")
         return transfer, None, {"augmented_sentences": len(augmented)}
     return transfer, None, {}
