@@ -39,8 +39,8 @@ WORDS = [
 
 def tiny_bert_folder(folder: Path, *, hidden: int = 16, layers: int = 2, words: list[str] = WORDS) -> Path:
     """Write a tiny random BertForSequenceClassification (safetensors) and its fast tokenizer to `folder`."""
-    transformers = __import__("transformers")
-    tokenizers = __import__("tokenizers")
+    import tokenizers  # imported here: test modules import this helper before skipping without transformers
+    import transformers
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
