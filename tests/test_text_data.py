@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from kdkit.data.batches import BatchLoader
 from kdkit.data.splits import split_train_val
 from kdkit.data.text import (
     SST2_CLASSES,
@@ -152,7 +153,8 @@ def test_order_is_seeded_per_epoch_and_resume_continues_mid_epoch(tokenizer):
 def test_an_unshuffled_loader_keeps_order_and_shards_split_each_batch(tokenizer):
     ds = tokenize(_dataset(n=50), tokenizer, max_length=40)
     plain = BucketLoader(ds, 20, extras={"teacher.logits": torch.arange(100.0).reshape(50, 2)})
-    assert plain.ordered and plain.batch_keys() >= {"input_ids", "attention_mask", "labels", "index"}
+    assert isinstance(plain, BatchLoader) and plain.ordered
+    assert plain.batch_keys() >= {"input_ids", "attention_mask", "labels", "index"}
     got = list(plain)
     assert torch.equal(torch.cat([b["index"] for b in got]), torch.arange(50))
     assert torch.equal(got[1]["teacher.logits"][0], torch.tensor([40.0, 41.0]))

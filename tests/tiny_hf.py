@@ -41,6 +41,7 @@ def tiny_bert_folder(folder: Path, *, hidden: int = 16, layers: int = 2, words: 
     """Write a tiny random BertForSequenceClassification (safetensors) and its fast tokenizer to `folder`."""
     import tokenizers  # imported here: test modules import this helper before skipping without transformers
     import transformers
+
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
