@@ -199,3 +199,14 @@ def test_tokenising_in_chunks_gives_the_same_ids(tokenizer):
         whole.lengths, chunked.lengths
     )
     assert whole.input_ids.shape[1] == whole.lengths.max() < 40  # trimmed to the longest sentence
+
+
+def test_evaluation_loaders_may_serve_sentences_by_length(tokenizer):
+    ds = tokenize(_dataset(n=90, seed=6), tokenizer, 40)
+    loader = BucketLoader(ds, 16, by_length=True)
+    batches = list(loader)
+    assert not loader.ordered  # predictions, which need the set's order, refuse it
+    assert sorted(torch.cat([b["index"] for b in batches]).tolist()) == list(range(90))
+    widths = [b["input_ids"].shape[1] for b in batches]
+    assert widths == sorted(widths) and sum(widths) < len(widths) * int(ds.lengths.max())
+    assert BucketLoader(ds, 16, shuffle=True, by_length=True).by_length is False  # training shuffles

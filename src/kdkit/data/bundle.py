@@ -285,8 +285,13 @@ def make_loader(
     extras: dict[str, torch.Tensor] | None = None,
     draws: AugParams | None = None,
     draw_extras: dict[str, torch.Tensor] | None = None,
+    by_length: bool = False,
 ) -> InMemoryLoader | BucketLoader:
-    """Return an in-memory loader over a split with the bundle's normalisation (sentences: length-bucketed)."""
+    """Return an in-memory loader over a split with the bundle's normalisation (sentences: length-bucketed).
+
+    `by_length` (sentences, unshuffled): serve the split sorted by length, for evaluations, where the order of
+    the sentences does not matter and padding does.
+    """
     if isinstance(ds, TextDataset):
         if train and augment is not None and augment.enabled:
             raise ConfigError(
@@ -294,8 +299,9 @@ def make_loader(
             )
         if draws is not None or draw_extras:
             raise ConfigError("cached augmentation draws are for images; sentence data has none")
+        chunk = bundle.bucket_chunk
         return BucketLoader(
-            ds, batch_size, shuffle=train, seed=seed, chunk=bundle.bucket_chunk, extras=extras
+            ds, batch_size, shuffle=train, seed=seed, chunk=chunk, by_length=by_length, extras=extras
         )
     return InMemoryLoader(
         ds.images,

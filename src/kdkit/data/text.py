@@ -203,8 +203,8 @@ class BucketLoader:
     """Length-bucketed mini-batches of tokenised sentences (the engine's loader protocol).
 
     Shuffled loaders draw the order from (seed, epoch), so a resumed phase sees the same batches; unshuffled
-    loaders keep the dataset's order (for evaluation and predictions). Each batch is padded to its longest
-    sentence. ``batch_size`` is the global batch: each of ``world_size`` ranks takes every world_size-th row.
+    loaders keep the dataset's order (for predictions), or with `by_length` serve it sorted by length (for
+    evaluation, where order does not matter and padding does). Each batch is padded to its longest sentence. ``batch_size`` is the global batch: each of ``world_size`` ranks takes every world_size-th row.
     """
 
     def __init__(
@@ -215,6 +215,7 @@ class BucketLoader:
         shuffle: bool = False,
         seed: int = 0,
         chunk: int = 50,
+        by_length: bool = False,
         extras: dict[str, Tensor] | None = None,
         rank: int = 0,
         world_size: int = 1,
@@ -232,6 +233,7 @@ class BucketLoader:
             if len(v) != len(ds):
                 raise ValueError(f"extra {k!r} has {len(v)} rows for {len(ds)} sentences")
         self.batch_size, self.shuffle, self.seed, self.chunk = batch_size, shuffle, seed, chunk
+        self.by_length = by_length and not shuffle
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.start_batch = 0
@@ -243,7 +245,7 @@ class BucketLoader:
     @property
     def ordered(self) -> bool:
         """Return True when batches show every sentence once, in order (for predictions)."""
-        return not self.shuffle
+        return not self.shuffle and not self.by_length
 
     def batch_keys(self) -> frozenset[str]:
         """Return the names of the tensors every batch holds."""
@@ -264,7 +266,10 @@ class BucketLoader:
     def batches(self) -> list[Tensor]:
         """Return this epoch's batches of global indices."""
         if not self.shuffle:
-            return list(torch.arange(len(self.labels)).split(self.batch_size))
+            order = (
+                torch.argsort(self.lengths, stable=True) if self.by_length else torch.arange(len(self.labels))
+            )
+            return list(order.split(self.batch_size))
         g = torch.Generator().manual_seed(stable_seed(self.seed, self.epoch))
         return bucket_batches(self.lengths, self.batch_size, self.chunk, g)
 

@@ -41,8 +41,13 @@ class RunContext:
 
     def __post_init__(self) -> None:
         bs = self.cfg.runtime.eval_batch_size
-        self.val_loader = make_loader(self.bundle.val, self.bundle, bs, train=False, channels_last=self.cl)
-        self.test_loader = make_loader(self.bundle.test, self.bundle, bs, train=False, channels_last=self.cl)
+        # Evaluation only: sentences may come sorted by length (little padding), images come in order.
+        self.val_loader = make_loader(
+            self.bundle.val, self.bundle, bs, train=False, channels_last=self.cl, by_length=True
+        )
+        self.test_loader = make_loader(
+            self.bundle.test, self.bundle, bs, train=False, channels_last=self.cl, by_length=True
+        )
 
     @property
     def cl(self) -> bool:
