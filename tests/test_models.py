@@ -13,6 +13,7 @@ from torch import nn
 import kdkit.models as models
 from kdkit.errors import KdkitError, ModelError
 from kdkit.models import registry
+from kdkit.models.text import TEXT_MODELS
 
 # ----------------------------------------------------------------------------- parameter counts
 
@@ -104,7 +105,7 @@ def test_list_models() -> None:
 TOKEN_MODELS = {"gpt"}  # read token ids, not images: tests/test_gpt.py
 
 
-@pytest.mark.parametrize("name", [n for n in models.list_models() if n not in TOKEN_MODELS])
+@pytest.mark.parametrize("name", [n for n in models.list_models() if n not in {*TEXT_MODELS, *TOKEN_MODELS}])
 def test_forward_shape_cifar(name: str) -> None:
     model = models.create(name, num_classes=7).eval()
     with torch.no_grad():

@@ -17,10 +17,12 @@ from rich.markup import escape
 
 from kdkit import data as kdata
 from kdkit import distributed
-from kdkit.config import CompressConfig, load_config
+from kdkit.config import CompressConfig, DataConfig, load_config
 from kdkit.config.reference import config_markdown, config_text, sections
 from kdkit.console import make_console
 from kdkit.data.loader import InMemoryLoader
+from kdkit.data.text import BucketLoader, tokenize
+from kdkit.data.text_sources import read_text_splits, text_tokenizer
 from kdkit.engine import Engine, RunInterrupted
 from kdkit.errors import KdkitError
 from kdkit.experiment import plan_experiment, run_experiment
@@ -31,6 +33,7 @@ from kdkit.run_dir import default_run_dir
 from kdkit.runtime import resolve_runtime
 from kdkit.signals import graceful_stop
 from kdkit.sweep import run_sweep
+from kdkit.tasks import IMAGE_CLASSIFICATION, TOKEN_CLASSIFICATION
 
 EPILOG = "Data is looked for in --data-root / data.root, then $KDKIT_DATA, then ~/.cache/kdkit/data."
 
@@ -353,21 +356,38 @@ def _eval_images(
     return ds
 
 
+def _eval_sentences(
+    dataset: str, split: str, root: str | None, meta: dict[str, Any], batch_size: int
+) -> tuple[BucketLoader, list[str]]:
+    """Return a loader over a sentence split tokenised as the checkpoint's model was trained (and the classes)."""
+    if split not in ("train", "test"):
+        raise KdkitError(f"{dataset} has the splits train and test, not {split!r}")
+    cfg = DataConfig(dataset=dataset, root=root, text=meta["text"])
+    full, test, _ = read_text_splits(cfg)
+    assert cfg.text is not None
+    ds = tokenize(full if split == "train" else test, text_tokenizer(cfg), cfg.text.max_length)
+    return BucketLoader(ds, batch_size), ds.classes
+
+
 def _eval(args: argparse.Namespace, console: Console) -> int:
 
     model, meta = load_model(args.checkpoint)
     dataset = args.dataset or meta.get("dataset")
     if not dataset:
         raise KdkitError(f"{args.checkpoint}: the checkpoint does not name its data set; pass --dataset")
-    ds = _eval_images(dataset, args.split, args.data_root, meta, args.checkpoint)
-    if len(ds.classes) != meta["num_classes"]:
-        raise KdkitError(
-            f"{dataset} has {len(ds.classes)} classes but the model predicts {meta['num_classes']}"
-        )
-    norm = meta["normalize"]  # the training split's mean/std, recorded with the model
-    loader = InMemoryLoader(ds.images, ds.labels, args.batch_size, mean=norm["mean"], std=norm["std"])
+    task = IMAGE_CLASSIFICATION
+    if meta.get("text") is not None:
+        loader, classes = _eval_sentences(dataset, args.split, args.data_root, meta, args.batch_size)
+        task = TOKEN_CLASSIFICATION
+    else:
+        ds = _eval_images(dataset, args.split, args.data_root, meta, args.checkpoint)
+        norm = meta["normalize"]  # the training split's mean/std, recorded with the model
+        loader = InMemoryLoader(ds.images, ds.labels, args.batch_size, mean=norm["mean"], std=norm["std"])
+        classes = ds.classes
+    if len(classes) != meta["num_classes"]:
+        raise KdkitError(f"{dataset} has {len(classes)} classes but the model predicts {meta['num_classes']}")
     engine = Engine(resolve_runtime("fp32"), console=console)
-    res = engine.evaluate(engine.prepare(model), loader)
+    res = engine.evaluate(engine.prepare(model), loader, meta["num_classes"], task)
     out = {
         "checkpoint": str(args.checkpoint),
         "dataset": dataset,

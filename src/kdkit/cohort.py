@@ -29,11 +29,12 @@ class Cohort(nn.Module):
         self.primary = primary
         self.outputs: dict[str, Tensor] = {}
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Return the primary's logits; in training mode also run every member and keep their logits."""
+    def forward(self, *inputs: Tensor) -> Tensor:
+        """Return the primary's logits (of images, or token ids and mask); in training mode also run every member
+        and keep their logits."""
         if not self.training:
-            return self.members[self.primary](x)
-        self.outputs = {name: m(x) for name, m in self.members.items()}
+            return self.members[self.primary](*inputs)
+        self.outputs = {name: m(*inputs) for name, m in self.members.items()}
         return self.outputs[self.primary]
 
     def step_tensors(self) -> dict[str, Tensor]:

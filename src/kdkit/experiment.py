@@ -93,6 +93,13 @@ def run_experiment(
             highlight=False,
         )
         console.print(bundle.test_source, highlight=False, markup=False)
+        if bundle.augmented is not None:
+            console.print(
+                f"augmented sentences: {len(bundle.augmented)} drafts of the {len(bundle.train)} training sentences "
+                "(data.text.augment), in the transfer set, taught by the teacher only",
+                highlight=False,
+                markup=False,
+            )
         for warning in bundle.warnings:
             console.print(f"warning: {warning}", style="yellow", highlight=False, markup=False)
         ctx = RunContext(cfg, bundle, engine, run_dir / "checkpoints", resume)

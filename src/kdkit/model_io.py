@@ -69,6 +69,7 @@ def save_model(
         "classes": list(bundle.train.classes),
         "normalize": {"mean": bundle.mean, "std": bundle.std},
         "data_split": bundle.split,
+        **({"text": bundle.text} if bundle.text is not None else {}),
         **extra,
     }
     return save_checkpoint(path, model.state_dict(), meta)
@@ -150,6 +151,22 @@ def check_classes(
         f"but {dataset} has {len(classes)} ({', '.join(classes[:12])}): every teacher of an ensemble must predict "
         "the data set's classes"
     )
+
+
+def check_text(meta: dict[str, Any], field: str, path: str | Path, text: dict[str, Any] | None) -> None:
+    """Raise ModelError when a checkpoint read other inputs than the run's: images for sentences, another tokenizer."""
+    theirs = meta.get("text")
+    if text is None and theirs is None:
+        return
+    if text is None or theirs is None:
+        what, mine = ("sentences", "images") if theirs is not None else ("images", "sentences")
+        raise ModelError(f"{field} {str(path)!r} was trained on {what}, but this run's data are {mine}")
+    if theirs.get("tokenizer") != text.get("tokenizer"):
+        raise ModelError(
+            f"{field} {str(path)!r} was trained on token ids of {theirs.get('tokenizer')} but this run tokenises "
+            f"with {text.get('tokenizer')}: its ids would mean other words; set data.text.tokenizer: "
+            f"{theirs.get('tokenizer')}"
+        )
 
 
 def check_image_size(meta: dict[str, Any], field: str, path: str | Path, image_size: int) -> None:

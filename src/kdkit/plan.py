@@ -54,6 +54,9 @@ class TransferPlan:
     relabel: EnsembleConfig | None = None  # every ensemble teacher labels the images and augmented copies
     unlabeled: UnlabeledConfig | None = None  # labeled images + the teacher's labels for the hidden ones
     round: int = 1  # unlabeled: the Noisy Student round
+    augmented_sentences: bool = (
+        False  # sentences: the training split + Tang's augmented drafts (data.text.augment)
+    )
 
     def describe(self) -> str:
         """Return one line naming the transfer set."""
@@ -61,6 +64,8 @@ class TransferPlan:
         out = text[self.images]
         if self.omit_classes:
             out += f" without classes {list(self.omit_classes)}"
+        if self.augmented_sentences:
+            out += " + augmented sentences, unlabeled (data.text.augment)"
         if self.relabel is not None:
             out += f" ({self.relabel.relabel_copies} augmented copies per teacher)"
         if self.unlabeled is not None:

@@ -10,7 +10,9 @@ it, with the same functions the phases use, so that its messages are theirs:
 - for each teacher -> student pair that custom terms are applied to, the module paths, shapes and options
   work: the objective is built and run once on a small batch of the transfer set, with freshly initialised
   models (on the CPU: some losses have no meta-device kernels);
-- the optional libraries of the compress step are installed.
+- the optional libraries of the compress step are installed;
+- on sentence data, every model reads token ids, every hf: model has the data's tokenizer, and the phases
+  use what sentences support (response losses, teacher outputs online or precomputed, the training set).
 
 The random number generators of torch, NumPy and Python are restored afterwards: a run is the same with or
 without these checks.
@@ -19,6 +21,7 @@ without these checks.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -31,15 +34,19 @@ from kdkit.class_bias import bias_head
 from kdkit.config import ExperimentConfig
 from kdkit.data.bundle import DataBundle, make_loader
 from kdkit.data.splits import omit_classes
+from kdkit.data.text_sources import text_tokenizer
 from kdkit.errors import ConfigError
 from kdkit.model_io import (
     build_model,
     check_classes,
     check_image_size,
     check_test_images,
+    check_text,
     read_model_meta,
     rebuild_model,
 )
+from kdkit.models.hf import PREFIX as HF_PREFIX
+from kdkit.models.hf import load_tokenizer, resolve_hf_path
 from kdkit.objective_builder import build_objective
 from kdkit.plan import CohortPhase, DistillPhase, EnsemblePhase, LoadPhase, ModelSource, Plan, TrainPhase
 from kdkit.strategies import make_plan
@@ -85,7 +92,9 @@ def _sources(plan: Plan, cfg: ExperimentConfig, bundle: DataBundle) -> dict[str,
             check_classes(
                 meta, phase.field, phase.checkpoint, classes, cfg.data.dataset, phase.same_class_names
             )
-            check_image_size(meta, phase.field, phase.checkpoint, bundle.image_size)
+            check_text(meta, phase.field, phase.checkpoint, bundle.text)
+            if not bundle.is_text:  # sentence models read any length
+                check_image_size(meta, phase.field, phase.checkpoint, bundle.image_size)
             check_test_images(meta, phase.field, phase.checkpoint, bundle.split)
             out[phase.role] = _Source(phase.checkpoint, meta=meta)
         elif isinstance(phase, (TrainPhase, DistillPhase)):
@@ -146,6 +155,55 @@ def _check_terms(plan: Plan, sources: dict[str, _Source | None], bundle: DataBun
         )
 
 
+def _check_text(
+    plan: Plan, cfg: ExperimentConfig, sources: dict[str, _Source | None], models: dict[str, nn.Module]
+) -> None:
+    """Refuse on sentence data what would fail or mislead later: image models, other vocabularies, image modes."""
+    for key, model in models.items():
+        if "input_ids" not in inspect.signature(model.forward).parameters:
+            raise ConfigError(
+                f"{key}: {type(model).__name__} reads images, but {cfg.data.dataset} is sentence data; use a token "
+                "model (bilstm, textcnn, hf:PATH)"
+            )
+    assert cfg.data.text is not None and cfg.data.text.tokenizer is not None
+    data_folder = resolve_hf_path(cfg.data.text.tokenizer.removeprefix(f"{HF_PREFIX}:"))
+    vocab: dict[str, int] | None = None
+    for src in sources.values():
+        name = src.source.spec.name if src is not None and src.source is not None and src.source.spec else ""
+        if not name.startswith(f"{HF_PREFIX}:"):
+            continue
+        path = name.removeprefix(f"{HF_PREFIX}:")
+        if resolve_hf_path(path) == data_folder:
+            continue
+        vocab = vocab if vocab is not None else text_tokenizer(cfg.data).get_vocab()
+        if load_tokenizer(path).get_vocab() != vocab:
+            raise ConfigError(
+                f"{src.key}: {name} has another vocabulary than the data's tokenizer {cfg.data.text.tokenizer}: its "
+                "token ids would mean other words; set data.text.tokenizer to the model's folder"
+            )
+    if plan.compress:
+        raise ConfigError(
+            "compress: pruning, int8 and ONNX export are for image models, not yet for sentence models"
+        )
+    for phase in plan.phases:
+        if not isinstance(phase, DistillPhase):
+            continue
+        if phase.objective.kind == "terms":
+            raise ConfigError(
+                "distill.terms: custom terms are not supported on sentence data yet; use distill.loss (kd, "
+                "logit_mse, ...)"
+            )
+        if phase.outputs == "cache":
+            raise ConfigError(
+                "distill.teacher_outputs: 'cache' is for augmented images; use 'precompute' or 'online'"
+            )
+        if phase.transfer.images != "train":
+            raise ConfigError(
+                f"[{phase.role}] relabelled and unlabeled transfer sets are for images; sentence data distils on the "
+                "training sentences (and data.text.augment)"
+            )
+
+
 def check_plan(plan: Plan, cfg: ExperimentConfig, bundle: DataBundle) -> None:
     """Raise the error a phase would raise later for every mistake that can be found without training."""
     with _random_state_kept():
@@ -160,6 +218,8 @@ def check_plan(plan: Plan, cfg: ExperimentConfig, bundle: DataBundle) -> None:
                 src = sources[phase.role]
                 assert src is not None
                 _check_classes(phase, bundle, models[src.key])
+        if bundle.is_text:
+            _check_text(plan, cfg, sources, models)
         _check_terms(plan, sources, bundle)
     if plan.compress:
         import kdkit.compress  # noqa: F401  # optional libraries: raises, naming them and their extra

@@ -46,6 +46,10 @@ def resolve_module(model: nn.Module, path: str, what: str = "model") -> nn.Modul
     """
     names = [n for n, _ in model.named_modules() if n]
     found = _walk(model, path) if path else model
+    root = getattr(model, "tap_root", None)  # a wrapper (Hugging Face models) whose paths read from inside
+    if found is None and isinstance(root, str) and isinstance(inner := getattr(model, root, None), nn.Module):
+        found = _walk(inner, path)
+        names = [n for n, _ in inner.named_modules() if n] + names
     if found is None:
         close = difflib.get_close_matches(path, names, n=5, cutoff=0.4)
         hint = f"; nearest: {close}" if close else ""

@@ -133,12 +133,13 @@ class ClassificationTask:
         return model(*self.inputs(batch, device))
 
     def accuracy_counts(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """Return (correct, counted) as device tensors: ignored labels are neither correct nor counted."""
+        """Return (correct, counted) as device tensors: ignored and unlabeled samples (any label < 0, such as
+        ignore_index and the -1 of unlabeled transfer samples) are neither correct nor counted."""
         if labels.is_floating_point():  # mixed targets (mixup/CutMix): the class with the larger share
             labels = labels.argmax(dim=-1)
-        # argmax is never ignore_index (< 0), so ignored tokens cannot count as correct.
+        # argmax is never negative, so ignored and unlabeled samples cannot count as correct.
         correct = (logits.argmax(dim=-1) == labels).sum()
-        return correct, (labels != self.ignore_index).sum()
+        return correct, (labels >= 0).sum()
 
     @torch.no_grad()
     def evaluate(
@@ -204,3 +205,4 @@ class ClassificationTask:
 
 
 IMAGE_CLASSIFICATION = ClassificationTask(input_keys=("images",))
+TOKEN_CLASSIFICATION = ClassificationTask(input_keys=("input_ids", "attention_mask"))

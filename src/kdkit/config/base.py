@@ -153,6 +153,67 @@ class SplitFolders(_Strict):
     )
 
 
+def is_text_dataset(name: str) -> bool:
+    """Return True when a data.dataset name is sentence data: sst2, or tsv:<folder> (train.tsv, test/dev.tsv)."""
+    return name == "sst2" or name.startswith("tsv:")
+
+
+class TextAugmentConfig(_Strict):
+    """Tang et al. (2019)'s augmentation of the distillation transfer set (kdkit.data.text_augment)."""
+
+    copies: int = Field(
+        20, ge=1, description="augmented drafts per training sentence (duplicates are dropped)"
+    )
+    p_mask: float = Field(0.1, ge=0, le=1, description="per word: replace it by the tokenizer's mask token")
+    p_replace: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="per word: replace it by another word (see replace)",
+    )
+    p_ng: float = Field(0.25, ge=0, le=1, description="per draft: keep only a random n-gram of it")
+    max_ngram: int = Field(5, ge=1, description="n-gram sampling: n is drawn uniformly from 1..max_ngram")
+    window: int = Field(10, ge=1, description="replace frequency: words within this many frequency ranks")
+    replace: Literal["frequency", "pos"] = Field(
+        "frequency",
+        description="word replacement: frequency (a word of similar corpus frequency) or pos (Tang's: a word of the "
+        "same part of speech from its unigram distribution; needs `pip install denckring-en-pos`)",
+    )
+
+
+class TextDataConfig(_Strict):
+    """How sentences are read, tokenised and batched (data.dataset sst2 or tsv:<folder>)."""
+
+    tokenizer: str | None = Field(
+        None,
+        description="hf:PATH whose tokenizer tokenises the sentences (a Hugging Face folder or installed package); "
+        "default: the teacher's model when it is hf:PATH",
+    )
+    max_length: int = Field(128, ge=2, description="tokens per sentence at most (with the special tokens)")
+    label_column: int = Field(0, ge=0, description="column of the integer label in the TSV files")
+    text_column: int = Field(1, ge=0, description="column of the sentence in the TSV files")
+    header: bool = Field(True, description="the TSV files start with a header line")
+    bucket_chunk: int = Field(
+        50,
+        ge=1,
+        description="length bucketing: sentences are sorted by length inside shuffled chunks of this many "
+        "batches (1: no bucketing)",
+    )
+    augment: TextAugmentConfig | None = Field(
+        None,
+        description="add Tang et al.'s augmented sentences (unlabeled, taught by the teacher) to the transfer set",
+    )
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _hf(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("hf:"):
+            raise ValueError(
+                f"data.text.tokenizer must be hf:PATH (a Hugging Face folder or package), got {v!r}"
+            )
+        return v
+
+
 class DataConfig(_Strict):
     """Where data comes from and how it is split."""
 
@@ -160,7 +221,11 @@ class DataConfig(_Strict):
         "mnist-small",
         min_length=1,
         description="mnist-small (embedded), mnist, cifar10, cifar100, cifar10-jpg, or imagefolder:PATH (class "
-        "folders, optionally in train/ and test/, or a .tar/.tar.gz of them)",
+        "folders, optionally in train/ and test/, or a .tar/.tar.gz of them); sentences: sst2 ($KDKIT_DATA/sst2, "
+        "dev.tsv is the test split) or tsv:PATH (train.tsv and test.tsv or dev.tsv), see data.text",
+    )
+    text: TextDataConfig | None = Field(
+        None, description="sentence data: tokenizer, length, TSV columns, augmentation"
     )
     root: str | None = Field(
         None,
@@ -237,6 +302,19 @@ class DataConfig(_Strict):
             )
         if self.test_size is not None and self.test_size >= 1 and self.test_size != int(self.test_size):
             raise ValueError(f"data.test_size: a count must be whole, found {self.test_size}")
+        if is_text_dataset(self.dataset):
+            image_only = {
+                "image_size": self.image_size is not None,
+                "splits": self.splits is not None,
+                "test_size": self.test_size is not None,
+                "labeled_fraction": self.labeled_fraction is not None,
+                "labeled_count": self.labeled_count is not None,
+            }
+            used = [k for k, v in image_only.items() if v]
+            if used:
+                raise ValueError(f"data.{used[0]} does not apply to sentence data ({self.dataset})")
+        elif self.text is not None:
+            raise ValueError(f"data.text is for sentence data (sst2, tsv:PATH), not {self.dataset!r}")
         return self
 
     @property

@@ -7,7 +7,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from kdkit.config.base import DataConfig, ModelSpec, PhaseModel, RuntimeConfig, TrainConfig, _Strict
+from kdkit.config.base import (
+    DataConfig,
+    ModelSpec,
+    PhaseModel,
+    RuntimeConfig,
+    TextDataConfig,
+    TrainConfig,
+    _Strict,
+    is_text_dataset,
+)
 from kdkit.config.distill import CompressConfig, DistillConfig, EnsembleConfig
 from kdkit.config.strategy import StrategyConfig
 
@@ -149,6 +158,37 @@ class ExperimentConfig(_Strict):
                     f"unlabeled data (data.labeled_*) is labelled by the teacher once per round; "
                     f"distill.ensemble.mode {e.mode!r} cannot do that, use 'average'"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _text_tokenizer(self) -> ExperimentConfig:
+        # Sentences are tokenised with the teacher's tokenizer unless data.text.tokenizer names another.
+        if not is_text_dataset(self.data.dataset):
+            return self
+        text = self.data.text or TextDataConfig()
+        if text.tokenizer is None:
+            # The teacher's, or the first hf: member's of a teacher ensemble.
+            members = [self.teacher.model] if self.teacher.model is not None else []
+            members += [m.model for m in self.teacher.ensemble or [] if m.model is not None]
+            hf = [m.name for m in members if m.name.startswith("hf:")]
+            if not hf:
+                raise ValueError(
+                    f"data.text.tokenizer: sentence data ({self.data.dataset}) needs a tokenizer, hf:PATH; the "
+                    "teacher is not an hf: model, so name one"
+                )
+            text = text.model_copy(update={"tokenizer": hf[0]})
+        if self.data.text != text:
+            self.data.text = text
+        if text.augment is not None and self.distill.omit_classes:
+            raise ValueError(
+                "distill.omit_classes cannot be combined with data.text.augment (the drafts of omitted sentences "
+                "would stay in the transfer set)"
+            )
+        if text.augment is not None and not self.distill.terms and self.distill.alpha == 0:
+            raise ValueError(
+                "data.text.augment adds unlabeled sentences that only the teacher term teaches, but distill.alpha "
+                "is 0; set alpha > 0"
+            )
         return self
 
     def distill_train(self) -> TrainConfig:

@@ -1,4 +1,9 @@
-"""A data set as one run sees it: train/val/test splits, normalisation, the split record, and loaders."""
+"""A data set as one run sees it: train/val/test splits, normalisation, the split record, and loaders.
+
+Images are `ArrayDataset`s served by `InMemoryLoader`; sentences (data.dataset sst2 or tsv:PATH) are tokenised
+`TextDataset`s served by the length-bucketed `BucketLoader`. For sentences the bundle's `in_channels` is the
+tokenizer's vocabulary size and `image_size` the longest sequence, so models are built the same way.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdkit.config import DataConfig
+from kdkit.config import DataConfig, is_text_dataset
 from kdkit.data.class_lists import align_classes, empty_class_warnings
 from kdkit.data.imagefolder import TRAIN_SPLIT, MissingSplitError
 from kdkit.data.loader import Augment, AugParams, InMemoryLoader, channel_stats
@@ -22,7 +27,11 @@ from kdkit.data.splits import (
     split_train_val,
     val_mask,
 )
+from kdkit.data.text import BucketLoader, TextDataset, tokenize
+from kdkit.data.text_augment import TextAugment, augment_dataset
+from kdkit.data.text_sources import read_text_splits, text_tokenizer
 from kdkit.errors import ConfigError, DataError
+from kdkit.tasks import IMAGE_CLASSIFICATION, TOKEN_CLASSIFICATION, ClassificationTask
 
 # Keys of a recorded split that must agree before a model's validation images can be drawn again.
 _SAME_DRAW = ("dataset", "images", "train_limit", "test_held_out")
@@ -36,9 +45,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class DataBundle:
     """The splits of one data set and what models need to know about it."""
 
-    train: ArrayDataset
-    val: ArrayDataset
-    test: ArrayDataset
+    train: ArrayDataset | TextDataset
+    val: ArrayDataset | TextDataset
+    test: ArrayDataset | TextDataset
     mean: list[float]
     std: list[float]
     unlabeled: ArrayDataset | None = None  # training images whose labels are hidden (data.labeled_*)
@@ -49,6 +58,24 @@ class DataBundle:
     test_source: str = ""  # where the test images come from, said in the console and in summary.json
     # Conditions that change what a number means but do not stop the run: printed, and kept in summary.json.
     warnings: list[str] = dataclasses.field(default_factory=list)
+    # Sentence data only: the tokenizer's vocabulary, the longest sequence, length bucketing, augmented sentences.
+    vocab_size: int | None = None
+    max_length: int | None = None
+    bucket_chunk: int = 50
+    augmented: TextDataset | None = None  # Tang et al.'s augmented sentences (unlabeled)
+    text: dict[str, Any] | None = (
+        None  # data.text as run (tokenizer, max_length, columns): kept in checkpoints
+    )
+
+    @property
+    def is_text(self) -> bool:
+        """Return True for sentence data (token ids), False for images."""
+        return isinstance(self.train, TextDataset)
+
+    @property
+    def task(self) -> ClassificationTask:
+        """Return what a batch feeds a model: images, or token ids with their attention mask."""
+        return TOKEN_CLASSIFICATION if self.is_text else IMAGE_CLASSIFICATION
 
     @property
     def val_of_full(self) -> np.ndarray | None:
@@ -64,12 +91,18 @@ class DataBundle:
 
     @property
     def in_channels(self) -> int:
-        """Return the image channel count."""
+        """Return the image channel count (sentences: the vocabulary size, a one-hot token's channels)."""
+        if self.vocab_size is not None:
+            return self.vocab_size
+        assert isinstance(self.train, ArrayDataset)
         return int(self.train.images.shape[1])
 
     @property
     def image_size(self) -> int:
-        """Return the image height (images are square)."""
+        """Return the image height (images are square; sentences: the longest sequence in tokens)."""
+        if self.max_length is not None:
+            return self.max_length
+        assert isinstance(self.train, ArrayDataset)
         return int(self.train.images.shape[2])
 
 
@@ -120,11 +153,8 @@ def _train_and_test(cfg: DataConfig) -> tuple[ArrayDataset, ArrayDataset, str, l
     return train, test, what, []
 
 
-def load_data(cfg: DataConfig, seed: int) -> DataBundle:
-    """Return train/val/test splits: validation held out of the training set by seed, test untouched."""
-    full, test, test_source, warnings = _train_and_test(cfg)
-    split_seed = seed if cfg.split_seed is None else cfg.split_seed
-    held_out = {"test_size": cfg.test_size, "test_seed": cfg.test_seed} if cfg.test_size is not None else None
+def _limited(cfg: DataConfig, full: Any, test: Any, split_seed: int, warnings: list[str]) -> tuple[Any, Any]:
+    """Return (training set, test set) cut to data.train_limit and data.test_limit (warnings appended)."""
     if cfg.train_limit is not None and cfg.train_limit < len(full):
         # Per class, except where labels are hidden: a per-class draw would read them.
         draw = limit_uniform if cfg.semi_supervised else limit_per_class
@@ -135,13 +165,64 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
         keep = torch.linspace(0, len(test) - 1, cfg.test_limit).round().long().numpy()
         test = test.subset(keep, name=f"{test.name}[{cfg.test_limit} evenly spaced]")
         warnings += empty_class_warnings(test, f"the test set (data.test_limit={cfg.test_limit})")
+    return full, test
+
+
+def _val_split(cfg: DataConfig, full: Any, split_seed: int) -> tuple[Any, Any, dict[str, Any]]:
+    """Return (train, val, the split record): validation held out of the training set by the split seed."""
     val_size: int | float = int(cfg.val_size) if cfg.val_size >= 1 else float(cfg.val_size)
     if isinstance(val_size, int) and val_size >= len(full):
-        raise ConfigError(f"data.val_size: {val_size} leaves no training images (the set has {len(full)})")
+        raise ConfigError(f"data.val_size: {val_size} leaves no training samples (the set has {len(full)})")
     train, val = split_train_val(full, val_size, split_seed)
     split = {"dataset": cfg.dataset, "images": len(full), "val_size": val_size, "split_seed": split_seed}
     if cfg.train_limit is not None:
         split["train_limit"] = cfg.train_limit  # drawn per class by split_seed (before: the first N images)
+    return train, val, split
+
+
+def _load_text_data(cfg: DataConfig, seed: int) -> DataBundle:
+    """Return the tokenised splits of sentence data, and Tang's augmented sentences when data.text.augment."""
+    t = cfg.text
+    assert t is not None
+    tok = text_tokenizer(cfg)
+    full, test, test_source = read_text_splits(cfg)
+    full, test = tokenize(full, tok, t.max_length), tokenize(test, tok, t.max_length)
+    split_seed = seed if cfg.split_seed is None else cfg.split_seed
+    warnings: list[str] = []
+    full, test = _limited(cfg, full, test, split_seed, warnings)
+    train, val, split = _val_split(cfg, full, split_seed)
+    augmented = None
+    if t.augment is not None:
+        mask = tok.mask_token or tok.unk_token
+        augmented, _ = augment_dataset(train, TextAugment(**t.augment.model_dump()), mask, seed)
+        augmented = tokenize(augmented, tok, t.max_length)
+    return DataBundle(
+        train=train,
+        val=val,
+        test=test,
+        mean=[],
+        std=[],
+        split=split,
+        full_labels=full.labels,
+        test_source=test_source,
+        warnings=warnings,
+        vocab_size=len(tok),
+        max_length=t.max_length,
+        bucket_chunk=t.bucket_chunk,
+        augmented=augmented,
+        text=t.model_dump(mode="json", exclude={"augment", "bucket_chunk"}),
+    )
+
+
+def load_data(cfg: DataConfig, seed: int) -> DataBundle:
+    """Return train/val/test splits: validation held out of the training set by seed, test untouched."""
+    if is_text_dataset(cfg.dataset):
+        return _load_text_data(cfg, seed)
+    full, test, test_source, warnings = _train_and_test(cfg)
+    split_seed = seed if cfg.split_seed is None else cfg.split_seed
+    held_out = {"test_size": cfg.test_size, "test_seed": cfg.test_seed} if cfg.test_size is not None else None
+    full, test = _limited(cfg, full, test, split_seed, warnings)
+    train, val, split = _val_split(cfg, full, split_seed)
     if held_out is not None:
         split["test_held_out"] = held_out
     if cfg.normalize == "imagenet":
@@ -203,7 +284,7 @@ def val_images_trained_on(bundle: DataBundle, split: dict[str, Any] | None) -> i
 
 
 def make_loader(
-    ds: ArrayDataset,
+    ds: ArrayDataset | TextDataset,
     bundle: DataBundle,
     batch_size: int,
     *,
@@ -214,8 +295,24 @@ def make_loader(
     extras: dict[str, torch.Tensor] | None = None,
     draws: AugParams | None = None,
     draw_extras: dict[str, torch.Tensor] | None = None,
-) -> InMemoryLoader:
-    """Return an in-memory loader over a split with the bundle's normalisation."""
+    by_length: bool = False,
+) -> InMemoryLoader | BucketLoader:
+    """Return an in-memory loader over a split with the bundle's normalisation (sentences: length-bucketed).
+
+    `by_length` (sentences, unshuffled): serve the split sorted by length, for evaluations, where the order of
+    the sentences does not matter and padding does.
+    """
+    if isinstance(ds, TextDataset):
+        if train and augment is not None and augment.enabled:
+            raise ConfigError(
+                "train.augment (crops, jitter, flips) is for images; sentences take data.text.augment"
+            )
+        if draws is not None or draw_extras:
+            raise ConfigError("cached augmentation draws are for images; sentence data has none")
+        chunk = bundle.bucket_chunk
+        return BucketLoader(
+            ds, batch_size, shuffle=train, seed=seed, chunk=chunk, by_length=by_length, extras=extras
+        )
     return InMemoryLoader(
         ds.images,
         ds.labels,

@@ -12,6 +12,7 @@ from kdkit.models import (  # noqa: F401
     resnet_cifar,
     shallow_cnn,
     shufflenet,
+    text,
     vgg,
     wrn,
 )
@@ -42,6 +43,7 @@ from kdkit.models.resnet_cifar import (
     resnet110,
 )
 from kdkit.models.sequence import GRUClassifier
+from kdkit.models.text import BiLSTMClassifier, TextCNN
 
 __all__ = [
     "CNN",
@@ -49,6 +51,8 @@ __all__ = [
     "KVCache",
     "MLP",
     "GRUClassifier",
+    "BiLSTMClassifier",
+    "TextCNN",
     "BasicBlock",
     "ResNet",
     "apply_constraints",

@@ -13,14 +13,16 @@ from torch import nn
 
 from kdkit.errors import ModelError
 from kdkit.models.external import create_external  # imports torchvision/timm only when asked for
+from kdkit.models.hf import PREFIX as HF_PREFIX
+from kdkit.models.hf import create_hf  # imports transformers only when asked for
 from kdkit.models.module_path import create_from_module_path, is_module_path
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
 # Every factory receives these three, so configs can describe any model the same way.
 COMMON_ARGS: tuple[str, ...] = ("num_classes", "in_channels", "image_size")
-# "<prefix>:<name>" is delegated to an external library (see external.py).
-EXTERNAL_PREFIXES: tuple[str, ...] = ("torchvision", "timm")
+# "<prefix>:<name>" is delegated to an external library (see external.py); "hf:<path>" to hf.py.
+EXTERNAL_PREFIXES: tuple[str, ...] = ("torchvision", "timm", HF_PREFIX)
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -110,6 +112,8 @@ def create(
 
     if ":" in name:
         prefix, _, ext_name = name.partition(":")
+        if prefix.lower() == HF_PREFIX:
+            return create_hf(ext_name, num_classes, **kwargs)  # a local Hugging Face folder or package
         if prefix.lower() in EXTERNAL_PREFIXES:
             return create_external(prefix.lower(), ext_name, num_classes, in_channels, image_size, **kwargs)
         if is_module_path(name):

@@ -56,6 +56,7 @@ def run_cohort(phase: CohortPhase, ctx: RunContext) -> None:
         loader,
         tcfg,
         steps=CohortStep(cohort),  # every member's logits, as `<member>.logits`
+        task=ctx.bundle.task,
         val_loader=ctx.val_loader,
         checkpoint=ctx.policy(),
     )

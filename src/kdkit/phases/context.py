@@ -41,8 +41,13 @@ class RunContext:
 
     def __post_init__(self) -> None:
         bs = self.cfg.runtime.eval_batch_size
-        self.val_loader = make_loader(self.bundle.val, self.bundle, bs, train=False, channels_last=self.cl)
-        self.test_loader = make_loader(self.bundle.test, self.bundle, bs, train=False, channels_last=self.cl)
+        # Evaluation only: sentences may come sorted by length (little padding), images come in order.
+        self.val_loader = make_loader(
+            self.bundle.val, self.bundle, bs, train=False, channels_last=self.cl, by_length=True
+        )
+        self.test_loader = make_loader(
+            self.bundle.test, self.bundle, bs, train=False, channels_last=self.cl, by_length=True
+        )
 
     @property
     def cl(self) -> bool:
@@ -77,8 +82,9 @@ class RunContext:
         self, role: str, model: nn.Module, spec: ModelSpec, fit: FitResult | None, **extra: Any
     ) -> None:
         """Evaluate a trained model on validation and test, record it, and save its checkpoint."""
-        val = self.engine.evaluate(model, self.val_loader, self.bundle.num_classes)
-        test = self.engine.evaluate(model, self.test_loader, self.bundle.num_classes)
+        task = self.bundle.task
+        val = self.engine.evaluate(model, self.val_loader, self.bundle.num_classes, task)
+        test = self.engine.evaluate(model, self.test_loader, self.bundle.num_classes, task)
         self.records[role] = {**eval_record(model, fit, val, test, self.bundle.train.classes), **extra}
         self.engine.logger.log(
             role,

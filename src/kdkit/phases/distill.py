@@ -18,6 +18,7 @@ from kdkit.data.bundle import make_loader
 from kdkit.data.loader import Augment, AugParams
 from kdkit.data.sources import ArrayDataset
 from kdkit.data.splits import omit_classes
+from kdkit.data.text import TextDataset, concat_text
 from kdkit.ensemble import EnsembleTeacher
 from kdkit.objective import Objective
 from kdkit.objective_builder import build_objective
@@ -34,7 +35,7 @@ from kdkit.transfer import mask_unlabeled, relabel_transfer_set, unlabeled_trans
 
 def _transfer_set(
     phase: DistillPhase, ctx: RunContext, frozen: nn.Module
-) -> tuple[ArrayDataset, Tensor | None, dict[str, Any]]:
+) -> tuple[ArrayDataset | TextDataset, Tensor | None, dict[str, Any]]:
     """Return the transfer set, the teacher's logits fixed per image (relabel, unlabeled) and what to record."""
     t, train = phase.transfer, ctx.bundle.train
     if t.images == "relabel":
@@ -53,6 +54,12 @@ def _transfer_set(
         )
         return transfer, fixed, {"unlabeled": {**info, "round": t.round, "rounds": u.rounds}}
     transfer = omit_classes(train, list(t.omit_classes)) if t.omit_classes else train
+    augmented = ctx.bundle.augmented
+    if t.augmented_sentences:
+        # Tang et al.: the training sentences and their augmented drafts, which only the teacher labels.
+        assert augmented is not None and isinstance(transfer, TextDataset)
+        transfer = concat_text(transfer, augmented, f"{transfer.name}+augmented")
+        return transfer, None, {"augmented_sentences": len(augmented)}
     return transfer, None, {}
 
 
@@ -100,7 +107,7 @@ def _class_bias(phase: DistillPhase, ctx: RunContext) -> Callable[[nn.Module], d
     def adjust(model: nn.Module) -> dict[str, Any]:
         if not phase.class_bias:
             return {}
-        before = ctx.engine.evaluate(model, ctx.test_loader, ctx.bundle.num_classes)
+        before = ctx.engine.evaluate(model, ctx.test_loader, ctx.bundle.num_classes, ctx.bundle.task)
         adjust_class_bias(model, phase.class_bias)
         return {
             "before_class_bias": {

@@ -25,8 +25,8 @@ def run_ensemble(phase: EnsemblePhase, ctx: RunContext) -> None:
     ens = engine.prepare(ens)
     # The ensemble's own accuracy: the weighted mean of the members' probabilities (T = 1).
     judge = engine.prepare(ens.averaged(1.0))
-    val = engine.evaluate(judge, ctx.val_loader, ctx.bundle.num_classes)
-    test = engine.evaluate(judge, ctx.test_loader, ctx.bundle.num_classes)
+    val = engine.evaluate(judge, ctx.val_loader, ctx.bundle.num_classes, ctx.bundle.task)
+    test = engine.evaluate(judge, ctx.test_loader, ctx.bundle.num_classes, ctx.bundle.task)
     rec = eval_record(judge, None, val, test, ctx.bundle.train.classes)
     rec["train_seconds"] = round(sum(ctx.records[r]["train_seconds"] for r in phase.members), 3)
     rec["ensemble"] = {

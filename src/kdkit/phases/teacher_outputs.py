@@ -10,6 +10,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
@@ -21,6 +22,7 @@ from kdkit.data.bundle import load_data, make_loader
 from kdkit.data.loader import Augment, AugParams
 from kdkit.data.sources import ArrayDataset
 from kdkit.data.splits import omit_classes
+from kdkit.data.text import TextDataset
 from kdkit.engine import Engine
 from kdkit.errors import ConfigError
 from kdkit.metrics import MetricsLogger
@@ -38,12 +40,23 @@ def default_cache_root() -> Path:
     return Path(base).expanduser() / "teacher-outputs"
 
 
-def precomputed_logits(ctx: RunContext, teacher: nn.Module, transfer: ArrayDataset) -> torch.Tensor:
-    """Return the teacher's logits for every image of the transfer set, unaugmented, in order (CPU fp32)."""
-    plain = make_loader(
-        transfer, ctx.bundle, ctx.cfg.runtime.eval_batch_size, train=False, channels_last=ctx.cl
-    )
-    return ctx.engine.predict_logits(teacher, plain)
+def precomputed_logits(
+    ctx: RunContext, teacher: nn.Module, transfer: ArrayDataset | TextDataset
+) -> torch.Tensor:
+    """Return the teacher's logits for every image (sentence) of the transfer set, unaugmented, in order (CPU fp32).
+
+    Sentences run in order of length, so that each batch is padded little; the logits come back in set order.
+    """
+    bs = ctx.cfg.runtime.eval_batch_size
+    if isinstance(transfer, TextDataset) and transfer.lengths is not None:
+        order = np.argsort(transfer.lengths, kind="stable")
+        plain = make_loader(transfer.subset(order, name=transfer.name), ctx.bundle, bs, train=False)
+        by_length = ctx.engine.predict_logits(teacher, plain, ctx.bundle.task)
+        logits = torch.empty_like(by_length)
+        logits[torch.from_numpy(order)] = by_length
+        return logits
+    plain = make_loader(transfer, ctx.bundle, bs, train=False, channels_last=ctx.cl)
+    return ctx.engine.predict_logits(teacher, plain, ctx.bundle.task)
 
 
 def _cache_spec(ctx: RunContext, augment: Augment) -> CacheSpec:
@@ -108,6 +121,10 @@ def build_teacher_cache(cfg: ExperimentConfig, console: Console | None = None) -
     runtime = resolve_runtime(cfg.runtime.precision, cfg.runtime.threads, cfg.runtime.channels_last)
     engine = Engine(runtime, MetricsLogger(None), console, progress=False)
     bundle = load_data(cfg.data, cfg.seed)
+    if bundle.is_text:
+        raise ConfigError(
+            "kdkit cache keeps teacher outputs of augmented images; sentence data has none to cache"
+        )
     # The cache serves a run of this config: refuse what that run would refuse (a teacher of other classes,
     # image size or test hold-out, bad terms ...) before spending the teacher's forward passes.
     preflight(cfg, bundle)

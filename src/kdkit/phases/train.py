@@ -14,6 +14,7 @@ from kdkit.config import TrainConfig
 from kdkit.data.bundle import make_loader
 from kdkit.data.loader import Augment, AugParams
 from kdkit.data.sources import ArrayDataset
+from kdkit.data.text import TextDataset
 from kdkit.label_smoothing import warn_label_smoothing
 from kdkit.model_io import build_model_reported
 from kdkit.objective import Objective
@@ -30,7 +31,7 @@ def train_model(
     source: ModelSource,
     objective: Objective | Callable[[nn.Module], Objective],
     tcfg: TrainConfig,
-    transfer: ArrayDataset,
+    transfer: ArrayDataset | TextDataset,
     *,
     seed: int,
     steps: StepProvider | None = None,
@@ -71,6 +72,7 @@ def train_model(
         loader,
         tcfg,
         steps=steps,
+        task=ctx.bundle.task,
         val_loader=ctx.val_loader,
         checkpoint=ctx.policy(),
     )

@@ -101,7 +101,8 @@ def distill_phase(
 ) -> DistillPhase:
     """Return a phase distilling `model` from the model of phase `teacher` on the config's transfer set."""
     d = cfg.distill
-    transfer = transfer or TransferPlan(omit_classes=tuple(d.omit_classes))
+    augmented = cfg.data.text is not None and cfg.data.text.augment is not None
+    transfer = transfer or TransferPlan(omit_classes=tuple(d.omit_classes), augmented_sentences=augmented)
     assert model.seed is not None
     return DistillPhase(
         role=role,
