@@ -14,6 +14,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import lm_shakespeare as bench  # noqa: E402
 from conftest import real_data_root  # noqa: E402
 
+from kdkit.cli import main as kdkit_main  # noqa: E402
+
 DATA = real_data_root()
 TEXT = DATA / "tinyshakespeare" / "input.txt" if DATA else None
 pytestmark = pytest.mark.skipif(
@@ -123,3 +125,13 @@ def test_a_second_invocation_skips_every_finished_run(quick, capsys):
     printed = capsys.readouterr().out
     assert printed.count("done before: skipped") == len(stamps)
     assert {p.name: p.stat().st_mtime_ns for p in quick.glob("*.json")} == stamps
+
+
+def test_kdkit_generate_samples_from_the_benchmarks_teacher(quick, capsys):
+    teacher = quick / "work" / "models" / "teacher.json"
+    assert (
+        kdkit_main(["generate", str(teacher), "--prompt", "ROMEO:", "--max-new-tokens", "8", "--seed", "1"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert out.startswith("ROMEO:") and len(out) > len("ROMEO:\n")
