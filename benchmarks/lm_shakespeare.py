@@ -21,15 +21,24 @@ trained on the training split) is kept in the work directory; models are saved t
 (safetensors + JSON + `<name>.tokenizer.json`), so `kdkit generate <work>/models/teacher.json --prompt ...`
 samples from them.
 
-Sizing (measured 2026-12-05 02:19 UTC on this 2-core AMD EPYC (avx512_bf16) with another engineer's
-benchmark running, load average 3.75; bf16 autocast, batch 32 x 128 tokens, 16 steps, no warm-up excluded):
-teacher 4x256 training 1110 tokens/s, student 2x128 training 2883 tokens/s, student distilled with the teacher
-online (forward KL) 800 tokens/s, teacher greedy generation 64 prompts x 96 new tokens in 75 s.
-Chosen from these: the teacher trains 2 epochs over the 2710 training blocks (~694k tokens, ~10 min at that
-rate), each student 1 epoch over 1024 blocks (131k tokens, 32 steps), 2 seeds. Extrapolated (not measured):
-per seed ~45 s scratch + 6 x ~165 s teacher-forced + ~45 s seq-KD + ~250 s on-policy + ~310 s cache row,
-~27 min; once: teacher ~10 min, seq-KD generation of 1024 continuations ~20 min: ~85 min in all at that load
-(an idle machine should be faster). The figures in RESULTS.md are what each run measured, with its machine.
+Sizing, measured on this machine (2 cores, AMD EPYC with avx512_bf16, torch 2.13) while another engineer's
+benchmark ran (load average 3.7 to 7.5, so every rate below is pessimistic and noisy); bf16 autocast, batch
+32 x 128 tokens, 2048-token BPE:
+1. 02:19 UTC, 16 steps each (load 3.75): teacher 4x256 trains at 1110 tokens/s, student 2x128 at 2883 tokens/s,
+   the student distilled with the teacher online (forward KL) at 800 tokens/s.
+2. 02:29 UTC, every run of this script at the full model sizes but 64 student blocks (2 steps) and a 4-step
+   teacher (load 4.9 to 7.5; /tmp sizing run, not stored): training tokens/s teacher 1047, scratch 4392,
+   teacher-forced 942 to 2385 (six losses), seq-KD 1549, on-policy (both steps on-policy) 449, cached top-k
+   5002 to 5191 and plain 3215 in the same cache run; each run also spends ~10-20 s wall outside training
+   (test perplexity, KL and agreement on the test blocks, samples, saving). Teacher greedy generation of
+   16 prompts x 96 tokens: 2.9 s in fp32, 5.6 s under bf16 autocast, so sequence-level KD generates in fp32.
+Chosen from these: the teacher trains 2 epochs over all 2710 training blocks (694k tokens, ~11 min at 1047
+tokens/s), each student 1 epoch over the first 1024 blocks (131k tokens, 32 steps), 2 seeds. Extrapolated from
+the rates above (an estimate, not a measurement): per seed ~30 s scratch, ~660 s for the six teacher-forced
+runs, ~85 s seq-KD, ~200 s on-policy, ~170 s cache row (4 trainings and 3 builds), ~150 s of evaluation:
+~22 min; once: teacher ~11 min, seq-KD generation ~5 min; ~60 min in all at that load, inside the 90 minutes
+the issue allows (2048 student blocks would have taken ~100 min at that load). The figures in RESULTS.md are
+what each run measured, with its machine and load average.
 """
 
 from __future__ import annotations
@@ -274,7 +283,12 @@ def run_teacher(b: Bench, seed: int) -> dict[str, Any]:
     """Train the teacher on every training block (seed 0) and save it with its tokenizer."""
     sz = b.sz
     model = new_gpt(b.data.vocab_size, sz["teacher"], sz["block"], 0)
-    loader = block_loader(b.data.train, sz["block"], sz["batch"], shuffle=True, seed=0)
+    train = (
+        b.data.train
+        if not sz.get("teacher_blocks")
+        else b.data.train[: sz["teacher_blocks"] * sz["block"] + 1]
+    )
+    loader = block_loader(train, sz["block"], sz["batch"], shuffle=True, seed=0)
     cfg = train_cfg(sz["teacher_epochs"], sz["teacher_lr"], sz["batch"])
     fit = engine().fit("teacher", model, Objective.hard_labels(), loader, cfg, task=TOKENS)
     save_lm(b.work / "models" / "teacher.json", fit.model, b.data.tokenizer)
@@ -317,8 +331,8 @@ def seqkd_set(b: Bench) -> tuple[torch.Tensor, ...]:
         return t["ids"], t["mask"], t["labels"]
     ids = b.student_blocks()[0]
     start = time.perf_counter()
-    with engine().runtime.autocast():
-        made = sequence_kd_set(FrozenTeacher(b.teacher), ids[:, : b.sz["prompt_len"]], b.sz["block"])
+    # fp32: the teacher decodes twice as fast as under bf16 autocast (see the sizing in the docstring).
+    made = sequence_kd_set(FrozenTeacher(b.teacher), ids[:, : b.sz["prompt_len"]], b.sz["block"])
     seconds = time.perf_counter() - start
     save_file({"ids": made[0], "mask": made[1], "labels": made[2]}, str(path), {"seconds": f"{seconds:.3f}"})
     return made

@@ -135,3 +135,17 @@ def test_kdkit_generate_samples_from_the_benchmarks_teacher(quick, capsys):
     )
     out = capsys.readouterr().out
     assert out.startswith("ROMEO:") and len(out) > len("ROMEO:\n")
+
+
+def test_the_results_md_section_holds_the_table_between_its_marks(quick, tmp_path):
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Benchmark results\n\nother sections\n")
+    text = bench.write_table(quick, md)
+    written = md.read_text()
+    start, end = bench.MARKS
+    assert written.startswith("# Benchmark results\n\nother sections\n")
+    section = written.split(start, 1)[1].split(end, 1)[0]
+    assert text in section and "## lm_shakespeare" in section
+    assert bench.load_records(quick)["teacher"]["machine_id"] in section
+    bench.write_table(quick, md)  # again: the section is replaced, not appended
+    assert md.read_text() == written
