@@ -19,7 +19,8 @@ Columns: test perplexity (the held-out last 5% of the text), per-token forward K
 agreement with the teacher on the test blocks, training tokens/s. The tokenizer (byte-level BPE, 2048 tokens,
 trained on the training split) is kept in the work directory; models are saved there with `kdkit.lm_io.save_lm`
 (safetensors + JSON + `<name>.tokenizer.json`), so `kdkit generate <work>/models/teacher.json --prompt ...`
-samples from them.
+samples from them. A stored run is skipped only when it was made with the same sizes and (a student run) from
+the saved teacher's weights (sha256); otherwise the script stops and says so.
 
 Sizing, measured on this machine (2 cores, AMD EPYC with avx512_bf16, torch 2.13) while another engineer's
 benchmark ran (load average 3.7 to 7.5, so every rate below is pessimistic and noisy); bf16 autocast, batch
@@ -62,7 +63,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from benchcommon import machine, machine_id, update_results_md  # noqa: E402
 
-from kdkit.checkpoint import atomic_write_text  # noqa: E402
+from kdkit.checkpoint import atomic_write_text, file_sha256  # noqa: E402
 from kdkit.config import TrainConfig  # noqa: E402
 from kdkit.data.lm_text import (  # noqa: E402
     TextData,
@@ -405,19 +406,42 @@ def student_runs() -> dict[str, Any]:
     return runs
 
 
+def teacher_sha(b: Bench) -> str | None:
+    """Return the sha256 of the saved teacher's weights (None before the teacher run)."""
+    path = b.work / "models" / "teacher.safetensors"
+    return file_sha256(path) if path.exists() else None
+
+
+def stored_matches(path: Path, sizes_now: dict[str, Any], teacher: str | None) -> None:
+    """Refuse a stored run made with other sizes, or (a student run) from another teacher than the saved one."""
+    rec = json.loads(path.read_text())
+    if rec.get("sizes") != sizes_now:
+        raise SystemExit(
+            f"{path} was made with other sizes ({rec.get('sizes')}) than this invocation's ({sizes_now}): "
+            "move the stored runs away or use another --out"
+        )
+    if rec["run"] != "teacher" and rec.get("teacher_sha256") != teacher:
+        raise SystemExit(
+            f"{path} was distilled from another teacher than {teacher and teacher[:12]} (the saved one): "
+            "delete the student runs made from the old teacher"
+        )
+
+
 def run_all(b: Bench, seeds: tuple[int, ...]) -> None:
-    """Run every missing run (the teacher first), one JSON each."""
+    """Run every missing run (the teacher first), one JSON each; stored runs of the same recipe are skipped."""
     todo = [("teacher", 0, run_teacher)] + [(n, s, fn) for s in seeds for n, fn in student_runs().items()]
+    sizes_now = json.loads(json.dumps({k: v for k, v in b.sz.items() if k != "seeds"}))
     for name, seed, fn in todo:
         stem = name if name == "teacher" else f"{name}-s{seed}"
         path = b.out / f"{stem}.json"
         if path.exists():
+            stored_matches(path, sizes_now, teacher_sha(b))
             print(f"[{stem}] done before: skipped", flush=True)
             continue
         start, load = time.perf_counter(), os.getloadavg()
         figures = fn(b, seed)
         record = {
-            "run": name, "seed": seed, "sizes": {k: v for k, v in b.sz.items() if k != "seeds"},
+            "run": name, "seed": seed, "sizes": sizes_now, "teacher_sha256": teacher_sha(b),
             "command": b.command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(), "machine_id": machine_id(), "loadavg_start": load,
             "loadavg_end": os.getloadavg(), "wall_seconds": time.perf_counter() - start, **figures,

@@ -1,6 +1,7 @@
 """benchmarks/lm_shakespeare.py --quick: every run writes its JSON, the table shows the JSONs' figures, every
 student run trains on the same number of tokens, and a second invocation skips the finished runs."""
 
+import json
 import os
 import re
 import sys
@@ -149,3 +150,48 @@ def test_the_results_md_section_holds_the_table_between_its_marks(quick, tmp_pat
     assert bench.load_records(quick)["teacher"]["machine_id"] in section
     bench.write_table(quick, md)  # again: the section is replaced, not appended
     assert md.read_text() == written
+
+
+def test_a_missing_run_is_redone_from_the_saved_teacher_with_the_same_figures(quick, capsys):
+    path = quick / "sup-fkl-s1.json"
+    before = bench.load_records(quick)["sup-fkl-s1"]
+    path.unlink()
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--quick", "--out", str(quick)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert printed.count("done before: skipped") == len(list(quick.glob("*.json"))) - 1
+    after = bench.load_records(quick)["sup-fkl-s1"]
+    # The teacher came back from its safetensors checkpoint: the redone run trains and measures the same.
+    for key in (
+        "test_perplexity",
+        "test_kl_to_teacher",
+        "test_top1_agreement",
+        "final_train_loss",
+        "samples",
+    ):
+        assert after[key] == before[key], key
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r["sizes"].update(student_blocks=999), "was made with other sizes"),
+        (lambda r: r.update(teacher_sha256="0" * 64), "was distilled from another teacher"),
+    ],
+)
+def test_a_stored_run_of_another_recipe_is_refused_not_reused(quick, change, message):
+    path = quick / "scratch-s0.json"
+    original = path.read_text()
+    rec = json.loads(original)
+    change(rec)
+    path.write_text(json.dumps(rec))
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit, match=message):
+            bench.main(["--quick", "--out", str(quick)])
+    finally:
+        path.write_text(original)
+        torch.set_num_threads(threads)
