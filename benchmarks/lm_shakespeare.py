@@ -5,6 +5,9 @@ distilled under each token divergence and mode at the same number of student tok
     python benchmarks/lm_shakespeare.py --quick    # every run in a tiny form, in a temporary directory
     python benchmarks/lm_shakespeare.py --table    # rebuild the table from the stored JSONs (trains nothing)
 
+A full run (and --table on the default results directory) writes the `lm_shakespeare` section of
+benchmarks/RESULTS.md; --quick and other --out directories write only <out>/table.md.
+
 Runs (one JSON each in benchmarks/results/lm_shakespeare/, skipped when present):
 - `teacher`: a 4x256 GPT (rope, 4 heads) trained once (seed 0) on every training block; shared by every student.
 - per seed (>= 2): `scratch` (2x128 GPT, next-token cross-entropy), `sup-<loss>` (teacher-forced, the teacher
@@ -13,6 +16,8 @@ Runs (one JSON each in benchmarks/results/lm_shakespeare/, skipped when present)
   the same blocks), `onpolicy-jsd` (GKD, lambda 0.5, JSD(0.5)), and `cache` (plain student training timed, then
   forward KL on the teacher's cached top-k targets for k = 8, 32, 128, all in the same process so that the
   time ratio cache / plain compares runs made under the same load).
+Modes beyond teacher forcing run with one loss each (seq-KD: cross-entropy on the teacher's text, on-policy:
+JSD(0.5) as in GKD), not with all six: each on-policy run costs ~4x a scratch run here (see the sizing).
 Every student run trains one epoch over the same first `student_blocks` training blocks (same student tokens:
 blocks x block length), from the same initialisation for a given seed; only the order (seeded) differs by seed.
 Columns: test perplexity (the held-out last 5% of the text), per-token forward KL(teacher || student) and top-1
@@ -30,7 +35,7 @@ benchmark ran (load average 3.7 to 7.5, so every rate below is pessimistic and n
 2. 02:29 UTC, every run of this script at the full model sizes but 64 student blocks (2 steps) and a 4-step
    teacher (load 4.9 to 7.5; /tmp sizing run, not stored): training tokens/s teacher 1047, scratch 4392,
    teacher-forced 942 to 2385 (six losses), seq-KD 1549, on-policy (both steps on-policy) 449, cached top-k
-   5002 to 5191 and plain 3215 in the same cache run; each run also spends ~10-20 s wall outside training
+   5002 to 5191 and plain 3215 in the same cache run; each run also spent ~4 to 28 s wall outside training
    (test perplexity, KL and agreement on the test blocks, samples, saving). Teacher greedy generation of
    16 prompts x 96 tokens: 2.9 s in fp32, 5.6 s under bf16 autocast, so sequence-level KD generates in fp32.
 Chosen from these: the teacher trains 2 epochs over all 2710 training blocks (694k tokens, ~11 min at 1047
