@@ -1,4 +1,5 @@
-"""The `kdkit` command line: run, quickstart, train, distill, eval, compress, cache, sweep, config, models."""
+"""The `kdkit` command line: run, quickstart, train, distill, eval, generate, compress, cache, sweep, config,
+models."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.markup import escape
 
@@ -26,6 +28,8 @@ from kdkit.data.text_sources import read_text_splits, text_tokenizer
 from kdkit.engine import Engine, RunInterrupted
 from kdkit.errors import KdkitError
 from kdkit.experiment import plan_experiment, run_experiment
+from kdkit.generation import Sampling, generate
+from kdkit.lm_io import load_lm
 from kdkit.model_io import load_model
 from kdkit.models import list_models
 from kdkit.phases.teacher_outputs import build_teacher_cache
@@ -155,6 +159,30 @@ def _add_eval_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
 
 
+def _add_generate_parser(sub: Any) -> None:
+    """Add the `generate` subcommand."""
+    p = sub.add_parser(
+        "generate",
+        help="sample text from a language model checkpoint (a GPT saved with its tokenizer)",
+        description="Continue --prompt with a GPT checkpoint written by kdkit.lm_io.save_lm (NAME.safetensors, "
+        "NAME.json and NAME.tokenizer.json side by side) and print the prompt and its continuation.",
+    )
+    p.add_argument(
+        "checkpoint", help="language model checkpoint (.safetensors/.json pair, tokenizer beside it)"
+    )
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="tokens to add (default: 64)")
+    p.add_argument(
+        "--temperature", type=float, default=1.0, metavar="T", help="sampling temperature (default 1)"
+    )
+    p.add_argument(
+        "--top-k", type=int, default=None, metavar="K", help="sample among the K most likely tokens"
+    )
+    p.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling: the top mass P")
+    p.add_argument("--greedy", action="store_true", help="take the most likely token at each step")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (same seed, same text)")
+
+
 def _add_compress_parser(sub: Any) -> None:
     """Add the `compress` subcommand."""
     p = sub.add_parser(
@@ -245,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_distill_parser(sub)
     _add_eval_parser(sub)
+    _add_generate_parser(sub)
     _add_compress_parser(sub)
     _add_cache_parser(sub)
     _add_sweep_parser(sub)
@@ -400,6 +429,29 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    """Print the prompt continued by the checkpoint's model (see `_add_generate_parser`)."""
+    model, tokenizer, _ = load_lm(args.checkpoint)
+    try:
+        sampling = Sampling(args.greedy, args.temperature, args.top_k, args.top_p)
+    except ValueError as exc:
+        raise KdkitError(str(exc)) from None
+    ids = tokenizer.encode(args.prompt, add_special_tokens=False).ids
+    if not ids:
+        raise KdkitError("--prompt is empty: give at least one character to continue")
+    if args.max_new_tokens < 1:
+        raise KdkitError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if len(ids) + args.max_new_tokens > model.block_size:
+        raise KdkitError(
+            f"the prompt ({len(ids)} tokens) and --max-new-tokens {args.max_new_tokens} exceed the model's "
+            f"context of {model.block_size} tokens; shorten the prompt or ask for fewer tokens"
+        )
+    prompt = torch.tensor([ids], dtype=torch.long)
+    out = generate(model, prompt, args.max_new_tokens, sampling, seed=args.seed)
+    print(tokenizer.decode(out[0].tolist()))
+    return 0
+
+
 def _compress(args: argparse.Namespace, console: Console) -> int:
 
     config_path = Path(args.run_dir) / "config.yaml"
@@ -452,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "eval":
             return _eval(args, console)
+        if args.command == "generate":
+            return _generate(args)
         if args.command == "cache":
             build_teacher_cache(load_config(args.config, args.overrides + _data_root_override(args)), console)
             return 0
