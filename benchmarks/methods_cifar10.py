@@ -433,6 +433,14 @@ def estimate(args: argparse.Namespace, out_root: Path, teacher: Path, progress: 
     return 0
 
 
+def render_stored(results_root: Path = ROOT / "benchmarks" / "results", name: str = NAME) -> str:
+    """Return the section of a stored aggregate (benchmarks/results/<name>.json), without training.
+
+    `name` may be one kept apart with --out (methods_intel/methods_cifar10, methods_ofd/methods_cifar10)."""
+    doc = json.loads((results_root / f"{name}.json").read_text())
+    return markdown(doc, doc)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (or the parts not yet done); return the exit status."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -238,6 +238,26 @@ def markdown(
     return "\n".join(lines)
 
 
+def stored_rows(
+    out: Path, order: list[str]
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[int, dict[str, Any]]]]:
+    """Return the stored per-seed results of a results directory: per row its lowest seed's record (as
+    before seeds were added) and per row every seed's record, rows in `order` first."""
+    seeds: dict[str, dict[int, dict[str, Any]]] = {}
+    for p in sorted(out.glob("*.json")):
+        row, seed = split_stem(p.stem)
+        seeds.setdefault(row, {})[seed] = json.loads(p.read_text())
+    keys = [k for k in order if k in seeds] + [k for k in seeds if k not in order]
+    seeds = {k: dict(sorted(seeds[k].items())) for k in keys}
+    ordered = {k: next(iter(v.values())) for k, v in seeds.items()}  # the lowest seed's record, as before
+    return ordered, seeds
+
+
+def render_stored(results_root: Path = ROOT / "benchmarks" / "results") -> str:
+    """Return the RESULTS.md section from the committed per-seed JSONs, without running anything."""
+    return markdown(*stored_rows(results_root / "strategies", list(collect_rows())))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return the exit status."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -284,13 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, fn in selected.items():
             results[stem(name, seed)] = run_row(name, fn, seed_args, out, work, command)
     # The aggregate holds every finished row and seed, also those of earlier invocations (--only, --seeds).
-    seeds: dict[str, dict[int, dict[str, Any]]] = {}
-    for p in sorted(out.glob("*.json")):
-        row, seed = split_stem(p.stem)
-        seeds.setdefault(row, {})[seed] = json.loads(p.read_text())
-    order = [k for k in rows if k in seeds] + [k for k in seeds if k not in rows]
-    seeds = {k: dict(sorted(seeds[k].items())) for k in order}
-    ordered = {k: next(iter(v.values())) for k, v in seeds.items()}  # the lowest seed's record, as before
+    ordered, seeds = stored_rows(out, list(rows))
     doc: dict[str, Any] = {"rows": ordered}
     several = {k: v for k, v in seeds.items() if len(v) > 1}
     if several:
