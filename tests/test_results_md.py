@@ -72,6 +72,16 @@ def test_tables_kept_apart_with_out_equal_their_render(name, results_dir):
     assert "\n".join(table) in text, name
     kd_line = next(ln for ln in got if ln.startswith("KD target"))
     assert kd_line in text
+    if name == "methods_intel":  # its Missing runs line is quoted too (the OFD section quotes none)
+        assert next(ln for ln in got if ln.startswith("Missing runs")) in text
+
+
+def test_methods_table_names_the_methods_it_never_ran_instead_of_none():
+    """dist, ab and ofd came after the first CIFAR table: its Missing runs line must name them, not say none."""
+    section = marked(RESULTS_MD.read_text(), "methods")
+    assert "Missing runs: none" not in section
+    assert "Missing runs: dist-s0, ab-s0, ofd-s0, dist-s1, ab-s1, ofd-s1." in section
+    assert "with no run against this teacher: dist, ab, ofd." in section
 
 
 def test_a_figure_edited_by_hand_makes_the_render_differ():
