@@ -366,15 +366,20 @@ def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
             f"KD target (at least +0.5 points over the scratch student): KD {v['kd_minus_scratch_points']:+.2f} "
             f"points over {v['seeds']} seed(s): **{'met' if v['met'] else 'not met'}**."
         )
-    # Counted against today's methods (ALL) as well as the plan the runs were made with: a method added since
-    # (dist, ab and ofd came after the first table) is missing from a table that never ran it.
+    # A full table is counted against today's methods (ALL) as well as the plan its runs were made with: a method
+    # added since (dist, ab and ofd came after the first table) is missing from a table that never ran it. A
+    # --quick table is counted against its own plan only.
+    quick = bool(s.get("quick"))
     done = {(m, int(seed)) for m, row in agg["rows"].items() for seed in row["per_seed"]}
-    seeds = sorted({s for _, s in done} | set(DEFAULT_SEEDS))
+    seeds = sorted({sd for _, sd in done} | set(DEFAULT_SEEDS))
     missing = list(agg["missing"]) + [
-        f"{m}-s{s}" for s in seeds for m in ALL if (m, s) not in done and f"{m}-s{s}" not in agg["missing"]
+        f"{m}-s{sd}"
+        for sd in ([] if quick else seeds)
+        for m in ALL
+        if (m, sd) not in done and f"{m}-s{sd}" not in agg["missing"]
     ]
     lines.append("Missing runs: " + (", ".join(missing) if missing else "none") + ".")
-    never = [m for m in ALL if m not in agg["rows"]]
+    never = [] if quick else [m for m in ALL if m not in agg["rows"]]
     if never:
         lines.append(
             f"Methods of `configs/cifar10/` with no run against this teacher: {', '.join(never)}. Runs of them "
