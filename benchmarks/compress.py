@@ -426,6 +426,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def render_stored(results_root: Path = ROOT / "benchmarks" / "results") -> str:
+    """Return the RESULTS.md section from the committed benchmarks/results/compress.json, without running."""
+    return markdown(json.loads((results_root / "compress.json").read_text()))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = make_console()

@@ -103,6 +103,33 @@ def comm_ms(numel: int, work: Path) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def render(res: dict) -> str:
+    """Return the RESULTS.md section from a stored result (benchmarks/results/ddp.json)."""
+    one, two = res["one_process_2_threads"], res["two_processes_1_thread"]
+    params, ms = res["gradient_values"], res["allreduce_ms_per_step"]
+    ratio = two["samples_per_second"] / one["samples_per_second"]
+    return "\n".join(
+        [
+            *section_head(MARKS[0], TITLE, res["command"], res["machine"], res["date"]),
+            "| setup | samples/s | test accuracy | optimizer steps |",
+            "|---|---|---|---|",
+            f"| 1 process x 2 threads | {one['samples_per_second']:,.0f} | {one['accuracy'] * 100:.2f}% | {one['steps']} |",
+            f"| 2 processes x 1 thread (gloo, loopback) | {two['samples_per_second']:,.0f} | "
+            f"{two['accuracy'] * 100:.2f}% | {two['steps']} |",
+            "",
+            f"2 processes / 1 process throughput: {ratio:.2f}x. One all-reduce of the student's "
+            f"{params:,} gradient values: {ms:.2f} ms per step (median of 50), about "
+            f"{res['comm_share_of_step'] * 100:.0f}% of a single-process step.",
+            MARKS[1],
+        ]
+    )
+
+
+def render_stored(results_root: Path = ROOT / "benchmarks" / "results") -> str:
+    """Return the RESULTS.md section from the committed JSON, without measuring anything."""
+    return render(json.loads((results_root / "ddp.json").read_text()))
+
+
 def main() -> int:
     """Measure and record; return the exit status."""
     data = os.environ.get("KDKIT_DATA") or str(ROOT.parent / "shared" / "data")
@@ -138,22 +165,7 @@ def main() -> int:
     out = ROOT / "benchmarks" / "results" / "ddp.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
-    ratio = two["samples_per_second"] / one["samples_per_second"]
-    section = "\n".join(
-        [
-            *section_head(MARKS[0], TITLE, "python benchmarks/ddp.py", res["machine"], res["date"]),
-            "| setup | samples/s | test accuracy | optimizer steps |",
-            "|---|---|---|---|",
-            f"| 1 process x 2 threads | {one['samples_per_second']:,.0f} | {one['accuracy'] * 100:.2f}% | {one['steps']} |",
-            f"| 2 processes x 1 thread (gloo, loopback) | {two['samples_per_second']:,.0f} | "
-            f"{two['accuracy'] * 100:.2f}% | {two['steps']} |",
-            "",
-            f"2 processes / 1 process throughput: {ratio:.2f}x. One all-reduce of the student's "
-            f"{params:,} gradient values: {ms:.2f} ms per step (median of 50), about "
-            f"{res['comm_share_of_step'] * 100:.0f}% of a single-process step.",
-            MARKS[1],
-        ]
-    )
+    section = render(res)
     update_results_md(section, ROOT / "benchmarks" / "RESULTS.md", MARKS)
     print(section)
     return 0

@@ -50,14 +50,21 @@ SEED_ROWS = {
     "distilled": "distilled",
     "distilled_jittered": "distilled",
 }
+# The table's order: the jittered-transfer row is the paper row, the fixed-transfer row stays beside it.
+ROW_ORDER = ["teacher", "scratch", "distilled_jittered", "distilled"]
+PAPER_ROW_REASON = (
+    "The jittered-transfer row is the paper row: Hinton et al. trained their teacher on images jittered by up to "
+    "2 pixels and do not say that the transfer set was unjittered, so distilling on the jittered images is a "
+    "faithful reading of the paper; the fixed-transfer row, the narrower reading of earlier sittings, stays beside it."
+)
 SWEEP_WIDTHS = [30, 300]
 # The sweep's distilled students train as long as its scratch students (30 epochs), which keeps the
 # 18 sweep runs within the 45-minute budget.
 SWEEP_TRAIN = ["distill.train.epochs=30"]
 # --jittered-transfer: the distilled row again with the transfer set jittered by up to 2 pixels, as the
-# teacher's training images were. Not the paper's setup (its transfer set is the training images without
-# jitter), so it is no target row and not part of the default (45-minute) benchmark: it measures what the
-# fixed transfer set costs the student.
+# teacher's training images were. Issue 29 decided that this is the paper row (the paper does not say that the
+# transfer set was unjittered); the table shows it as such and keeps the fixed-transfer row beside it. The
+# runs are still opt-in: the default (45-minute) benchmark is the fixed-transfer one.
 JITTERED_TRANSFER = ["distill.train.augment={jitter: 2}"]
 MARK_START, MARK_END = "<!-- hinton_mnist:start -->", "<!-- hinton_mnist:end -->"
 
@@ -385,10 +392,11 @@ def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
     names = {
         "teacher": "teacher 1200-1200, dropout + jitter (+ max-norm 4, which never binds)",
         "scratch": "student 800-800, scratch",
-        "distilled": "student 800-800, distilled at T=20",
-        "distilled_jittered": "*not the paper's setup:* the same, transfer set jittered by up to 2 pixels",
+        "distilled_jittered": "**paper row:** student 800-800, distilled at T=20, transfer set jittered by up to 2 "
+        "pixels",
+        "distilled": "student 800-800, distilled at T=20, transfer set without jitter (fixed transfer)",
     }
-    for key in SEED_ROWS:
+    for key in ROW_ORDER:
         if key in rows:
             r = rows[key]
             e = r["errors"]
@@ -398,7 +406,7 @@ def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
                 f"{e['mean'] - r['paper']:+.1f} |"
             )
     for key, label in (
-        ("omit3", "distilled, every 3 omitted from the transfer set"),
+        ("omit3", "distilled (fixed transfer), every 3 omitted from the transfer set"),
         ("omit3_bias", "the same, bias of class 3 raised by 3.5"),
     ):
         if key in rows:
@@ -407,6 +415,15 @@ def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
                 f"| {label} | {r['errors']} ({r['errors_on_3']} on the 1,010 threes) | 1 | "
                 f"{r['paper']} ({r['paper_on_3']} on threes) | {r['errors'] - r['paper']:+d} |"
             )
+    if "distilled_jittered" in rows:
+        lines += ["", PAPER_ROW_REASON + "  "]
+        for key, label in (("distilled_jittered", "Paper row"), ("distilled", "Fixed transfer")):
+            if key in rows:
+                e, paper = rows[key]["errors"], rows[key]["paper"]
+                lines.append(
+                    f"{label}: mean {e['mean']:.1f} test errors, spread ± {e['std']:.1f} (std over {e['n']} "
+                    f"seeds, {e['min']} to {e['max']}), gap {e['mean'] - paper:+.1f} against the paper's {paper}.  "
+                )
     if agg["sweep"]:
         lines += [
             "",
@@ -479,6 +496,12 @@ def run_parallel(runs: list[Run], jobs: int, out: Path, runs_dir: Path, progress
     return done
 
 
+def render_stored(results_root: Path = ROOT / "benchmarks" / "results") -> str:
+    """Return the RESULTS.md section from the committed benchmarks/results/hinton_mnist.json, without training."""
+    doc = json.loads((results_root / "hinton_mnist.json").read_text())
+    return markdown({"rows": doc["rows"], "sweep": doc["sweep"]}, doc)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return the exit status."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -494,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--jittered-transfer",
         action="store_true",
-        help="also distil with the transfer set jittered by up to 2 pixels (not the paper's setup; an extra row)",
+        help="also distil with the transfer set jittered by up to 2 pixels (the paper row, issue 29; an extra row)",
     )
     ap.add_argument(
         "--jobs", type=int, default=1, help="worker processes of one thread each (default 1: in-process)"

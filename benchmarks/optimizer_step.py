@@ -161,6 +161,11 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_stored(results_root: Path = ROOT / "benchmarks" / "results") -> str:
+    """Return the RESULTS.md section from the committed benchmarks/results/optimizer_step.json."""
+    return markdown(json.loads((results_root / "optimizer_step.json").read_text()))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=7)

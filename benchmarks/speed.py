@@ -1314,6 +1314,11 @@ def _finished_range(tasks: dict[str, Any]) -> list[str]:
     return [min(stamps), max(stamps)] if stamps else []
 
 
+def render_stored(results_root: Path = ROOT / "benchmarks" / "results") -> str:
+    """Return the RESULTS.md section from the committed benchmarks/results/speed.json, without timing."""
+    return markdown(json.loads((results_root / "speed.json").read_text()))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="under a minute: MNIST only, few steps, no accuracy")

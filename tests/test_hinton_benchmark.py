@@ -128,7 +128,19 @@ def test_jittered_transfer_row_is_opt_in_and_labelled_outside_the_papers_setup()
     }
     table = [x for x in markdown({"rows": rows, "sweep": {}}, info).splitlines() if x.startswith("| ")]
     line = next(x for x in table if "jittered" in x)
-    assert line.startswith("| *not the paper's setup:*") and "| 68.0 ± 2.8 (70, 66) | 2 | 74 | -6.0 |" in line
+    # Issue 29: the jittered-transfer row is the paper row, above the fixed-transfer row kept beside it.
+    assert line.startswith("| **paper row:**") and "| 68.0 ± 2.8 (70, 66) | 2 | 74 | -6.0 |" in line
+    fixed = next(x for x in table if "fixed transfer" in x)
+    assert table.index(line) + 1 == table.index(fixed) and "| 89.0 ± 1.4 (90, 88) | 2 | 74 | +15.0 |" in fixed
+    text = markdown({"rows": rows, "sweep": {}}, info)
+    assert "The jittered-transfer row is the paper row: Hinton et al." in text
+    assert "Paper row: mean 68.0 test errors, spread ± 2.8 (std over 2 seeds, 66 to 70), gap -6.0" in text
+    assert (
+        "Fixed transfer: mean 89.0 test errors, spread ± 1.4 (std over 2 seeds, 88 to 90), gap +15.0" in text
+    )
+    # Without the opt-in runs the table keeps the fixed-transfer row and claims no paper row.
+    del rows["distilled_jittered"]
+    assert "paper row" not in markdown({"rows": rows, "sweep": {}}, info).lower()
 
 
 def test_machine_line_names_the_machines_that_made_the_stored_runs():

@@ -98,3 +98,14 @@ def test_quick_benchmark_end_to_end_and_parts_are_skipped_when_run_again(tmp_pat
     # Another budget in the same results directory is refused rather than mixed into the table.
     other = bench("methods_cifar10.py", *args, "--epochs", "2", timeout=300)
     assert other.returncode != 0 and "another setup" in other.stderr
+
+
+def test_missing_runs_count_todays_methods_in_a_full_table_and_only_the_plan_in_a_quick_one():
+    doc = json.loads((ROOT / "benchmarks/results/methods_cifar10.json").read_text())
+    assert doc["missing"] == []  # stored before dist, ab and ofd existed
+    full = mb.markdown(doc, doc)
+    assert "Missing runs: dist-s0, ab-s0, ofd-s0, dist-s1, ab-s1, ofd-s1." in full
+    assert "with no run against this teacher: dist, ab, ofd." in full
+    quick = {**doc, "setup": {**doc["setup"], "quick": True}}
+    text = mb.markdown(doc, quick)
+    assert "Missing runs: none." in text and "with no run against this teacher" not in text

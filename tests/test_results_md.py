@@ -1,0 +1,151 @@
+"""Every marked section of benchmarks/RESULTS.md is what its script renders from the committed JSONs.
+
+No benchmark runs here: each script's `render_stored()` reads benchmarks/results/ and returns its section, dates
+and machine lines included (they come from the stored runs, not from today). A figure edited by hand in
+RESULTS.md, or a JSON changed without rendering again, makes the texts differ.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+RESULTS_MD = BENCH / "RESULTS.md"
+RESULTS = BENCH / "results"
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+# section name in RESULTS.md -> the script that renders it
+SECTIONS = {
+    "hinton_mnist": "hinton_mnist",
+    "ddp": "ddp",
+    "speed": "speed",
+    "strategies": "strategies",
+    "compress": "compress",
+    "methods": "methods_cifar10",
+    "optimizer_step": "optimizer_step",
+    "behaviour_check": "behaviour_check",
+}
+
+
+def marked(text: str, name: str) -> str:
+    """Return a section of RESULTS.md from its start mark to its end mark, both included."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    assert text.count(start) == 1 and text.count(end) == 1, name
+    return start + text.split(start, 1)[1].split(end, 1)[0] + end
+
+
+def render(name: str, results_root: Path = RESULTS) -> str:
+    return importlib.import_module(SECTIONS[name]).render_stored(results_root)
+
+
+def test_every_marked_section_has_a_renderer():
+    names = set(re.findall(r"<!-- (\w+):start -->", RESULTS_MD.read_text()))
+    assert names == set(SECTIONS), names ^ set(SECTIONS)
+
+
+@pytest.mark.parametrize("name", sorted(SECTIONS))
+def test_section_equals_its_render_from_the_stored_jsons(name):
+    assert marked(RESULTS_MD.read_text(), name) == render(name)
+
+
+@pytest.mark.parametrize(
+    ("name", "results_dir"),
+    [("methods_intel", "methods_intel"), ("methods_ofd", "methods_ofd")],
+)
+def test_tables_kept_apart_with_out_equal_their_render(name, results_dir):
+    """The CIFAR runs of other teachers (`--out`) are quoted outside the marks: their tables must match too."""
+    text = RESULTS_MD.read_text()
+    import methods_cifar10
+
+    got = methods_cifar10.render_stored(RESULTS / results_dir).splitlines()
+    table = [ln for ln in got if ln.startswith("|")]
+    assert len(table) >= 4
+    assert "\n".join(table) in text, name
+    kd_line = next(ln for ln in got if ln.startswith("KD target"))
+    assert kd_line in text
+    if name == "methods_intel":  # its Missing runs line is quoted too (the OFD section quotes none)
+        assert next(ln for ln in got if ln.startswith("Missing runs")) in text
+
+
+def test_methods_table_names_the_methods_it_never_ran_instead_of_none():
+    """dist, ab and ofd came after the first CIFAR table: its Missing runs line must name them, not say none."""
+    section = marked(RESULTS_MD.read_text(), "methods")
+    assert "Missing runs: none" not in section
+    assert "Missing runs: dist-s0, ab-s0, ofd-s0, dist-s1, ab-s1, ofd-s1." in section
+    assert "with no run against this teacher: dist, ab, ofd." in section
+
+
+def test_a_figure_edited_by_hand_makes_the_render_differ():
+    text = RESULTS_MD.read_text()
+    section = marked(text, "hinton_mnist")
+    assert "| 83.0 ± 0.0 (83, 83) |" in section
+    edited = text.replace("| 83.0 ± 0.0 (83, 83) |", "| 74.0 ± 0.0 (74, 74) |", 1)
+    assert marked(edited, "hinton_mnist") != render("hinton_mnist")
+    # A changed digit deep inside a long table is caught as well.
+    section = marked(text, "speed")
+    assert "| mnist | (b) | 300 | 3.09 |" in section
+    edited = text.replace("| mnist | (b) | 300 | 3.09 |", "| mnist | (b) | 300 | 3.19 |", 1)
+    assert marked(edited, "speed") != render("speed")
+
+
+def test_a_stored_json_changed_without_rendering_again_makes_the_texts_differ(tmp_path):
+    shutil.copytree(RESULTS / "strategies", tmp_path / "strategies")
+    path = tmp_path / "strategies" / "born_again-s1.json"
+    rec = json.loads(path.read_text())
+    rec["rows"][0]["test_errors"] += 1
+    path.write_text(json.dumps(rec))
+    assert render("strategies", tmp_path) != marked(RESULTS_MD.read_text(), "strategies")
+    doc = json.loads((RESULTS / "ddp.json").read_text())
+    doc["one_process_2_threads"]["samples_per_second"] *= 1.01
+    (tmp_path / "ddp.json").write_text(json.dumps(doc))
+    assert render("ddp", tmp_path) != marked(RESULTS_MD.read_text(), "ddp")
+
+
+def _val_errors(source: str) -> set[int]:
+    """Every validation-error figure a stored probe file (or a directory of them) holds."""
+    path = RESULTS / source.rstrip("/")
+    if path.is_dir():
+        docs = [json.loads(p.read_text()) for p in path.glob("*.json")]
+    else:
+        docs = list(json.loads(path.read_text())["runs"].values())
+    return {d["val_errors"] for d in docs if d.get("val_errors") is not None}
+
+
+def gap_table_figures_not_stored(text: str) -> tuple[int, list[tuple[str, list[int]]]]:
+    """Check the distilled-gap table's validation errors against the probe files each row cites: return how many
+    rows were checked and the figures that no cited file holds."""
+    table = text.split("| side | change | students (validation errors) | sitting | stored in |", 1)[1]
+    rows = [ln for ln in table.split("\n\n", 1)[0].splitlines() if ln.startswith("| ") and "`" in ln]
+    checked, bad = 0, []
+    for ln in rows:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        sources = re.findall(r"`([^`]+)`", cells[4])
+        if not all(s.startswith("hinton_") and not s.startswith("hinton_mnist") for s in sources):
+            continue  # test-set means (hinton_mnist.json) are rendered and checked with their section
+        stored = set().union(*(_val_errors(s) for s in sources))
+        figures = {int(x) for x in re.findall(r"\b\d+\b", cells[2])}
+        if not figures or not figures <= stored:
+            bad.append((cells[1], sorted(figures - stored)))
+        checked += 1
+    return checked, bad
+
+
+def test_every_figure_of_the_hinton_gap_table_is_in_the_file_it_cites():
+    """The distilled-gap table quotes validation errors of probes: each must be in the result files its row names."""
+    text = RESULTS_MD.read_text()
+    checked, bad = gap_table_figures_not_stored(text)
+    assert checked >= 15 and bad == []
+    # The fp32 row with the unstored sitting-8 figure (124) put back: no cited file holds it.
+    row = "| student | fp32 instead of bf16 | 117 | 11 | `hinton_probes_sitting11.json` |"
+    assert text.count(row) == 1
+    _, bad = gap_table_figures_not_stored(text.replace(row, row.replace("| 117 |", "| 124; 117 |")))
+    assert bad == [("fp32 instead of bf16", [124])]
