@@ -161,8 +161,9 @@ def plan(seeds: list[int], quick: bool, jittered_transfer: bool = False) -> list
 
 
 # Config fields added after results were stored, whose default keeps the behaviour from before them:
-# data.split_seed (split by the run's seed), train.ema_decay (no weight average), and the data fields of
-# named split folders and a held-out test set. Left out at their default, so that stored results stay current.
+# data.split_seed (split by the run's seed), train.ema_decay (no weight average), the data fields of named
+# split folders and a held-out test set, pretrained weights, fine-tuning rates, mixing and sentence data. Left out
+# at their default, so that stored results stay current.
 _LATER_FIELDS = {
     "split_seed": None,
     "ema_decay": None,
@@ -170,6 +171,13 @@ _LATER_FIELDS = {
     "test_size": None,
     "test_seed": 0,
     "allow_missing_test_classes": False,
+    # fine-tuning pretrained models and mixing (issue 30), sentence data (issue 31)
+    "pretrained": None,
+    "backbone_lr_scale": 1.0,
+    "freeze_backbone_epochs": 0.0,
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "text": None,
 }
 
 

@@ -54,11 +54,19 @@ def _weights(run_dir):
     return h.hexdigest()
 
 
-def test_conv_net_with_batch_norm_killed_at_three_points_resumes_bit_identically(tmp_path):
-    cfg = tmp_path / "cfg.yaml"
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run: its config and the hash of its three models' weights."""
+    d = tmp_path_factory.mktemp("conv-ref")
+    cfg = d / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(CFG))
-    ref = _kdkit(["run", str(cfg), "--run-dir", str(tmp_path / "ref")])
+    ref = _kdkit(["run", str(cfg), "--run-dir", str(d / "ref")])
     assert ref.returncode == 0, ref.stderr[-2000:]
+    return cfg, _weights(d / "ref")
+
+
+def test_conv_net_with_batch_norm_killed_at_three_points_resumes_bit_identically(reference, tmp_path):
+    cfg, ref_weights = reference
     run = tmp_path / "run"
     base = ["run", str(cfg), "--run-dir", str(run)]
     # 35 steps an epoch, 105 a phase, a state every 7 steps: killed at teacher step 30 (epoch 1), resumed
@@ -69,7 +77,7 @@ def test_conv_net_with_batch_norm_killed_at_three_points_resumes_bit_identically
     assert (run / "checkpoints" / "student_scratch.json").exists()
     done = _kdkit([*base, "--resume"])
     assert done.returncode == 0, done.stderr[-2000:]
-    assert _weights(run) == _weights(tmp_path / "ref")
+    assert _weights(run) == ref_weights
 
 
 def _conv_model():
@@ -120,13 +128,11 @@ def test_restored_optimizer_state_takes_each_parameters_layout_and_the_next_step
         assert torch.equal(a, b)
 
 
-def test_conv_net_stopped_by_ctrl_c_resumes_bit_identically(tmp_path):
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump(CFG))
-    ref = _kdkit(["run", str(cfg), "--run-dir", str(tmp_path / "ref")])
+def test_conv_net_stopped_by_ctrl_c_resumes_bit_identically(reference, tmp_path):
+    cfg, ref_weights = reference
     run = tmp_path / "run"
     stopped = _kdkit(["run", str(cfg), "--run-dir", str(run)], "step:52:SIGINT")  # mid teacher epoch 2
     assert stopped.returncode == 130 and "stopped by signal 2" in stopped.stderr, stopped.stderr[-2000:]
     done = _kdkit(["run", str(cfg), "--run-dir", str(run), "--resume"])
     assert done.returncode == 0 and "resumed at epoch 2, batch 17" in done.stderr, done.stderr[-2000:]
-    assert ref.returncode == 0 and _weights(run) == _weights(tmp_path / "ref")
+    assert _weights(run) == ref_weights

@@ -36,7 +36,7 @@ from kdkit.phases.teacher_outputs import build_teacher_cache
 from kdkit.run_dir import default_run_dir
 from kdkit.runtime import resolve_runtime
 from kdkit.signals import graceful_stop
-from kdkit.sweep import run_sweep
+from kdkit.sweep import sweep_until_stopped
 from kdkit.tasks import IMAGE_CLASSIFICATION, TOKEN_CLASSIFICATION
 
 EPILOG = "Data is looked for in --data-root / data.root, then $KDKIT_DATA, then ~/.cache/kdkit/data."
@@ -466,27 +466,9 @@ def _compress(args: argparse.Namespace, console: Console) -> int:
 
 
 def _sweep(args: argparse.Namespace, console: Console) -> int:
-
-    with graceful_stop():
-        try:
-            run_sweep(
-                args.config,
-                args.overrides + _data_root_override(args),
-                args.vary,
-                args.seeds,
-                args.out,
-                console,
-            )
-        except RunInterrupted as exc:
-            again = shlex.join(["kdkit", *sys.argv[1:]])
-            console.print(
-                f"{exc}\nthe finished runs are kept; continue the sweep with the same command:\n  {again}",
-                highlight=False,
-                markup=False,
-                soft_wrap=True,
-            )
-            return 128 + exc.signum
-    return 0
+    again = shlex.join(["kdkit", *sys.argv[1:]])
+    overrides = args.overrides + _data_root_override(args)
+    return sweep_until_stopped(args.config, overrides, args.vary, args.seeds, args.out, console, again)
 
 
 def main(argv: list[str] | None = None) -> int:
