@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from kdkit.config.base import AugmentConfig, TrainConfig, _Strict
-from kdkit.terms.registry import TERMS, response_names, term_spec
+from kdkit.terms.registry import TERMS, response_names, term_spec, token_names
 
 
 class EnsembleConfig(_Strict):
@@ -103,7 +103,11 @@ class CacheConfig(_Strict):
 class ResponseLossConfig(_Strict):
     """A response-based objective: alpha * soft loss (student, teacher) + beta * cross-entropy."""
 
-    loss: str = Field("kd", description="a response loss term: kd, logit_mse, kd_mse_mix")
+    loss: str = Field(
+        "kd",
+        description="a response loss term: kd, logit_mse, kd_mse_mix; on language-model text a per-token "
+        "divergence: forward_kl, reverse_kl, gkd_jsd, skew_kl, skew_reverse_kl, total_variation",
+    )
     temperature: float = Field(4.0, gt=0, description="softening temperature T of the soft loss")
     alpha: float = Field(0.9, ge=0, description="weight of the soft (teacher) term")
     beta: float = Field(0.1, ge=0, description="weight of the hard-label cross-entropy")
@@ -112,10 +116,10 @@ class ResponseLossConfig(_Strict):
     @field_validator("loss")
     @classmethod
     def _response_loss(cls, v: str) -> str:
-        if v not in response_names():
+        if v not in response_names() and v not in token_names():
             raise ValueError(
                 f"{v!r} is not a response loss (alpha * loss(student, teacher) + beta * CE); known: "
-                f"{response_names()}; other terms go in distill.terms"
+                f"{response_names()} (language models: {token_names()}); other terms go in distill.terms"
             )
         return v
 

@@ -21,7 +21,7 @@ from kdkit.data.splits import omit_classes
 from kdkit.data.text import TextDataset, concat_text
 from kdkit.ensemble import EnsembleTeacher
 from kdkit.objective import Objective
-from kdkit.objective_builder import build_objective
+from kdkit.objective_builder import build_objective, logit_objective
 from kdkit.phases.context import RunContext
 from kdkit.phases.objectives import objective_of
 from kdkit.phases.teacher_outputs import cached_logits, precomputed_logits
@@ -168,7 +168,14 @@ def run_distill(phase: DistillPhase, ctx: RunContext) -> None:
         **warnings,
     }
     objective: Objective | Callable[[nn.Module], Objective]
-    if phase.objective.kind == "terms":
+    if ctx.bundle.is_lm:
+        # Per-token terms: label -100 marks a position without a next token, which every term already skips.
+        objective = (
+            logit_objective(list(phase.objective.terms))
+            if phase.objective.kind == "terms"
+            else objective_of(phase.objective)
+        )
+    elif phase.objective.kind == "terms":
         objective = _terms_objective(phase, ctx, frozen, transfer, record)
     else:
         objective = objective_of(phase.objective)
