@@ -113,6 +113,16 @@ def test_teacher_scratch_and_distilled_gpt_students_run_end_to_end(text_file, tm
     assert main(["generate", str(run / "checkpoints" / "student_kd"), "--prompt", "the king",
                  "--max-new-tokens", "5", "--seed", "0"]) == 0  # fmt: skip
     assert capsys.readouterr().out.startswith("the king")
+    # kdkit eval: the perplexity of a run's GPT checkpoint on the run's test split (its own tokenizer).
+    for role, rec in models.items():
+        assert main(["eval", str(run / "checkpoints" / role)]) == 0
+        ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert ev["split"] == "test" and ev["total"] == rec["tokens_tested"]
+        assert ev["perplexity"] == pytest.approx(rec["perplexity"], rel=1e-4)
+        assert ev["accuracy"] == pytest.approx(rec["accuracy"])
+    assert main(["eval", str(run / "checkpoints" / "teacher"), "--split", "val"]) == 0
+    ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ev["perplexity"] == pytest.approx(models["teacher"]["val_perplexity"], rel=1e-4)
 
 
 def summary_sha(run):
