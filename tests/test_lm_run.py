@@ -206,3 +206,40 @@ def test_the_shakespeare_config_validates_and_documents_its_sizes():
     assert (cfg.teacher.model.options()["n_layers"], cfg.teacher.model.options()["d_model"]) == (4, 256)
     assert (cfg.student.model.options()["n_layers"], cfg.student.model.options()["d_model"]) == (2, 128)
     assert json.dumps(cfg.data.lm.model_dump(mode="json"))
+
+
+@pytest.mark.parametrize(
+    ("lm", "distill"),
+    [
+        (
+            {"mode": "on_policy", "lambda_": 0.5, "prompt_len": 8},
+            {"loss": "gkd_jsd", "alpha": 1.0, "beta": 0.0},
+        ),
+        ({"mode": "sequence", "prompt_len": 8}, {"loss": "forward_kl", "alpha": 0.0, "beta": 1.0}),
+    ],
+)
+def test_on_policy_and_sequence_level_modes_run_as_config_options(text_file, tmp_path, capsys, lm, distill):
+    cfg = lm_cfg(text_file, phases=["teacher", "distill"], distill={**distill, "lm": lm})
+    rec = run_experiment(cfg, tmp_path / lm["mode"])["models"]["student_kd"]
+    assert rec["lm_mode"]["mode"] == lm["mode"] and rec["perplexity"] > 1
+    if lm["mode"] == "sequence":
+        # The teacher's continuations of every unpadded block's first 8 tokens are the transfer set.
+        assert "sequence-level KD: the teacher continued" in "".join(capsys.readouterr())
+        assert rec["transfer_size"] >= load_data(cfg.data, 0).train.input_ids.shape[0] - 1
+
+
+def test_distill_lm_options_are_checked_with_the_config(text_file):
+    with pytest.raises(ValueError, match="prompt_len 32 leaves nothing"):
+        lm_cfg(text_file, distill={"lm": {"mode": "on_policy", "prompt_len": 32}})
+    with pytest.raises(ValueError, match="distill.lm is for language-model text"):
+        lm_cfg(text_file, data={"dataset": "mnist-small", "lm": None}, distill={"lm": {"mode": "sequence"}})
+
+
+def test_on_policy_with_lambda_0_is_the_supervised_run_and_lambda_1_is_not(text_file, tmp_path):
+    def student(lm):
+        cfg = lm_cfg(text_file, phases=["teacher", "distill"], distill={"loss": "gkd_jsd", "lm": lm})
+        return run_experiment(cfg, tmp_path / str(len(list(tmp_path.iterdir()))))["models"]["student_kd"]
+
+    supervised = student({"mode": "supervised"})
+    assert student({"mode": "on_policy", "lambda_": 0.0})["perplexity"] == supervised["perplexity"]
+    assert student({"mode": "on_policy", "lambda_": 1.0})["perplexity"] != supervised["perplexity"]

@@ -100,6 +100,30 @@ class CacheConfig(_Strict):
     shard_size: int = Field(10000, ge=1, description="images per shard file")
 
 
+class LMDistillConfig(_Strict):
+    """How a language model is distilled (language-model text only): teacher-forced, on-policy or sequence-level."""
+
+    mode: Literal["supervised", "on_policy", "sequence"] = Field(
+        "supervised",
+        description="supervised: the divergence on the data's blocks (teacher-forced); on_policy (GKD, Agarwal et "
+        "al. 2024): with probability lambda_ a step runs on the student's own continuations of each block's first "
+        "prompt_len tokens, scored by the teacher; sequence (Kim & Rush 2016): the teacher's continuations of those "
+        "prompts replace the training blocks (alpha 0, beta 1: pure sequence-level KD)",
+    )
+    lambda_: float = Field(
+        0.5, ge=0, le=1, description="on_policy: share of steps on the student's own samples"
+    )
+    prompt_len: int = Field(
+        8, ge=1, description="on_policy and sequence: tokens of each block kept as the prompt"
+    )
+    temperature: float = Field(
+        1.0, gt=0, description="on_policy: the student's sampling temperature (GKD samples at 1)"
+    )
+    greedy: bool = Field(
+        True, description="sequence: the teacher decodes greedily (beam 1), else samples at 1"
+    )
+
+
 class ResponseLossConfig(_Strict):
     """A response-based objective: alpha * soft loss (student, teacher) + beta * cross-entropy."""
 
@@ -155,6 +179,9 @@ class DistillConfig(ResponseLossConfig):
     )
     unlabeled: UnlabeledConfig | None = Field(
         None, description="teacher labels for the unlabeled images (data.labeled_*; default: soft, 1 round)"
+    )
+    lm: LMDistillConfig | None = Field(
+        None, description="language-model text: supervised, on-policy (GKD) or sequence-level distillation"
     )
 
 

@@ -167,6 +167,21 @@ class ExperimentConfig(_Strict):
         # Language-model text: data.lm is always recorded (its defaults when the config has none).
         if is_lm_dataset(self.data.dataset) and self.data.lm is None:
             self.data.lm = LMDataConfig()
+        if self.distill.lm is not None and not is_lm_dataset(self.data.dataset):
+            raise ValueError(
+                f"distill.lm is for language-model text (tinyshakespeare, text:PATH), not {self.data.dataset!r}"
+            )
+        lm = self.distill.lm
+        if (
+            lm is not None
+            and lm.mode != "supervised"
+            and self.data.lm is not None
+            and lm.prompt_len >= self.data.lm.block_size
+        ):
+            raise ValueError(
+                f"distill.lm.prompt_len {lm.prompt_len} leaves nothing to generate in blocks of "
+                f"data.lm.block_size {self.data.lm.block_size}"
+            )
         return self
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from kdkit import distributed
 from kdkit.class_bias import adjust_class_bias
 from kdkit.data.bundle import make_loader
+from kdkit.data.lm_sources import LMDataset
 from kdkit.data.loader import Augment, AugParams
 from kdkit.data.sources import ArrayDataset
 from kdkit.data.splits import omit_classes
@@ -23,6 +24,7 @@ from kdkit.ensemble import EnsembleTeacher
 from kdkit.objective import Objective
 from kdkit.objective_builder import build_objective, logit_objective
 from kdkit.phases.context import RunContext
+from kdkit.phases.lm_distill import lm_distill_setup
 from kdkit.phases.objectives import objective_of
 from kdkit.phases.teacher_outputs import cached_logits, precomputed_logits
 from kdkit.phases.train import train_model
@@ -142,6 +144,10 @@ def run_distill(phase: DistillPhase, ctx: RunContext) -> None:
     warnings = _teacher_warnings(phase, ctx)  # before any time is spent on the teacher's outputs
     frozen = ctx.freeze(ctx.models[phase.teacher])
     transfer, fixed, info = _transfer_set(phase, ctx, frozen)
+    lm_steps = None
+    if isinstance(transfer, LMDataset):  # distill.lm: supervised, on-policy or sequence-level
+        transfer, lm_steps, lm_info = lm_distill_setup(phase, ctx, frozen, transfer)
+        info.update(lm_info)
     augment = Augment(**phase.train.augment.model_dump())
     if isinstance(frozen, EnsembleTeacher) and frozen.mode == "random":
         steps = -(-len(transfer) // phase.train.batch_size)
@@ -190,7 +196,8 @@ def run_distill(phase: DistillPhase, ctx: RunContext) -> None:
         transfer,
         seed=phase.seed,
         # The plan decided how the teacher's outputs arrive: a forward every step, or served by the loader.
-        steps=TeacherStep(frozen) if phase.outputs == "online" else ServedTeacherStep(teacher=frozen),
+        steps=lm_steps
+        or (TeacherStep(frozen) if phase.outputs == "online" else ServedTeacherStep(teacher=frozen)),
         extras=extras,
         draws=draws,
         draw_extras=draw_extras,

@@ -1,0 +1,72 @@
+"""How a language model is distilled in a run (distill.lm): the step provider and the transfer set of its mode.
+
+- supervised: `LMTeacherStep`, the teacher run online on the training blocks (teacher-forced);
+- on_policy: `OnPolicyStep` (GKD): with probability lambda_ a step runs on the student's own continuations of each
+  block's first prompt_len tokens, seeded by the step's position so that a resumed phase repeats it;
+- sequence: the teacher's continuations of those prompts (`sequence_kd_set`, greedy by default) replace the
+  training blocks, scored on the continuation only (Kim & Rush 2016); the configured objective trains on them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdkit.config import LMDistillConfig
+from kdkit.data.lm_sources import LMDataset
+from kdkit.generation import Sampling
+from kdkit.lm_modes import LMTeacherStep, OnPolicyStep, sequence_kd_set
+from kdkit.phases.context import RunContext
+from kdkit.plan import DistillPhase
+from kdkit.steps import StepProvider
+
+
+def lm_distill_setup(
+    phase: DistillPhase, ctx: RunContext, frozen: nn.Module, transfer: LMDataset
+) -> tuple[LMDataset, StepProvider, dict[str, Any]]:
+    """Return (transfer set, step provider, what to record) of the phase's distill.lm mode."""
+    lm = ctx.cfg.distill.lm or LMDistillConfig()
+    if lm.mode == "on_policy":
+        steps = OnPolicyStep(
+            frozen, lm.lambda_, lm.prompt_len, Sampling(temperature=lm.temperature), seed=phase.seed
+        )
+        return (
+            transfer,
+            steps,
+            {"lm_mode": {"mode": "on_policy", "lambda": lm.lambda_, "prompt_len": lm.prompt_len}},
+        )
+    if lm.mode == "sequence":
+        return (
+            _sequence_set(ctx, frozen, transfer, lm, phase),
+            LMTeacherStep(frozen),
+            {"lm_mode": {"mode": "sequence", "prompt_len": lm.prompt_len, "greedy": lm.greedy}},
+        )
+    return transfer, LMTeacherStep(frozen), {"lm_mode": {"mode": "supervised"}}
+
+
+def _sequence_set(
+    ctx: RunContext, frozen: nn.Module, transfer: LMDataset, lm: LMDistillConfig, phase: DistillPhase
+) -> LMDataset:
+    """Return the teacher's continuations of every block's prompt as a transfer set of blocks."""
+    keep = transfer.attention_mask[:, : lm.prompt_len].bool().all(dim=1)  # prompts without padding
+    prompts = transfer.input_ids[keep, : lm.prompt_len].to(ctx.engine.runtime.device)
+    sampling = Sampling(greedy=lm.greedy)
+    with torch.inference_mode():
+        ids, mask, labels = sequence_kd_set(
+            frozen,
+            prompts,
+            transfer.input_ids.shape[1],
+            sampling,
+            seed=phase.seed,
+            batch_size=ctx.cfg.runtime.eval_batch_size,
+        )
+    ctx.engine.console.print(
+        f"[{phase.role}] sequence-level KD: the teacher continued {len(ids)} prompts of {lm.prompt_len} tokens",
+        highlight=False,
+        markup=False,
+    )
+    return LMDataset(
+        ids.cpu(), mask.cpu(), labels.cpu(), transfer.classes, f"{transfer.name}:teacher-sequences"
+    )
