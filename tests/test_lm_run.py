@@ -243,3 +243,26 @@ def test_on_policy_with_lambda_0_is_the_supervised_run_and_lambda_1_is_not(text_
     supervised = student({"mode": "supervised"})
     assert student({"mode": "on_policy", "lambda_": 0.0})["perplexity"] == supervised["perplexity"]
     assert student({"mode": "on_policy", "lambda_": 1.0})["perplexity"] != supervised["perplexity"]
+
+
+def test_the_sparse_top_k_teacher_cache_serves_distill_loss(text_file, tmp_path, capsys):
+    def run(name, **distill):
+        cfg = lm_cfg(text_file, phases=["teacher", "distill"], distill=distill)
+        return run_experiment(cfg, tmp_path / name)["models"]["student_kd"]
+
+    cache = {"topk": 8, "dir": str(tmp_path / "cache")}
+    first = run("first", teacher_outputs="cache", cache=cache)
+    assert first["teacher_outputs"] == "cache" and first["lm_mode"]["cache"]["built"]
+    assert (
+        first["lm_mode"]["cache"]["bytes_per_token"] == 8 * (2 + 2) + 2
+    )  # int16 ids, fp16 log-probs and tail
+    again = run("again", teacher_outputs="cache", cache=cache)  # the same teacher (seeded): read, not built
+    assert not again["lm_mode"]["cache"]["built"] and again["perplexity"] == first["perplexity"]
+    # k = the vocabulary: the sparse targets are the dense ones (an empty tail), so training matches online.
+    full = run("full", teacher_outputs="cache", cache={**cache, "topk": 10_000})
+    online = run("online", teacher_outputs="online")
+    assert full["perplexity"] == pytest.approx(online["perplexity"], rel=2e-3)
+    with pytest.raises(KdkitError, match="set distill.cache.topk"):
+        run("no-k", teacher_outputs="cache")
+    with pytest.raises(KdkitError, match="supervised mode only"):
+        run("policy", teacher_outputs="cache", cache=cache, lm={"mode": "on_policy"})

@@ -225,7 +225,11 @@ def _tokenizer_of(src: _Source | None, bundle: DataBundle) -> Any:
 
 
 def _check_lm(
-    plan: Plan, sources: dict[str, _Source | None], models: dict[str, nn.Module], bundle: DataBundle
+    plan: Plan,
+    cfg: ExperimentConfig,
+    sources: dict[str, _Source | None],
+    models: dict[str, nn.Module],
+    bundle: DataBundle,
 ) -> None:
     """Refuse on language-model text what would fail or mislead later: other vocabularies, short contexts, losses
     that are not per token, modes that keep teacher outputs per sample."""
@@ -276,15 +280,33 @@ def _check_lm(
                 f"[{phase.role}] {bad[0]!r} compares one output per sample; on language-model text use a per-token "
                 f"loss: {token_names()}"
             )
-        if phase.outputs != "online":
-            raise ConfigError(
-                f"distill.teacher_outputs: {phase.outputs!r} is not supported on language-model text yet; use "
-                "'online' (or 'auto')"
-            )
+        _check_lm_outputs(phase, cfg)
         if phase.transfer.images != "train" or phase.transfer.omit_classes or phase.class_bias:
             raise ConfigError(f"[{phase.role}] language models distil on the training text only")
     if plan.compress:
         raise ConfigError("compress: pruning, int8 and ONNX export are for image models, not language models")
+
+
+def _check_lm_outputs(phase: DistillPhase, cfg: ExperimentConfig) -> None:
+    """Refuse teacher-output modes language models do not support: precompute, and cache beyond distill.loss."""
+    if phase.outputs == "online":
+        return
+    lm = cfg.distill.lm
+    if phase.outputs != "cache":
+        raise ConfigError(
+            f"distill.teacher_outputs: {phase.outputs!r} is not supported on language-model text; use 'online' "
+            "or 'cache' (the teacher's top-k tokens on disk, distill.cache.topk)"
+        )
+    if cfg.distill.cache.topk is None:
+        raise ConfigError(
+            "distill.teacher_outputs: cache on language-model text keeps the teacher's top-k tokens per position; "
+            "set distill.cache.topk (e.g. 32)"
+        )
+    if phase.objective.kind != "response" or (lm is not None and lm.mode != "supervised"):
+        raise ConfigError(
+            "distill.teacher_outputs: cache on language-model text serves distill.loss in the supervised mode "
+            "only (not distill.terms, on_policy or sequence)"
+        )
 
 
 class _DataVocab(nn.Module):
@@ -312,7 +334,7 @@ def check_plan(plan: Plan, cfg: ExperimentConfig, bundle: DataBundle) -> None:
         if bundle.is_text:
             _check_text(plan, cfg, sources, models)
         if bundle.is_lm:
-            _check_lm(plan, sources, models, bundle)
+            _check_lm(plan, cfg, sources, models, bundle)
         if not bundle.is_lm:  # language models take logit terms only, checked by _check_lm
             _check_terms(plan, sources, bundle)
     if plan.compress:

@@ -24,7 +24,7 @@ from kdkit.ensemble import EnsembleTeacher
 from kdkit.objective import Objective
 from kdkit.objective_builder import build_objective, logit_objective
 from kdkit.phases.context import RunContext
-from kdkit.phases.lm_distill import lm_distill_setup
+from kdkit.phases.lm_distill import lm_distill_setup, sparse_cache_setup
 from kdkit.phases.objectives import objective_of
 from kdkit.phases.teacher_outputs import cached_logits, precomputed_logits
 from kdkit.phases.train import train_model
@@ -144,9 +144,13 @@ def run_distill(phase: DistillPhase, ctx: RunContext) -> None:
     warnings = _teacher_warnings(phase, ctx)  # before any time is spent on the teacher's outputs
     frozen = ctx.freeze(ctx.models[phase.teacher])
     transfer, fixed, info = _transfer_set(phase, ctx, frozen)
-    lm_steps = None
+    lm_steps, lm_objective, lm_served = None, None, {}
     if isinstance(transfer, LMDataset):  # distill.lm: supervised, on-policy or sequence-level
         transfer, lm_steps, lm_info = lm_distill_setup(phase, ctx, frozen, transfer)
+        if phase.outputs == "cache":  # the teacher's top-k targets on disk (supervised only)
+            lm_served, lm_steps, lm_objective, lm_info["lm_mode"]["cache"] = sparse_cache_setup(
+                phase, ctx, frozen, transfer
+            )
         info.update(lm_info)
     augment = Augment(**phase.train.augment.model_dump())
     if isinstance(frozen, EnsembleTeacher) and frozen.mode == "random":
@@ -159,6 +163,8 @@ def run_distill(phase: DistillPhase, ctx: RunContext) -> None:
         extras["teacher.logits"] = fixed
     elif phase.outputs == "precompute":
         extras["teacher.logits"] = precomputed_logits(ctx, frozen, transfer)
+    elif lm_served:
+        extras.update(lm_served)
     elif phase.outputs == "cache":
         logits, draws = cached_logits(ctx, frozen, transfer, augment, phase.seed)
         if draws is None:
@@ -176,7 +182,7 @@ def run_distill(phase: DistillPhase, ctx: RunContext) -> None:
     objective: Objective | Callable[[nn.Module], Objective]
     if ctx.bundle.is_lm:
         # Per-token terms: label -100 marks a position without a next token, which every term already skips.
-        objective = (
+        objective = lm_objective or (
             logit_objective(list(phase.objective.terms))
             if phase.objective.kind == "terms"
             else objective_of(phase.objective)

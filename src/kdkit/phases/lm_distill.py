@@ -5,22 +5,71 @@
   block's first prompt_len tokens, seeded by the step's position so that a resumed phase repeats it;
 - sequence: the teacher's continuations of those prompts (`sequence_kd_set`, greedy by default) replace the
   training blocks, scored on the continuation only (Kim & Rush 2016); the configured objective trains on them.
+
+With distill.teacher_outputs: cache (supervised only), the teacher's top-k next tokens of every training position
+are kept on disk (`kdkit.lm_cache`, k = distill.cache.topk, keyed by teacher weights, blocks, tokenizer, k and
+temperature), served beside each batch and read by the sparse form of distill.loss (`sparse_term`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from kdkit import distributed
 from kdkit.config import LMDistillConfig
 from kdkit.data.lm_sources import LMDataset
 from kdkit.generation import Sampling
+from kdkit.lm_cache import SparseTeacherCache, cache_key, sparse_steps, sparse_term
 from kdkit.lm_modes import LMTeacherStep, OnPolicyStep, sequence_kd_set
+from kdkit.objective import Objective, Term
 from kdkit.phases.context import RunContext
+from kdkit.phases.teacher_outputs import default_cache_root
 from kdkit.plan import DistillPhase
 from kdkit.steps import StepProvider
+
+
+def sparse_cache_setup(
+    phase: DistillPhase, ctx: RunContext, frozen: nn.Module, transfer: LMDataset
+) -> tuple[dict[str, Tensor], StepProvider, Objective, dict[str, Any]]:
+    """Return (served tensors, step provider, objective, what to record) of training on the sparse teacher cache."""
+    d, bundle = ctx.cfg.distill, ctx.bundle
+    r = phase.objective.response
+    assert r is not None and d.cache.topk is not None and bundle.lm is not None
+    k, temp = min(d.cache.topk, bundle.num_classes), r.temperature
+    key = cache_key(frozen, transfer.input_ids, transfer.attention_mask, bundle.lm["tokenizer_sha"], k, temp)
+    root = Path(d.cache.dir).expanduser() if d.cache.dir else default_cache_root()
+    cache = SparseTeacherCache(root / "lm-sparse" / key, key)
+    built = False
+    if distributed.info().is_main and not cache.complete():
+        dev = ctx.engine.runtime.device
+        cache.build(
+            lambda x, m: frozen(x.to(dev), m.to(dev)),
+            transfer.input_ids,
+            transfer.attention_mask,
+            bundle.num_classes,
+            k,
+            temp,
+            ctx.cfg.runtime.eval_batch_size,
+        )
+        built = True
+    distributed.barrier()
+    served = cache.load(bundle.num_classes)
+    terms = [sparse_term(r.loss, r.alpha, made_at=temp, temperature=temp)] if r.alpha else []
+    if r.beta:
+        terms.append(Term.from_name("ce", r.beta))
+    info = cache.info()
+    record = {"k": k, "bytes_per_token": info.bytes_per_token, "key": key, "built": built}
+    ctx.engine.console.print(
+        f"[{phase.role}] sparse teacher cache: top-{k} of {bundle.num_classes} tokens, {info.bytes_per_token} "
+        f"bytes per token, {'built' if built else 'read'} at {cache.directory}",
+        highlight=False,
+        markup=False,
+    )
+    return served, sparse_steps(), Objective(terms), record
 
 
 def lm_distill_setup(
