@@ -163,6 +163,7 @@ def test_token_terms_in_distill_terms_train(text_file, tmp_path):
         ({"student": {"model": {"name": "gpt", "n_layers": 1, "d_model": 16, "n_heads": 2, "block_size": 16}}},
          "block_size 16"),
         ({"student": {"model": {"name": "mlp"}}}, "not a language model"),
+        ({"strategy": {"kind": "mutual"}}, "not supported on language-model text"),
     ],
 )  # fmt: skip
 def test_preflight_refuses_what_language_models_cannot_do(text_file, over, message):

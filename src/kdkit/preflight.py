@@ -254,6 +254,10 @@ def _check_lm(
             except ModelError as exc:
                 raise ModelError(f"{what}: {exc}") from None
     for phase in plan.phases:
+        if isinstance(phase, (CohortPhase, EnsemblePhase)):
+            raise ConfigError(
+                f"[{phase.role}] joint, mutual and ensemble teaching are not supported on language-model text yet"
+            )
         if not isinstance(phase, DistillPhase):
             continue
         t, s = sources[phase.teacher], sources[phase.role]
