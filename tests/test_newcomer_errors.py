@@ -12,7 +12,7 @@ from PIL import Image
 
 from kdkit.cli import build_parser, main
 from kdkit.config import DataConfig, build_config
-from kdkit.config.base import SplitFolders, TextAugmentConfig, TextDataConfig
+from kdkit.config.base import LMDataConfig, SplitFolders, TextAugmentConfig, TextDataConfig
 from kdkit.config.reference import config_keys, config_markdown
 from kdkit.errors import CheckpointError, ConfigError
 from kdkit.experiment import plan_experiment
@@ -254,6 +254,8 @@ def test_config_defaults_prints_every_key_of_a_section_from_the_models(capsys):
         expected.append(f"data.{name}")
         if name == "splits":  # a nested section lists its own keys right after it
             expected += [f"data.splits.{sub}" for sub in SplitFolders.model_fields]
+        if name == "lm":
+            expected += [f"data.lm.{sub}" for sub in LMDataConfig.model_fields]
         if name == "text":
             for sub in TextDataConfig.model_fields:
                 expected.append(f"data.text.{sub}")

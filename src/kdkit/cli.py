@@ -17,16 +17,13 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from kdkit import data as kdata
 from kdkit import distributed
-from kdkit.config import CompressConfig, DataConfig, load_config
+from kdkit.config import CompressConfig, load_config
 from kdkit.config.reference import config_markdown, config_text, sections
 from kdkit.console import make_console
-from kdkit.data.loader import InMemoryLoader
-from kdkit.data.text import BucketLoader, tokenize
-from kdkit.data.text_sources import read_text_splits, text_tokenizer
 from kdkit.engine import Engine, RunInterrupted
 from kdkit.errors import KdkitError
+from kdkit.eval_data import eval_loader
 from kdkit.experiment import plan_experiment, run_experiment
 from kdkit.generation import Sampling, generate
 from kdkit.lm_io import load_lm
@@ -37,7 +34,6 @@ from kdkit.run_dir import default_run_dir
 from kdkit.runtime import resolve_runtime
 from kdkit.signals import graceful_stop
 from kdkit.sweep import sweep_until_stopped
-from kdkit.tasks import IMAGE_CLASSIFICATION, TOKEN_CLASSIFICATION
 
 EPILOG = "Data is looked for in --data-root / data.root, then $KDKIT_DATA, then ~/.cache/kdkit/data."
 
@@ -368,51 +364,15 @@ def _run_config(cfg: object, args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _eval_images(
-    dataset: str, split: str, root: str | None, meta: dict[str, Any], checkpoint: str
-) -> kdata.ArrayDataset:
-    """Return the split at the image size and channel count the checkpoint's model was trained on."""
-    ds = kdata.load_dataset(dataset, split, root=root)
-    size = meta.get("image_size")
-    if isinstance(size, int) and ds.images.shape[2] != size:
-        # Trained at another resolution (data.image_size): decode again at the recorded size.
-        ds = kdata.load_dataset(dataset, split, root=root, image_size=size)
-    channels = meta.get("in_channels")
-    if isinstance(channels, int) and ds.images.shape[1] != channels:
-        raise KdkitError(
-            f"{checkpoint}: the model reads {channels}-channel images but {dataset} has {ds.images.shape[1]}"
-        )
-    return ds
-
-
-def _eval_sentences(
-    dataset: str, split: str, root: str | None, meta: dict[str, Any], batch_size: int
-) -> tuple[BucketLoader, list[str]]:
-    """Return a loader over a sentence split tokenised as the checkpoint's model was trained (and the classes)."""
-    if split not in ("train", "test"):
-        raise KdkitError(f"{dataset} has the splits train and test, not {split!r}")
-    cfg = DataConfig(dataset=dataset, root=root, text=meta["text"])
-    full, test, _ = read_text_splits(cfg)
-    assert cfg.text is not None
-    ds = tokenize(full if split == "train" else test, text_tokenizer(cfg), cfg.text.max_length)
-    return BucketLoader(ds, batch_size), ds.classes
-
-
 def _eval(args: argparse.Namespace, console: Console) -> int:
 
     model, meta = load_model(args.checkpoint)
     dataset = args.dataset or meta.get("dataset")
     if not dataset:
         raise KdkitError(f"{args.checkpoint}: the checkpoint does not name its data set; pass --dataset")
-    task = IMAGE_CLASSIFICATION
-    if meta.get("text") is not None:
-        loader, classes = _eval_sentences(dataset, args.split, args.data_root, meta, args.batch_size)
-        task = TOKEN_CLASSIFICATION
-    else:
-        ds = _eval_images(dataset, args.split, args.data_root, meta, args.checkpoint)
-        norm = meta["normalize"]  # the training split's mean/std, recorded with the model
-        loader = InMemoryLoader(ds.images, ds.labels, args.batch_size, mean=norm["mean"], std=norm["std"])
-        classes = ds.classes
+    loader, classes, task = eval_loader(
+        args.checkpoint, meta, dataset, args.split, args.data_root, args.batch_size
+    )
     if len(classes) != meta["num_classes"]:
         raise KdkitError(f"{dataset} has {len(classes)} classes but the model predicts {meta['num_classes']}")
     engine = Engine(resolve_runtime("fp32"), console=console)
@@ -425,6 +385,8 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
         "errors": res.errors,
         "total": res.total,
     }
+    if meta.get("task") == "causal_lm":  # per token: accuracy is next-token accuracy, total counts tokens
+        out.update(perplexity=res.perplexity, loss=res.loss)
     print(json.dumps(out))
     return 0
 

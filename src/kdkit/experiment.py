@@ -16,6 +16,7 @@ from kdkit.checkpoint import atomic_write_text
 from kdkit.config import ExperimentConfig
 from kdkit.console import RunConsole, make_console
 from kdkit.data.bundle import load_data
+from kdkit.data.lm_text import save_tokenizer
 from kdkit.engine import Engine
 from kdkit.errors import RunDirError
 from kdkit.executor import execute
@@ -102,6 +103,8 @@ def run_experiment(
             )
         for warning in bundle.warnings:
             console.print(f"warning: {warning}", style="yellow", highlight=False, markup=False)
+        if bundle.is_lm and main:
+            save_tokenizer(bundle.tokenizer, run_dir / "tokenizer.json")  # the run's tokenizer, with the run
         ctx = RunContext(cfg, bundle, engine, run_dir / "checkpoints", resume)
         execute(plan, ctx)
         summary = {

@@ -53,6 +53,13 @@ def gpt_spec(model: GPT) -> dict[str, Any]:
     }
 
 
+def save_tokenizer_beside(path: str | Path, tokenizer: Tokenizer) -> dict[str, Any]:
+    """Write `<name>.tokenizer.json` beside the checkpoint at `path`; return the metadata `load_lm` checks."""
+    tok_file = tokenizer_path(path)
+    save_tokenizer(tokenizer, tok_file)
+    return {"task": TASK, "tokenizer": {"file": tok_file.name, "sha256": file_sha256(tok_file)}}
+
+
 def save_lm(path: str | Path, model: GPT, tokenizer: Tokenizer, extra: dict[str, Any] | None = None) -> Path:
     """Write the model's checkpoint and its tokenizer (see the module docstring); return the safetensors path."""
     if not isinstance(model, GPT):

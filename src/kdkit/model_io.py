@@ -70,6 +70,7 @@ def save_model(
         "normalize": {"mean": bundle.mean, "std": bundle.std},
         "data_split": bundle.split,
         **({"text": bundle.text} if bundle.text is not None else {}),
+        **({"lm": bundle.lm} if bundle.lm is not None else {}),
         **extra,
     }
     return save_checkpoint(path, model.state_dict(), meta)

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from torch import Tensor, nn
 
 from kdkit.config.distill import ResponseLossConfig
-from kdkit.terms.registry import response_names, term_spec
+from kdkit.terms.registry import response_names, term_spec, token_names
 
 
 @dataclass
@@ -146,8 +146,10 @@ class Objective(nn.Module):
         label_smoothing: float = 0.0,
     ) -> Objective:
         """Return alpha * <soft loss>(student, teacher) + beta * CE(labels), the Hinton et al. recipe."""
-        if loss not in response_names():
-            raise KeyError(f"loss {loss!r} is not a response loss; known: {response_names()}")
+        if loss not in response_names() and loss not in token_names():
+            raise KeyError(
+                f"loss {loss!r} is not a response loss; known: {response_names()} (per token: {token_names()})"
+            )
         _check_response(loss=loss, alpha=alpha, beta=beta, temperature=temperature, mix=mix)
         given = {"temperature": temperature, "mix": mix}
         kwargs = {k: v for k, v in given.items() if k in term_spec(loss).option_names()}

@@ -230,6 +230,19 @@ def _dry_run(objective: Objective, tensors: dict[str, Tensor], field: str) -> No
     objective.train()
 
 
+def logit_objective(terms: list[TermConfig], field: str = "distill.terms") -> Objective:
+    """Return the objective of terms that read logits and labels only (no module paths, nothing to size)."""
+    built = []
+    for i, tc in enumerate(terms):
+        spec = _spec(tc, f"{field}[{i}]")
+        if spec.reads_features or spec.stateful:
+            raise ConfigError(
+                f"{field}[{i}]: loss {tc.loss!r} reads module outputs; only logit terms apply here"
+            )
+        built.append(_term(spec, tc, f"{field}[{i}]"))
+    return Objective(built)
+
+
 def build_objective(
     terms: list[TermConfig],
     student: nn.Module,

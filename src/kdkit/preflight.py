@@ -11,6 +11,9 @@ it, with the same functions the phases use, so that its messages are theirs:
   work: the objective is built and run once on a small batch of the transfer set, with freshly initialised
   models (on the CPU: some losses have no meta-device kernels);
 - the optional libraries of the compress step are installed;
+- on language-model text, every model is a causal LM over the data's vocabulary and block size, teacher and
+  student share one vocabulary (`kdkit.vocab`, tokenizers compared token by token) and the distillation losses
+  are per-token divergences;
 - on sentence data, every model reads token ids, every hf: model has the data's tokenizer, and the phases
   use what sentences support (response losses, teacher outputs online or precomputed, the training set).
 
@@ -33,9 +36,11 @@ from torch import nn
 from kdkit.class_bias import bias_head
 from kdkit.config import ExperimentConfig
 from kdkit.data.bundle import DataBundle, make_loader
+from kdkit.data.lm_text import load_tokenizer as load_lm_tokenizer
 from kdkit.data.splits import omit_classes
 from kdkit.data.text_sources import text_tokenizer
-from kdkit.errors import ConfigError
+from kdkit.errors import ConfigError, ModelError
+from kdkit.lm_io import tokenizer_path
 from kdkit.model_io import (
     build_model,
     check_classes,
@@ -47,9 +52,11 @@ from kdkit.model_io import (
 )
 from kdkit.models.hf import PREFIX as HF_PREFIX
 from kdkit.models.hf import load_tokenizer, resolve_hf_path
-from kdkit.objective_builder import build_objective
+from kdkit.objective_builder import build_objective, logit_objective
 from kdkit.plan import CohortPhase, DistillPhase, EnsemblePhase, LoadPhase, ModelSource, Plan, TrainPhase
 from kdkit.strategies import make_plan
+from kdkit.terms.registry import token_names
+from kdkit.vocab import check_shared_vocabulary
 
 _SAMPLE = 16  # images in the dry run of distill.terms
 
@@ -89,11 +96,12 @@ def _sources(plan: Plan, cfg: ExperimentConfig, bundle: DataBundle) -> dict[str,
     for phase in plan.phases:
         if isinstance(phase, LoadPhase):
             meta = read_model_meta(phase.checkpoint, phase.field)
-            check_classes(
-                meta, phase.field, phase.checkpoint, classes, cfg.data.dataset, phase.same_class_names
-            )
+            if not bundle.is_lm:  # a language model's classes are its vocabulary: checked by _check_lm
+                check_classes(
+                    meta, phase.field, phase.checkpoint, classes, cfg.data.dataset, phase.same_class_names
+                )
             check_text(meta, phase.field, phase.checkpoint, bundle.text)
-            if not bundle.is_text:  # sentence models read any length
+            if not (bundle.is_text or bundle.is_lm):  # token models read any length
                 check_image_size(meta, phase.field, phase.checkpoint, bundle.image_size)
             check_test_images(meta, phase.field, phase.checkpoint, bundle.split)
             out[phase.role] = _Source(phase.checkpoint, meta=meta)
@@ -204,6 +212,115 @@ def _check_text(
             )
 
 
+def _tokenizer_of(src: _Source | None, bundle: DataBundle) -> Any:
+    """Return the tokenizer a model was trained with: a checkpoint's own (beside it), else the data's."""
+    if src is None or src.meta is None:
+        return bundle.tokenizer
+    file = tokenizer_path(src.key)
+    if not file.is_file():
+        raise ConfigError(
+            f"{src.key}: a language model checkpoint needs its tokenizer beside it ({file} is missing)"
+        )
+    return load_lm_tokenizer(file)
+
+
+def _check_lm(
+    plan: Plan,
+    cfg: ExperimentConfig,
+    sources: dict[str, _Source | None],
+    models: dict[str, nn.Module],
+    bundle: DataBundle,
+) -> None:
+    """Refuse on language-model text what would fail or mislead later: other vocabularies, short contexts, losses
+    that are not per token, modes that keep teacher outputs per sample."""
+    for key, model in models.items():
+        if "input_ids" not in inspect.signature(model.forward).parameters:
+            raise ConfigError(f"{key}: {type(model).__name__} is not a language model (use gpt)")
+        context = getattr(model, "block_size", None)
+        if isinstance(context, int) and context < bundle.image_size:
+            raise ConfigError(
+                f"{key}: the model's block_size {context} is shorter than data.lm.block_size {bundle.image_size}"
+            )
+    for role, src in sources.items():  # every model against the data's vocabulary
+        if src is not None:
+            what = f"{role} ({src.key}) and the data"
+            try:
+                check_shared_vocabulary(
+                    models[src.key],
+                    _DataVocab(bundle.vocab_size or 0),
+                    teacher_tokenizer=_tokenizer_of(src, bundle),
+                    student_tokenizer=bundle.tokenizer,
+                )
+            except ModelError as exc:
+                raise ModelError(f"{what}: {exc}") from None
+    for phase in plan.phases:
+        if isinstance(phase, (CohortPhase, EnsemblePhase)):
+            raise ConfigError(
+                f"[{phase.role}] joint, mutual and ensemble teaching are not supported on language-model text yet"
+            )
+        if not isinstance(phase, DistillPhase):
+            continue
+        t, s = sources[phase.teacher], sources[phase.role]
+        if t is not None and s is not None:
+            check_shared_vocabulary(
+                models[t.key],
+                models[s.key],
+                teacher_tokenizer=_tokenizer_of(t, bundle),
+                student_tokenizer=_tokenizer_of(s, bundle),
+            )
+        obj = phase.objective
+        names = (
+            [tc.loss for tc in obj.terms]
+            if obj.kind == "terms"
+            else [obj.response.loss]
+            if obj.response
+            else []
+        )
+        if obj.kind == "terms":
+            logit_objective(list(obj.terms))
+        bad = [n for n in names if n != "ce" and n not in token_names()]
+        if bad:
+            raise ConfigError(
+                f"[{phase.role}] {bad[0]!r} compares one output per sample; on language-model text use a per-token "
+                f"loss: {token_names()}"
+            )
+        _check_lm_outputs(phase, cfg)
+        if phase.transfer.images != "train" or phase.transfer.omit_classes or phase.class_bias:
+            raise ConfigError(f"[{phase.role}] language models distil on the training text only")
+    if plan.compress:
+        raise ConfigError("compress: pruning, int8 and ONNX export are for image models, not language models")
+
+
+def _check_lm_outputs(phase: DistillPhase, cfg: ExperimentConfig) -> None:
+    """Refuse teacher-output modes language models do not support: precompute, and cache beyond distill.loss."""
+    if phase.outputs == "online":
+        return
+    lm = cfg.distill.lm
+    if phase.outputs != "cache":
+        raise ConfigError(
+            f"distill.teacher_outputs: {phase.outputs!r} is not supported on language-model text; use 'online' "
+            "or 'cache' (the teacher's top-k tokens on disk, distill.cache.topk)"
+        )
+    if cfg.distill.cache.topk is None:
+        raise ConfigError(
+            "distill.teacher_outputs: cache on language-model text keeps the teacher's top-k tokens per position; "
+            "set distill.cache.topk (e.g. 32)"
+        )
+    if phase.objective.kind != "response" or (lm is not None and lm.mode != "supervised"):
+        raise ConfigError(
+            "distill.teacher_outputs: cache on language-model text serves distill.loss in the supervised mode "
+            "only (not distill.terms, on_policy or sequence)"
+        )
+
+
+class _DataVocab(nn.Module):
+    """Stands for the data in a vocabulary check: its vocabulary size."""
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+
+
 def check_plan(plan: Plan, cfg: ExperimentConfig, bundle: DataBundle) -> None:
     """Raise the error a phase would raise later for every mistake that can be found without training."""
     with _random_state_kept():
@@ -220,7 +337,10 @@ def check_plan(plan: Plan, cfg: ExperimentConfig, bundle: DataBundle) -> None:
                 _check_classes(phase, bundle, models[src.key])
         if bundle.is_text:
             _check_text(plan, cfg, sources, models)
-        _check_terms(plan, sources, bundle)
+        if bundle.is_lm:
+            _check_lm(plan, cfg, sources, models, bundle)
+        if not bundle.is_lm:  # language models take logit terms only, checked by _check_lm
+            _check_terms(plan, sources, bundle)
     if plan.compress:
         import kdkit.compress  # noqa: F401  # optional libraries: raises, naming them and their extra
 

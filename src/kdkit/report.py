@@ -57,12 +57,20 @@ def eval_record(
 def print_table(summary: dict[str, Any], console: Console) -> None:
     """Print the accuracy/size table of a run."""
     table = Table(title=f"kdkit run: {summary['name']} ({summary['dataset']})")
-    for col in ("model", "test acc", "errors", "val acc", "params", "size MB", "train s"):
+    lm = any("perplexity" in rec for rec in summary["models"].values())
+    cols = (
+        ("model", "test ppl", "token acc", "errors", "val acc")
+        if lm
+        else ("model", "test acc", "errors", "val acc")
+    )
+    for col in (*cols, "params", "size MB", "train s"):
         table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
     for key, rec in summary["models"].items():
         va = rec.get("val_accuracy")
+        ppl = [f"{rec['perplexity']:.2f}" if "perplexity" in rec else "-"] if lm else []
         table.add_row(
             ROLE_LABELS.get(key, key),
+            *ppl,
             f"{rec['accuracy'] * 100:.2f}%",
             f"{rec['errors']}/{rec['test_size']}",
             "-" if va is None else f"{va * 100:.2f}%",

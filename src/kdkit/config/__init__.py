@@ -8,6 +8,7 @@ together), `loading` (files, overrides, error messages).
 from kdkit.config.base import (
     AugmentConfig,
     DataConfig,
+    LMDataConfig,
     ModelSpec,
     PhaseModel,
     PretrainedConfig,
@@ -15,6 +16,7 @@ from kdkit.config.base import (
     TextAugmentConfig,
     TextDataConfig,
     TrainConfig,
+    is_lm_dataset,
     is_text_dataset,
 )
 from kdkit.config.distill import (
@@ -23,6 +25,7 @@ from kdkit.config.distill import (
     CompressDistillConfig,
     DistillConfig,
     EnsembleConfig,
+    LMDistillConfig,
     ResponseLossConfig,
     TermConfig,
     UnlabeledConfig,
@@ -47,6 +50,8 @@ __all__ = [
     "DistillConfig",
     "EnsembleConfig",
     "EnsembleMember",
+    "LMDataConfig",
+    "LMDistillConfig",
     "ExperimentConfig",
     "ModelSpec",
     "PretrainedConfig",
@@ -65,6 +70,7 @@ __all__ = [
     "apply_overrides",
     "build_config",
     "format_validation_error",
+    "is_lm_dataset",
     "is_text_dataset",
     "load_config",
     "load_yaml",

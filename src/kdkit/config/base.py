@@ -158,6 +158,38 @@ def is_text_dataset(name: str) -> bool:
     return name == "sst2" or name.startswith("tsv:")
 
 
+def is_lm_dataset(name: str) -> bool:
+    """Return True when a data.dataset name is language-model text: tinyshakespeare, or text:<file>."""
+    return name == "tinyshakespeare" or name.startswith("text:")
+
+
+class LMDataConfig(_Strict):
+    """How a text file becomes language-model data (data.dataset tinyshakespeare or text:<file>)."""
+
+    tokenizer: str | None = Field(
+        None,
+        description="a tokenizer.json file or a folder holding one (hf:PATH accepted); null: train a byte-level "
+        "BPE of vocab_size on the training split",
+    )
+    vocab_size: int = Field(
+        2048,
+        ge=258,
+        description="vocabulary of the trained byte-level BPE (256 bytes + <|endoftext|> + merges)",
+    )
+    block_size: int = Field(128, ge=2, description="tokens per training block (the context the models see)")
+    split: tuple[float, float, float] = Field(
+        (0.9, 0.05, 0.05),
+        description="train/validation/test fractions of the text, cut by position in that order (no shuffling)",
+    )
+
+    @field_validator("split")
+    @classmethod
+    def _fractions(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f < 0 for f in v) or abs(sum(v) - 1) > 1e-9 or v[0] <= 0:
+            raise ValueError(f"data.lm.split: three fractions >= 0 summing to 1 (train > 0), got {list(v)}")
+        return v
+
+
 class TextAugmentConfig(_Strict):
     """Tang et al. (2019)'s augmentation of the distillation transfer set (kdkit.data.text_augment)."""
 
@@ -222,7 +254,11 @@ class DataConfig(_Strict):
         min_length=1,
         description="mnist-small (embedded), mnist, cifar10, cifar100, cifar10-jpg, or imagefolder:PATH (class "
         "folders, optionally in train/ and test/, or a .tar/.tar.gz of them); sentences: sst2 ($KDKIT_DATA/sst2, "
-        "dev.tsv is the test split) or tsv:PATH (train.tsv and test.tsv or dev.tsv), see data.text",
+        "dev.tsv is the test split) or tsv:PATH (train.tsv and test.tsv or dev.tsv), see data.text; language-model "
+        "text: tinyshakespeare ($KDKIT_DATA/tinyshakespeare/input.txt) or text:PATH (any UTF-8 file), see data.lm",
+    )
+    lm: LMDataConfig | None = Field(
+        None, description="language-model text: tokenizer, block size, train/val/test split by position"
     )
     text: TextDataConfig | None = Field(
         None, description="sentence data: tokenizer, length, TSV columns, augmentation"
@@ -315,6 +351,25 @@ class DataConfig(_Strict):
                 raise ValueError(f"data.{used[0]} does not apply to sentence data ({self.dataset})")
         elif self.text is not None:
             raise ValueError(f"data.text is for sentence data (sst2, tsv:PATH), not {self.dataset!r}")
+        if is_lm_dataset(self.dataset):
+            lm_unused = {
+                "image_size": self.image_size is not None,
+                "splits": self.splits is not None,
+                "test_size": self.test_size is not None,
+                "labeled_fraction": self.labeled_fraction is not None,
+                "labeled_count": self.labeled_count is not None,
+                "split_seed": self.split_seed is not None,
+            }
+            used = [k for k, v in lm_unused.items() if v]
+            if used:
+                raise ValueError(
+                    f"data.{used[0]} does not apply to language-model text ({self.dataset}); it is split by "
+                    "position with data.lm.split"
+                )
+        elif self.lm is not None:
+            raise ValueError(
+                f"data.lm is for language-model text (tinyshakespeare, text:PATH), not {self.dataset!r}"
+            )
         return self
 
     @property

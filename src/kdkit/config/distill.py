@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from kdkit.config.base import AugmentConfig, TrainConfig, _Strict
-from kdkit.terms.registry import TERMS, response_names, term_spec
+from kdkit.terms.registry import TERMS, response_names, term_spec, token_names
 
 
 class EnsembleConfig(_Strict):
@@ -100,10 +100,38 @@ class CacheConfig(_Strict):
     shard_size: int = Field(10000, ge=1, description="images per shard file")
 
 
+class LMDistillConfig(_Strict):
+    """How a language model is distilled (language-model text only): teacher-forced, on-policy or sequence-level."""
+
+    mode: Literal["supervised", "on_policy", "sequence"] = Field(
+        "supervised",
+        description="supervised: the divergence on the data's blocks (teacher-forced); on_policy (GKD, Agarwal et "
+        "al. 2024): with probability lambda_ a step runs on the student's own continuations of each block's first "
+        "prompt_len tokens, scored by the teacher; sequence (Kim & Rush 2016): the teacher's continuations of those "
+        "prompts replace the training blocks (alpha 0, beta 1: pure sequence-level KD)",
+    )
+    lambda_: float = Field(
+        0.5, ge=0, le=1, description="on_policy: share of steps on the student's own samples"
+    )
+    prompt_len: int = Field(
+        8, ge=1, description="on_policy and sequence: tokens of each block kept as the prompt"
+    )
+    temperature: float = Field(
+        1.0, gt=0, description="on_policy: the student's sampling temperature (GKD samples at 1)"
+    )
+    greedy: bool = Field(
+        True, description="sequence: the teacher decodes greedily (beam 1), else samples at 1"
+    )
+
+
 class ResponseLossConfig(_Strict):
     """A response-based objective: alpha * soft loss (student, teacher) + beta * cross-entropy."""
 
-    loss: str = Field("kd", description="a response loss term: kd, logit_mse, kd_mse_mix")
+    loss: str = Field(
+        "kd",
+        description="a response loss term: kd, logit_mse, kd_mse_mix; on language-model text a per-token "
+        "divergence: forward_kl, reverse_kl, gkd_jsd, skew_kl, skew_reverse_kl, total_variation",
+    )
     temperature: float = Field(4.0, gt=0, description="softening temperature T of the soft loss")
     alpha: float = Field(0.9, ge=0, description="weight of the soft (teacher) term")
     beta: float = Field(0.1, ge=0, description="weight of the hard-label cross-entropy")
@@ -112,10 +140,10 @@ class ResponseLossConfig(_Strict):
     @field_validator("loss")
     @classmethod
     def _response_loss(cls, v: str) -> str:
-        if v not in response_names():
+        if v not in response_names() and v not in token_names():
             raise ValueError(
                 f"{v!r} is not a response loss (alpha * loss(student, teacher) + beta * CE); known: "
-                f"{response_names()}; other terms go in distill.terms"
+                f"{response_names()} (language models: {token_names()}); other terms go in distill.terms"
             )
         return v
 
@@ -151,6 +179,9 @@ class DistillConfig(ResponseLossConfig):
     )
     unlabeled: UnlabeledConfig | None = Field(
         None, description="teacher labels for the unlabeled images (data.labeled_*; default: soft, 1 round)"
+    )
+    lm: LMDistillConfig | None = Field(
+        None, description="language-model text: supervised, on-policy (GKD) or sequence-level distillation"
     )
 
 

@@ -9,12 +9,14 @@ from pydantic import Field, field_validator, model_validator
 
 from kdkit.config.base import (
     DataConfig,
+    LMDataConfig,
     ModelSpec,
     PhaseModel,
     RuntimeConfig,
     TextDataConfig,
     TrainConfig,
     _Strict,
+    is_lm_dataset,
     is_text_dataset,
 )
 from kdkit.config.distill import CompressConfig, DistillConfig, EnsembleConfig
@@ -158,6 +160,28 @@ class ExperimentConfig(_Strict):
                     f"unlabeled data (data.labeled_*) is labelled by the teacher once per round; "
                     f"distill.ensemble.mode {e.mode!r} cannot do that, use 'average'"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _lm_defaults(self) -> ExperimentConfig:
+        # Language-model text: data.lm is always recorded (its defaults when the config has none).
+        if is_lm_dataset(self.data.dataset) and self.data.lm is None:
+            self.data.lm = LMDataConfig()
+        if self.distill.lm is not None and not is_lm_dataset(self.data.dataset):
+            raise ValueError(
+                f"distill.lm is for language-model text (tinyshakespeare, text:PATH), not {self.data.dataset!r}"
+            )
+        lm = self.distill.lm
+        if (
+            lm is not None
+            and lm.mode != "supervised"
+            and self.data.lm is not None
+            and lm.prompt_len >= self.data.lm.block_size
+        ):
+            raise ValueError(
+                f"distill.lm.prompt_len {lm.prompt_len} leaves nothing to generate in blocks of "
+                f"data.lm.block_size {self.data.lm.block_size}"
+            )
         return self
 
     @model_validator(mode="after")

@@ -3,6 +3,8 @@
 Images are `ArrayDataset`s served by `InMemoryLoader`; sentences (data.dataset sst2 or tsv:PATH) are tokenised
 `TextDataset`s served by the length-bucketed `BucketLoader`. For sentences the bundle's `in_channels` is the
 tokenizer's vocabulary size and `image_size` the longest sequence, so models are built the same way.
+Language-model text (data.dataset tinyshakespeare or text:PATH) is `LMDataset`s of fixed-length blocks served by
+`TokenLoader`: one label per token, the vocabulary as the classes, the block size as `image_size`.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdkit.config import DataConfig, is_text_dataset
+from kdkit.config import DataConfig, LMDataConfig, is_lm_dataset, is_text_dataset
 from kdkit.data.class_lists import align_classes, empty_class_warnings
 from kdkit.data.imagefolder import TRAIN_SPLIT, MissingSplitError
+from kdkit.data.lm_sources import LMDataset, load_lm_splits
 from kdkit.data.loader import Augment, AugParams, InMemoryLoader, channel_stats
 from kdkit.data.sources import ArrayDataset, load_dataset
 from kdkit.data.splits import (
@@ -30,6 +33,7 @@ from kdkit.data.splits import (
 from kdkit.data.text import BucketLoader, TextDataset, tokenize
 from kdkit.data.text_augment import TextAugment, augment_dataset
 from kdkit.data.text_sources import read_text_splits, text_tokenizer
+from kdkit.data.tokens import TokenLoader
 from kdkit.errors import ConfigError, DataError
 from kdkit.tasks import IMAGE_CLASSIFICATION, TOKEN_CLASSIFICATION, ClassificationTask
 
@@ -45,9 +49,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class DataBundle:
     """The splits of one data set and what models need to know about it."""
 
-    train: ArrayDataset | TextDataset
-    val: ArrayDataset | TextDataset
-    test: ArrayDataset | TextDataset
+    train: ArrayDataset | TextDataset | LMDataset
+    val: ArrayDataset | TextDataset | LMDataset
+    test: ArrayDataset | TextDataset | LMDataset
     mean: list[float]
     std: list[float]
     unlabeled: ArrayDataset | None = None  # training images whose labels are hidden (data.labeled_*)
@@ -66,6 +70,9 @@ class DataBundle:
     text: dict[str, Any] | None = (
         None  # data.text as run (tokenizer, max_length, columns): kept in checkpoints
     )
+    # Language-model text only: data.lm as run with the tokenizer's hash (kept in checkpoints), and the tokenizer.
+    lm: dict[str, Any] | None = None
+    tokenizer: Any = None
 
     @property
     def is_text(self) -> bool:
@@ -73,9 +80,14 @@ class DataBundle:
         return isinstance(self.train, TextDataset)
 
     @property
+    def is_lm(self) -> bool:
+        """Return True for language-model text (blocks of token ids, one label per token)."""
+        return isinstance(self.train, LMDataset)
+
+    @property
     def task(self) -> ClassificationTask:
         """Return what a batch feeds a model: images, or token ids with their attention mask."""
-        return TOKEN_CLASSIFICATION if self.is_text else IMAGE_CLASSIFICATION
+        return TOKEN_CLASSIFICATION if self.is_text or self.is_lm else IMAGE_CLASSIFICATION
 
     @property
     def val_of_full(self) -> np.ndarray | None:
@@ -214,8 +226,34 @@ def _load_text_data(cfg: DataConfig, seed: int) -> DataBundle:
     )
 
 
+def _load_lm_data(cfg: DataConfig) -> DataBundle:
+    """Return the blocks of language-model text, split by position (data.lm), and its tokenizer."""
+    train, val, test, tokenizer, record = load_lm_splits(cfg)
+    lm = cfg.lm
+    assert lm is not None
+    split = {"dataset": cfg.dataset, "lm_split": list(lm.split), "block_size": lm.block_size}
+    where = f"test text: the last {lm.split[2]:.0%} of {record['file']} ({record['tokens']['test']} tokens)"
+    return DataBundle(
+        train=train,
+        val=val,
+        test=test,
+        mean=[],
+        std=[],
+        split=split,
+        test_source=where,
+        vocab_size=len(train.classes),
+        max_length=lm.block_size,
+        lm=record,
+        tokenizer=tokenizer,
+    )
+
+
 def load_data(cfg: DataConfig, seed: int) -> DataBundle:
     """Return train/val/test splits: validation held out of the training set by seed, test untouched."""
+    if is_lm_dataset(cfg.dataset):
+        if cfg.lm is None:
+            cfg = cfg.model_copy(update={"lm": LMDataConfig()})
+        return _load_lm_data(cfg)
     if is_text_dataset(cfg.dataset):
         return _load_text_data(cfg, seed)
     full, test, test_source, warnings = _train_and_test(cfg)
@@ -296,12 +334,27 @@ def make_loader(
     draws: AugParams | None = None,
     draw_extras: dict[str, torch.Tensor] | None = None,
     by_length: bool = False,
-) -> InMemoryLoader | BucketLoader:
+) -> InMemoryLoader | BucketLoader | TokenLoader:
     """Return an in-memory loader over a split with the bundle's normalisation (sentences: length-bucketed).
 
     `by_length` (sentences, unshuffled): serve the split sorted by length, for evaluations, where the order of
     the sentences does not matter and padding does.
     """
+    if isinstance(ds, LMDataset):
+        if train and augment is not None and augment.enabled:
+            raise ConfigError("train.augment (crops, jitter, flips) is for images, not language-model text")
+        if draws is not None or draw_extras:
+            raise ConfigError("cached augmentation draws are for images; language-model text has none")
+        return TokenLoader(
+            ds.input_ids,
+            ds.attention_mask,
+            ds.labels,
+            batch_size,
+            shuffle=train,
+            seed=seed,
+            trim=False,
+            extras=extras,
+        )
     if isinstance(ds, TextDataset):
         if train and augment is not None and augment.enabled:
             raise ConfigError(

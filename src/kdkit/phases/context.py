@@ -21,6 +21,7 @@ from kdkit.data.bundle import DataBundle, make_loader, val_images_trained_on
 from kdkit.data.loader import InMemoryLoader
 from kdkit.engine import Engine, FitResult
 from kdkit.ensemble import EnsembleTeacher
+from kdkit.lm_io import save_tokenizer_beside
 from kdkit.model_io import load_model, save_model
 from kdkit.report import eval_record
 from kdkit.resume import CheckpointPolicy
@@ -86,6 +87,14 @@ class RunContext:
         val = self.engine.evaluate(model, self.val_loader, self.bundle.num_classes, task)
         test = self.engine.evaluate(model, self.test_loader, self.bundle.num_classes, task)
         self.records[role] = {**eval_record(model, fit, val, test, self.bundle.train.classes), **extra}
+        if self.bundle.is_lm:
+            # Per-token figures: the vocabulary is no class list worth recording per class.
+            rec = self.records[role]
+            for key in ("classes", "errors_per_class"):
+                rec.pop(key, None)
+            rec.update(perplexity=test.perplexity, test_loss=test.loss, tokens_tested=test.total)
+            if val.total:
+                rec["val_perplexity"] = val.perplexity
         self.engine.logger.log(
             role,
             fit.steps if fit else 0,
@@ -97,6 +106,8 @@ class RunContext:
         )
         if distributed.info().is_main:
             meta = {"role": role, "dataset": self.cfg.data.dataset, "metrics": self.records[role]}
+            if self.bundle.is_lm:  # the tokenizer beside the checkpoint, as kdkit generate reads it (lm_io)
+                meta.update(save_tokenizer_beside(self.ckpt_dir / role, self.bundle.tokenizer))
             save_model(self.ckpt_dir / role, model, spec, self.bundle, meta)
 
     def check_split(self, meta: dict[str, Any], field: str, path: str) -> dict[str, Any]:

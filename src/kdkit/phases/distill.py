@@ -15,14 +15,16 @@ from torch import Tensor, nn
 from kdkit import distributed
 from kdkit.class_bias import adjust_class_bias
 from kdkit.data.bundle import make_loader
+from kdkit.data.lm_sources import LMDataset
 from kdkit.data.loader import Augment, AugParams
 from kdkit.data.sources import ArrayDataset
 from kdkit.data.splits import omit_classes
 from kdkit.data.text import TextDataset, concat_text
 from kdkit.ensemble import EnsembleTeacher
 from kdkit.objective import Objective
-from kdkit.objective_builder import build_objective
+from kdkit.objective_builder import build_objective, logit_objective
 from kdkit.phases.context import RunContext
+from kdkit.phases.lm_distill import lm_distill_setup, sparse_cache_setup
 from kdkit.phases.objectives import objective_of
 from kdkit.phases.teacher_outputs import cached_logits, precomputed_logits
 from kdkit.phases.train import train_model
@@ -142,6 +144,14 @@ def run_distill(phase: DistillPhase, ctx: RunContext) -> None:
     warnings = _teacher_warnings(phase, ctx)  # before any time is spent on the teacher's outputs
     frozen = ctx.freeze(ctx.models[phase.teacher])
     transfer, fixed, info = _transfer_set(phase, ctx, frozen)
+    lm_steps, lm_objective, lm_served = None, None, {}
+    if isinstance(transfer, LMDataset):  # distill.lm: supervised, on-policy or sequence-level
+        transfer, lm_steps, lm_info = lm_distill_setup(phase, ctx, frozen, transfer)
+        if phase.outputs == "cache":  # the teacher's top-k targets on disk (supervised only)
+            lm_served, lm_steps, lm_objective, lm_info["lm_mode"]["cache"] = sparse_cache_setup(
+                phase, ctx, frozen, transfer
+            )
+        info.update(lm_info)
     augment = Augment(**phase.train.augment.model_dump())
     if isinstance(frozen, EnsembleTeacher) and frozen.mode == "random":
         steps = -(-len(transfer) // phase.train.batch_size)
@@ -153,6 +163,8 @@ def run_distill(phase: DistillPhase, ctx: RunContext) -> None:
         extras["teacher.logits"] = fixed
     elif phase.outputs == "precompute":
         extras["teacher.logits"] = precomputed_logits(ctx, frozen, transfer)
+    elif lm_served:
+        extras.update(lm_served)
     elif phase.outputs == "cache":
         logits, draws = cached_logits(ctx, frozen, transfer, augment, phase.seed)
         if draws is None:
@@ -168,7 +180,14 @@ def run_distill(phase: DistillPhase, ctx: RunContext) -> None:
         **warnings,
     }
     objective: Objective | Callable[[nn.Module], Objective]
-    if phase.objective.kind == "terms":
+    if ctx.bundle.is_lm:
+        # Per-token terms: label -100 marks a position without a next token, which every term already skips.
+        objective = lm_objective or (
+            logit_objective(list(phase.objective.terms))
+            if phase.objective.kind == "terms"
+            else objective_of(phase.objective)
+        )
+    elif phase.objective.kind == "terms":
         objective = _terms_objective(phase, ctx, frozen, transfer, record)
     else:
         objective = objective_of(phase.objective)
@@ -183,7 +202,8 @@ def run_distill(phase: DistillPhase, ctx: RunContext) -> None:
         transfer,
         seed=phase.seed,
         # The plan decided how the teacher's outputs arrive: a forward every step, or served by the loader.
-        steps=TeacherStep(frozen) if phase.outputs == "online" else ServedTeacherStep(teacher=frozen),
+        steps=lm_steps
+        or (TeacherStep(frozen) if phase.outputs == "online" else ServedTeacherStep(teacher=frozen)),
         extras=extras,
         draws=draws,
         draw_extras=draw_extras,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdkit.config import ExperimentConfig, ResponseLossConfig, TermConfig, TrainConfig
+from kdkit.config import ExperimentConfig, ResponseLossConfig, TermConfig, TrainConfig, is_lm_dataset
 from kdkit.errors import ConfigError
 from kdkit.objective_builder import reads_teacher_features
 from kdkit.plan import DistillPhase, ModelSource, ObjectivePlan, TeacherOutputs, TransferPlan
@@ -31,7 +31,9 @@ def teacher_outputs(
         return "given"
     mode = d.teacher_outputs
     if mode == "auto":
-        return "online" if train.augment.enabled or features or varies else "precompute"
+        # Language-model text: a teacher output per token and vocabulary entry is too large to keep in memory.
+        lm = is_lm_dataset(cfg.data.dataset)
+        return "online" if train.augment.enabled or features or varies or lm else "precompute"
     if mode in ("precompute", "cache") and features:
         raise ConfigError(
             f"distill.teacher_outputs: {mode!r} keeps teacher logits only, but distill.terms read teacher "

@@ -15,6 +15,7 @@ class ForwardKLOptions(Options):
 SPEC = TermSpec(
     name="forward_kl",
     kind="logits_labels",
+    token=True,
     description="forward KL per token: T^2 * KL(teacher, student) averaged over the scored tokens (label -100 not scored)",
     reference="Hinton et al. 2015; Kim & Rush 2016",
     fn=forward_kl,

@@ -18,6 +18,7 @@ class GKDJSDOptions(Options):
 SPEC = TermSpec(
     name="gkd_jsd",
     kind="logits_labels",
+    token=True,
     description="generalized Jensen-Shannon divergence per token, beta * KL(p, m) + (1 - beta) * KL(q, m) with m = beta * p + (1 - beta) * q; beta 0 is the forward KL, beta 1 the reverse KL",
     reference="Agarwal et al. 2024",
     fn=generalized_jsd,

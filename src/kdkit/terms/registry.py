@@ -67,6 +67,7 @@ class TermSpec:
     options: type[BaseModel] = Options
     needs_adapter_when_shapes_differ: bool = False
     response: bool = False  # usable as distill.loss: alpha * loss(student, teacher) + beta * CE
+    token: bool = False  # a per-token divergence: usable as distill.loss on language-model text
     extra_inputs: tuple[str, ...] = ()  # further named tensors read after the kind's (crd: "index")
     check: CheckFn | None = None  # refuses observed shapes before the dry run, with the term's own reasons
 
@@ -167,6 +168,11 @@ def term_spec(name: str) -> TermSpec:
 def response_names() -> list[str]:
     """Return the names usable as a response loss (distill.loss: alpha * loss + beta * CE)."""
     return [name for name, spec in TERMS.items() if spec.response]
+
+
+def token_names() -> list[str]:
+    """Return the per-token divergences usable as distill.loss on language-model text (alpha * loss + beta * CE)."""
+    return [name for name, spec in TERMS.items() if spec.token]
 
 
 def terms_markdown() -> str:

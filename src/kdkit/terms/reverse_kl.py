@@ -15,6 +15,7 @@ class ReverseKLOptions(Options):
 SPEC = TermSpec(
     name="reverse_kl",
     kind="logits_labels",
+    token=True,
     description="reverse KL per token: T^2 * KL(student, teacher) averaged over the scored tokens (mode-seeking)",
     reference="Gu et al. 2024",
     fn=reverse_kl,

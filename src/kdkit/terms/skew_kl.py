@@ -16,6 +16,7 @@ class SkewKLOptions(Options):
 SPEC = TermSpec(
     name="skew_kl",
     kind="logits_labels",
+    token=True,
     description="alpha-skew KL per token: KL(p, alpha * p + (1 - alpha) * q); alpha 0 is the forward KL",
     reference="Ko et al. 2024",
     fn=skew_kl,

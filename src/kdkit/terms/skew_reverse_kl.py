@@ -16,6 +16,7 @@ class SkewReverseKLOptions(Options):
 SPEC = TermSpec(
     name="skew_reverse_kl",
     kind="logits_labels",
+    token=True,
     description="alpha-skew reverse KL per token: KL(q, (1 - alpha) * p + alpha * q); alpha 0 is the reverse KL",
     reference="Ko et al. 2024",
     fn=skew_reverse_kl,

@@ -15,6 +15,7 @@ class TotalVariationOptions(Options):
 SPEC = TermSpec(
     name="total_variation",
     kind="logits_labels",
+    token=True,
     description="total variation distance per token: 1/2 * sum abs(p - q), averaged over the scored tokens",
     reference="Wen et al. 2023",
     fn=total_variation,
