@@ -341,10 +341,14 @@ def targets(rows: list[dict[str, Any]], records: dict[str, dict[str, Any]]) -> l
         speed = t["latency_b1_ms"] / s["latency_b1_ms"]
         ok = "met" if speed >= TARGETS["speedup_b1"] else "NOT met"
         speed64 = t["latency_b64_ms"] / s["latency_b64_ms"]
-        out.append(f"student >= 10x faster than the teacher at batch 1: {speed:.1f}x, {ok} (batch 64: {speed64:.1f}x)")
+        out.append(
+            f"student >= 10x faster than the teacher at batch 1: {speed:.1f}x, {ok} (batch 64: {speed64:.1f}x)"
+        )
     minutes = sum(r["wall_seconds"] for r in records.values()) / 60
     ok = "met" if minutes <= TARGETS["minutes"] else "NOT met"
-    out.append(f"whole benchmark <= 90 min: {minutes:.1f} min of wall time for the {len(records)} stored runs, {ok}")
+    out.append(
+        f"whole benchmark <= 90 min: {minutes:.1f} min of wall time for the {len(records)} stored runs, {ok}"
+    )
     return out
 
 

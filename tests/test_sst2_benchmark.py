@@ -31,7 +31,18 @@ def quick(tmp_path_factory):
     (data / "test.tsv").write_text(_sentences(128, 1))
     bert = tiny_bert_folder(root / "bert", hidden=32)
     out = root / "out"
-    argv = ["--quick", "--teacher", f"hf:{bert}", "--data", f"tsv:{data}", "--out", str(out), "--seeds", "0", "1"]
+    argv = [
+        "--quick",
+        "--teacher",
+        f"hf:{bert}",
+        "--data",
+        f"tsv:{data}",
+        "--out",
+        str(out),
+        "--seeds",
+        "0",
+        "1",
+    ]
     assert sst2_tang.main(argv) == 0
     return out, argv
 
@@ -52,7 +63,9 @@ def test_quick_writes_one_json_per_run_with_its_figures(quick):
     assert recs["distill_mse-s0"]["transfer_size"] == 256  # 320 sentences - 20% validation
     aug = recs["distill_aug_mse-s0"]
     assert aug["augmented_sentences"] > 0 and aug["transfer_size"] == 256 + aug["augmented_sentences"]
-    assert recs["distill_aug_kd-s0"]["augmented_sentences"] == aug["augmented_sentences"]  # same seed, same drafts
+    assert (
+        recs["distill_aug_kd-s0"]["augmented_sentences"] == aug["augmented_sentences"]
+    )  # same seed, same drafts
     assert recs["scratch-s0"]["params"] == aug["params"] < recs["teacher-s0"]["params"]
 
 
