@@ -19,7 +19,7 @@ Rows (every one an ordinary kdkit run: build_config + run_experiment):
 Each row has its dev accuracy (dev.tsv is the test split; 2,000 validation sentences come out of train.tsv,
 the same for every seed: split_seed 0), parameters, checkpoint size, and CPU latency per sentence at batch 1 and 64: the same harness for the
 teacher and the student (`latency()`: fp32, eager, `torch.no_grad`, a fixed thread count, the first dev
-sentences, each batch padded to its longest sentence). Each finished run is a JSON in
+sentences, each batch padded to its longest sentence, the median of 5 passes). Each finished run is a JSON in
 benchmarks/results/sst2_tang/; the table goes to benchmarks/results/sst2_tang.json and the `sst2_tang`
 section of RESULTS.md.
 
@@ -150,7 +150,8 @@ def config(run: Run, seed: int, args: argparse.Namespace, teacher_dir: Path | No
         "seed": seed,
         "data": {
             "dataset": args.data,
-            "val_size": 0.2 if quick else 2000,
+            "val_size": 0.2 if quick or args.train_limit else 2000,
+            **({"train_limit": args.train_limit} if args.train_limit else {}),
             "split_seed": 0,  # one validation split for every seed: the teacher never trained on it
             "text": text,
         },
@@ -193,11 +194,15 @@ def config(run: Run, seed: int, args: argparse.Namespace, teacher_dir: Path | No
     return cfg
 
 
-def latency(model: torch.nn.Module, ids: list[list[int]], batch: int, pad_id: int, threads: int) -> float:
-    """Return the mean wall milliseconds per sentence of `model` over `ids`, in batches of `batch` in order.
+def latency(
+    model: torch.nn.Module, ids: list[list[int]], batch: int, pad_id: int, threads: int, passes: int = 5
+) -> float:
+    """Return the wall milliseconds per sentence of `model` over `ids`, in batches of `batch` in order.
 
     fp32, eager, no gradients, `threads` torch threads; each batch is right-padded to its longest sentence with
-    its attention mask (what a server batching these sentences would send). One untimed pass warms up.
+    its attention mask (what a server batching these sentences would send). Two batches warm up untimed; the
+    figure is the median over `passes` timed passes of the mean time per sentence (a busy machine slows some
+    passes).
     """
     batches = []
     for i in range(0, len(ids), batch):
@@ -214,10 +219,13 @@ def latency(model: torch.nn.Module, ids: list[list[int]], batch: int, pad_id: in
         with torch.no_grad():
             for t, m in batches[:2]:
                 model(t, m)
-            t0 = time.perf_counter()
-            for t, m in batches:
-                model(t, m)
-            return (time.perf_counter() - t0) * 1e3 / len(ids)
+            per_pass = []
+            for _ in range(passes):
+                t0 = time.perf_counter()
+                for t, m in batches:
+                    model(t, m)
+                per_pass.append((time.perf_counter() - t0) * 1e3 / len(ids))
+            return statistics.median(per_pass)
     finally:
         torch.set_num_threads(before)
 
@@ -274,6 +282,7 @@ def run_one(run: Run, seed: int, out: Path, args: argparse.Namespace) -> dict[st
             "threads": args.threads,
             "sentences_batch1": len(ids1),
             "sentences_batch64": len(ids64),
+            "passes": 5,
         },
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "precision": summary["precision"],
@@ -415,7 +424,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default="sst2", help="sst2 ($KDKIT_DATA/sst2) or tsv:FOLDER")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32", "auto"])
+    ap.add_argument(
+        "--train-limit",
+        type=int,
+        default=None,
+        help="a smoke test of the full settings on N training sentences (needs --out; validation: 20%%)",
+    )
     args = ap.parse_args(argv)
+    if args.train_limit and args.out is None:
+        ap.error("--train-limit writes runs that are not the benchmark's: give --out")
     out = args.out or (Path(tempfile.mkdtemp(prefix="sst2-")) if args.quick else RESULTS / "sst2_tang")
     out.mkdir(parents=True, exist_ok=True)
     records: dict[str, dict[str, Any]] = {}

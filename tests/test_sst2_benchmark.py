@@ -56,7 +56,7 @@ def test_quick_writes_one_json_per_run_with_its_figures(quick):
         lat = r["latency_ms_per_sentence"]
         assert lat["batch1"] > 0 and lat["batch64"] > 0, name
         assert r["latency_harness"] == {"precision": "fp32", "threads": 1, "sentences_batch1": 8,
-                                        "sentences_batch64": 128}  # fmt: skip
+                                        "sentences_batch64": 128, "passes": 5}  # fmt: skip
         assert (out / "runs" / name / "checkpoints").is_dir()
     # the toy task is learnt; the distilled students read the teacher's logits, the augmented ones more sentences
     assert recs["teacher-s0"]["test_accuracy"] > 0.9
