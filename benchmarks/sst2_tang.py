@@ -34,8 +34,12 @@ SST-2 sentences average 13 WordPiece tokens):
   labels (353 + 65.3k / 530 = 476 s), and each augmented row `copies: 1` (~1.75 x 65.3k = 114k sentences),
   1 epoch (about the steps of the 2-epoch rows: the augmented rows get more sentences, not more steps) plus
   the teacher's labels (114k / 370 + 114k / 530 = 524 s), twice: ~1,880 s = 31 min per seed;
-- two seeds: 62 min, with the teacher 74 min, plus model loading, tokenising and latency (~30 s a run, 9
-  runs): ~78 min, inside the 90-minute target with ~12 min for the load varying. 20 copies (Tang's) would
+- two seeds: 62 min, with the teacher 74 min, plus model loading, tokenising and latency (~30 s a student
+  run; the teacher's latency takes ~30 s more), 9 runs: ~79 min, inside the 90-minute target with ~11 min for
+  the load varying.
+- checked through kdkit itself (`--train-limit 4000 --out DIR`, the teacher row alone, load average 3.2):
+  3,200 sentences in 33.9 s of training (94 sentences/s, as above), 86 s of wall time in all (the rest:
+  loading, tokenising the 67k sentences, evaluation, and the latency passes, teacher b1 ~20 ms/sentence). 20 copies (Tang's) would
   multiply the augmented rows' labels and steps by ~15 and do not fit; 2 copies for 1 epoch would come to
   ~90 min, too close.
 Each distilled run labels its own transfer set in memory (`teacher_outputs: precompute`): kdkit's disk cache of
