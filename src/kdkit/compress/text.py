@@ -6,7 +6,7 @@ token-id students (BiLSTM, text CNN): here the distilled student is exported to 
 exporter cannot trace `pack_padded_sequence`), checked against PyTorch on a padded test batch, and quantized
 by ONNX Runtime's `quantize_dynamic` (int8 weights; activations quantized per batch at run time; LSTM ->
 DynamicQuantizeLSTM, Linear -> MatMulInteger, Conv -> ConvInteger). Each row gets its test accuracy (run in
-ONNX Runtime for the ONNX rows), file size and latency per sentence at batch 1 and 64 on `threads` threads.
+ONNX Runtime for the ONNX rows), file size and latency per sentence at batch 1 and 64 on `threads` threads (the median of 5 passes).
 The teacher is measured in PyTorch (fp32 eager), the same sentences and batches. No pruning for text yet.
 """
 
@@ -102,14 +102,18 @@ def _batches(test: Any, n: int, batch: int) -> list[dict[str, torch.Tensor]]:
     return out
 
 
-def _latency(run: Any, batches: list[dict[str, torch.Tensor]]) -> float:
-    """Mean milliseconds per sentence over the batches, after one untimed pass over the first two."""
+def _latency(run: Any, batches: list[dict[str, torch.Tensor]], passes: int = 5) -> float:
+    """Milliseconds per sentence over the batches: the median over `passes` timed passes (two batches warm up)."""
     for b in batches[:2]:
         run(b)
-    t0 = time.perf_counter()
-    for b in batches:
-        run(b)
-    return round((time.perf_counter() - t0) * 1e3 / sum(len(b["input_ids"]) for b in batches), 4)
+    n = sum(len(b["input_ids"]) for b in batches)
+    per_pass = []
+    for _ in range(passes):
+        t0 = time.perf_counter()
+        for b in batches:
+            run(b)
+        per_pass.append((time.perf_counter() - t0) * 1e3 / n)
+    return round(float(np.median(per_pass)), 4)
 
 
 def compress_text_run(
@@ -178,6 +182,7 @@ def compress_text_run(
             "student": smeta.get("model", {}),
             "threads": threads,
             "latency_sentences": {"batch1": len(b1), "batch64": sum(len(b["input_ids"]) for b in b64)},
+            "latency_passes": 5,
             "onnx": {
                 "inputs": list(INPUTS),
                 "max_abs_diff": diff,
@@ -217,7 +222,8 @@ def report(summary: dict[str, Any]) -> str:
     lines = [
         f"# Compression of {summary['name']} ({summary['dataset']})",
         "",
-        f"Latency: ms per sentence, {summary['threads']} thread(s), the first test sentences at batch 1 and 64.",
+        f"Latency: ms per sentence, {summary['threads']} thread(s), the first test sentences at batch 1 and 64, "
+        f"the median of {summary['latency_passes']} passes.",
         "",
         "| model | backend | test accuracy % | errors | file | MB | latency b1 ms | latency b64 ms |",
         "|---|---|---|---|---|---|---|---|",
