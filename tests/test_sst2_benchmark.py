@@ -94,6 +94,11 @@ def test_a_second_invocation_skips_finished_runs_and_render_stored_reads_them(qu
     err = capsys.readouterr().err
     assert err.count(": stored") == len(NAMES) and ": running" not in err
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*-s*.json")} == before
+    # --table reads the stored runs only: the same table, nothing run
+    table = json.loads((out / "table.json").read_text())
+    assert sst2_tang.main([*argv, "--table"]) == 0
+    assert "[sst2]" not in capsys.readouterr().err
+    assert json.loads((out / "table.json").read_text()) == table
     # render_stored builds the section from the JSONs alone, under results_root/sst2_tang
     (tmp_path / "sst2_tang").mkdir()
     for p in out.glob("*-s*.json"):
