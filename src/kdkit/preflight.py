@@ -191,7 +191,9 @@ def _check_text(
             )
     if plan.compress:
         raise ConfigError(
-            "compress: pruning, int8 and ONNX export are for image models, not yet for sentence models"
+            "compress: pruning, int8 and ONNX export are for image models, not yet for sentence models in a "
+            "run's config; after the run, `kdkit compress RUN_DIR` exports a text student to ONNX and int8 "
+            "(dynamic quantization, no pruning)"
         )
     for phase in plan.phases:
         if not isinstance(phase, DistillPhase):

@@ -31,6 +31,7 @@ from kdkit.compress.prune import count_macs_params, layer_widths, prune_model, s
 from kdkit.compress.qat import QuantizationAware
 from kdkit.compress.quantize import op_counts, quantize_onnx
 from kdkit.compress.report import plot_accuracy_vs_latency, print_compress_table, report_markdown
+from kdkit.compress.text import compress_text_run
 from kdkit.config import CompressConfig, CompressDistillConfig, ExperimentConfig, TrainConfig, load_config
 from kdkit.console import make_console
 from kdkit.data.bundle import DataBundle, load_data, make_loader
@@ -385,6 +386,8 @@ def compress_run(
     _require(ckpt / "student_kd", "distilled student")
     out = run_dir / COMPRESS_DIR
     _check_output_dir(out, overwrite)
+    if exp.data.text is not None:  # token-id students: ONNX + dynamic int8, no pruning (compress/text.py)
+        return compress_text_run(run_dir, exp, out, console, threads=exp.runtime.threads or 1)
 
     t_start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=".compress-", dir=run_dir))

@@ -111,8 +111,15 @@ class BiLSTMClassifier(nn.Module):
         x = self.dropout(self.embed(input_ids))
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, (h, _) = self.rnn(packed)
-        if self.pooling == "concat":
+        if self.pooling == "concat" and not torch.onnx.is_in_onnx_export():
             pooled = torch.cat([h[0], h[1]], dim=1)
+        elif self.pooling == "concat":
+            # The ONNX exporter cannot take h_n of a packed LSTM: the same states, read from the outputs (the
+            # forward direction at each sentence's last token, the backward one at its first).
+            seq, _ = pad_packed_sequence(out, batch_first=True)
+            half = seq.shape[2] // 2
+            last = (lengths - 1).to(seq.device)[:, None, None].expand(-1, 1, half)
+            pooled = torch.cat([seq[:, :, :half].gather(1, last)[:, 0], seq[:, 0, half:]], dim=1)
         else:
             seq, _ = pad_packed_sequence(out, batch_first=True)  # padded to the longest sentence, with zeros
             valid = torch.arange(seq.shape[1], device=seq.device)[None] < lengths[:, None]
