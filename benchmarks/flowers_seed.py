@@ -41,7 +41,8 @@ from typing import Any
 
 from benchcommon import ROOT, machine_id, shown_path, update_results_md
 
-from kdkit.config import build_config
+from kdkit.compress import compress_run
+from kdkit.config import CompressConfig, build_config
 from kdkit.experiment import run_experiment
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -188,6 +189,44 @@ def run_one(run: Run, seed: int, out: Path, data: Path, quick: bool) -> dict[str
     return result
 
 
+COMPRESS = {"latency_runs": 20, "latency_warmup": 3, "batch_sizes": [1, 32], "threads": [1, 2]}
+
+
+def compress_one(records: dict[str, dict[str, Any]], out: Path, quick: bool) -> dict[str, Any] | None:
+    """Compress the seed-0 'KD + augmentation' student (its lr chosen on validation): prune 50% of its FLOPs,
+    distil again, int8, ONNX and latency (`kdkit compress`), beside the teacher; store and return the rows."""
+    path = out / "compress-s0.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    best = _best_lr(records, "kd_aug", 0)
+    if best is None:
+        return None
+    run_dir = out / "runs" / f"{best['run']}-s0"
+    cfg = CompressConfig(**{**COMPRESS, **({"latency_runs": 2, "batch_sizes": [1]} if quick else {})})
+    t0 = time.perf_counter()
+    summary = compress_run(run_dir, cfg, overwrite=True)
+    keep = (
+        "label",
+        "accuracy",
+        "errors",
+        "test_size",
+        "params",
+        "macs",
+        "onnx_mb",
+        "safetensors_mb",
+        "latency_ms",
+    )
+    result = {
+        "run": best["run"],
+        "models": {k: {f: v.get(f) for f in keep} for k, v in summary["models"].items()},
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "machine_id": machine_id(),
+        "date": dt.date.today().isoformat(),
+    }
+    path.write_text(json.dumps(result, indent=2))
+    return result
+
+
 def _stats(values: list[float]) -> str:
     mean = statistics.fmean(values) * 100
     sd = statistics.stdev(values) * 100 if len(values) > 1 else 0.0
@@ -238,7 +277,12 @@ def table(records: dict[str, dict[str, Any]], seeds: list[int]) -> list[dict[str
     return rows
 
 
-def render(rows: list[dict[str, Any]], records: dict[str, dict[str, Any]], command: str) -> str:
+def render(
+    rows: list[dict[str, Any]],
+    records: dict[str, dict[str, Any]],
+    command: str,
+    compressed: dict[str, Any] | None = None,
+) -> str:
     """Return the RESULTS.md section of the table, every line from the stored runs (no date of today)."""
     minutes = sum(r["wall_seconds"] for r in records.values()) / 60
     machines = sorted({r["machine_id"] for r in records.values()})
@@ -263,24 +307,47 @@ def render(rows: list[dict[str, Any]], records: dict[str, dict[str, Any]], comma
         lines.append(
             f"| {r['row']} | {r['test_accuracy']} | {r['runs']} | {lr} | {r['train_seconds']} | {r['params']:,} |"
         )
-    lines += [
-        "",
-        "The article's figures: " + "; ".join(f"{k}: {v}" for k, v in ARTICLE.items()) + ".",
-        MARKS[1],
-    ]
+    lines += ["", "The article's figures: " + "; ".join(f"{k}: {v}" for k, v in ARTICLE.items()) + "."]
+    if compressed is not None:
+        lines += [
+            "",
+            f"Then deployed (`kdkit compress` on `{compressed['run']}`, seed 0: prune 50% of the FLOPs, distil again, "
+            "int8 with ONNX Runtime; latency: median ms per batch, fp32 eager or ONNX Runtime, 1 and 2 threads):",
+            "",
+            "| model | test accuracy % | params | ONNX MB | latency b1 t1 | latency b32 t2 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for m in compressed["models"].values():
+            lat = m["latency_ms"] or {}
+            b1 = next((v for k, v in lat.items() if k.endswith("_b1_t1")), None)
+            b32 = next((v for k, v in lat.items() if k.endswith("_b32_t2")), None)
+            params = f"{m['params']:,}" if m.get("params") else "-"
+            lines.append(
+                f"| {m['label']} | {m['accuracy'] * 100:.1f} | {params} | {m['onnx_mb']:.2f} | "
+                f"{b1 if b1 is not None else '-'} | {b32 if b32 is not None else '-'} |"
+            )
+    lines.append(MARKS[1])
     return "\n".join(lines)
 
 
 def stored(out: Path) -> dict[str, dict[str, Any]]:
     """Return every stored run of the table by file stem."""
-    return {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*-s*.json"))}
+    return {
+        p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*-s*.json")) if p.stem != "compress-s0"
+    }
 
 
 def render_stored(results_root: Path = RESULTS) -> str:
     """Return the RESULTS.md section from the stored runs alone (what tests/test_results_md.py compares)."""
-    records = stored(results_root / "flowers_seed")
+    out = results_root / "flowers_seed"
+    records = stored(out)
+    if not records:
+        raise FileNotFoundError(f"no stored runs of the Flowers table in {out}")
     seeds = sorted({r["seed"] for r in records.values() if r["phase"] != "teacher"})
-    return render(table(records, seeds), records, "python benchmarks/flowers_seed.py")
+    compressed = (
+        json.loads((out / "compress-s0.json").read_text()) if (out / "compress-s0.json").exists() else None
+    )
+    return render(table(records, seeds), records, "python benchmarks/flowers_seed.py", compressed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"[flowers] {run.name} seed {seed}", file=sys.stderr, flush=True)
             records[path.stem] = run_one(run, seed, out, args.data, args.quick)
+    if not args.table and (not args.only or "compress" in args.only):
+        compress_one(records, out, args.quick)
     rows = table(records, args.seeds)
     command = "python benchmarks/flowers_seed.py" + (" --quick" if args.quick else "")
     (out.parent / "flowers_seed.json" if not args.quick else out / "table.json").write_text(
