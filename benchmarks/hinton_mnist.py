@@ -162,7 +162,7 @@ def plan(seeds: list[int], quick: bool, jittered_transfer: bool = False) -> list
 
 # Config fields added after results were stored, whose default keeps the behaviour from before them:
 # data.split_seed (split by the run's seed), train.ema_decay (no weight average), the data fields of named
-# split folders and a held-out test set, pretrained weights, fine-tuning rates, mixing and sentence data. Left out
+# split folders and a held-out test set, pretrained weights, fine-tuning rates, mixing, sentence and language-model data. Left out
 # at their default, so that stored results stay current.
 _LATER_FIELDS = {
     "split_seed": None,
@@ -178,6 +178,7 @@ _LATER_FIELDS = {
     "mixup": 0.0,
     "cutmix": 0.0,
     "text": None,
+    "lm": None,
 }
 
 
