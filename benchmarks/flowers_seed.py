@@ -41,6 +41,7 @@ from typing import Any
 
 from benchcommon import ROOT, machine_id, shown_path, update_results_md
 
+from kdkit.checkpoint import file_sha256
 from kdkit.compress import compress_run
 from kdkit.config import CompressConfig, build_config
 from kdkit.experiment import run_experiment
@@ -158,7 +159,7 @@ def config(run: Run, seed: int, data: Path, teacher_dir: Path | None, quick: boo
 def run_one(run: Run, seed: int, out: Path, data: Path, quick: bool) -> dict[str, Any]:
     """Run one row (or load its stored JSON) and return its record."""
     path = out / f"{run.name}-s{seed}.json"
-    if path.exists():
+    if path.exists() and _still_valid(run, json.loads(path.read_text()), out):
         return json.loads(path.read_text())
     teacher_dir = out / "runs" / f"{run.teacher}-s0" if run.phase != "teacher" else None
     run_dir = out / "runs" / f"{run.name}-s{seed}"
@@ -185,8 +186,32 @@ def run_one(run: Run, seed: int, out: Path, data: Path, quick: bool) -> dict[str
         "date": dt.date.today().isoformat(),
         "command": "python benchmarks/flowers_seed.py" + (" --quick" if quick else ""),
     }
+    if run.phase == "teacher":
+        result["weights_sha256"] = teacher_sha256(out, run.name)
+    elif run.phase == "distill":
+        result["teacher_sha256"] = teacher_sha256(out, run.teacher)
     path.write_text(json.dumps(result, indent=2))
     return result
+
+
+def teacher_sha256(out: Path, name: str) -> str | None:
+    """Return the sha256 of a teacher run's weights (None when its run directory is gone)."""
+    weights = out / "runs" / f"{name}-s0" / "checkpoints" / "teacher.safetensors"
+    return file_sha256(weights) if weights.exists() else None
+
+
+def _still_valid(run: Run, rec: dict[str, Any], out: Path) -> bool:
+    """Return True when a stored run still stands: a teacher whose weights are still there (the students
+    need them), a distilled student made from the teacher there now. Run directories are not committed, so
+    a later sitting on a fresh machine trains the teachers again and, as their weights differ, the students.
+    A record from before the hashes were stored counts for the weights present."""
+    if run.phase == "teacher":
+        sha = teacher_sha256(out, run.name)
+        return sha is not None and rec.get("weights_sha256", sha) == sha
+    if run.phase == "distill":
+        sha = teacher_sha256(out, run.teacher)
+        return sha is not None and rec.get("teacher_sha256", sha) == sha
+    return True
 
 
 COMPRESS = {"latency_runs": 20, "latency_warmup": 3, "batch_sizes": [1, 32], "threads": [1, 2]}

@@ -103,3 +103,23 @@ def test_the_compressed_student_table_comes_from_its_stored_json(tmp_path):
     assert "| pruned int8 | 80.0 | - | 0.20 | 0.5 | - |" in section
     with pytest.raises(FileNotFoundError, match="no stored runs"):
         flowers_seed.render_stored(tmp_path / "nowhere")
+
+
+def test_a_stored_run_stands_only_while_the_teacher_weights_it_was_made_from_are_there(tmp_path):
+    out = tmp_path / "flowers_seed"
+    ckpt = out / "runs" / "lite0_224-s0" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt / "teacher.safetensors").write_bytes(b"weights one")
+    runs = {r.name: r for r in flowers_seed.runs()}
+    sha = flowers_seed.teacher_sha256(out, "lite0_224")
+    teacher = {**_record("lite0_224", 0, "teacher", 0.9, 0.9), "weights_sha256": sha}
+    student = {**_record("kd_lr0.01", 1, "distill", 0.8, 0.8, 1e-2), "teacher_sha256": sha}
+    scratch = _record("scratch_lr0.01", 1, "scratch", 0.7, 0.7, 1e-2)
+    assert flowers_seed._still_valid(runs["lite0_224"], teacher, out)
+    assert flowers_seed._still_valid(runs["kd_lr0.01"], student, out)
+    (ckpt / "teacher.safetensors").write_bytes(b"weights two")  # the teacher was trained again
+    assert not flowers_seed._still_valid(runs["lite0_224"], teacher, out)
+    assert not flowers_seed._still_valid(runs["kd_lr0.01"], student, out)
+    assert flowers_seed._still_valid(runs["scratch_lr0.01"], scratch, out)  # reads no teacher
+    (ckpt / "teacher.safetensors").unlink()  # a fresh machine: run directories are not committed
+    assert not flowers_seed._still_valid(runs["lite0_224"], teacher, out)
