@@ -324,6 +324,8 @@ def render(
         "shared by every student row; student rows: mean +- sd over seeds. Best lr: chosen per seed on the "
         "validation split from the same candidates for the scratch and the distilled student.",
         "",
+        _missing_line(records),
+        "",
         "| row | test accuracy % (mean +- sd) | runs | lr | train s | params |",
         "|---|---|---|---|---|---|",
     ]
@@ -353,6 +355,18 @@ def render(
             )
     lines.append(MARKS[1])
     return "\n".join(lines)
+
+
+def _missing_line(records: dict[str, dict[str, Any]], seeds: tuple[int, ...] = (0, 1)) -> str:
+    """Return the line naming the planned runs (default seeds) that have no stored result yet."""
+    planned = [f"{r.name}-s{s}" for r in runs() for s in ((0,) if r.phase == "teacher" else seeds)]
+    missing = [name for name in planned if name not in records]
+    if not missing:
+        return f"Missing runs: none of the {len(planned)} planned."
+    return (
+        f"Missing runs: {len(missing)} of the {len(planned)} planned (`python benchmarks/flowers_seed.py` "
+        f"continues them; rows without them are left out): {', '.join(missing)}."
+    )
 
 
 def stored(out: Path) -> dict[str, dict[str, Any]]:

@@ -72,6 +72,10 @@ def test_best_lr_is_chosen_on_validation_never_on_test_and_the_render_quotes_the
     assert "| teacher: EfficientNet-Lite0, ImageNet, fine-tuned at 224 px | 90.0 +- 0.0 | 1 |" in section
     assert section.startswith(flowers_seed.MARKS[0]) and section.endswith(flowers_seed.MARKS[1])
     assert "Machine: 2 cores, test, precision bf16; runs dated 2026-12-05 to 2026-12-05" in section
+    planned = 3 + 2 * (len(flowers_seed.runs()) - 3)
+    missing = next(ln for ln in section.splitlines() if ln.startswith("Missing runs:"))
+    assert f"Missing runs: {planned - 5} of the {planned} planned" in missing
+    assert "lite0_112-s0" in missing and "kd_lr0.01-s1" not in missing
 
 
 def test_the_compressed_student_table_comes_from_its_stored_json(tmp_path):
