@@ -33,6 +33,7 @@ SECTIONS = {
     "methods": "methods_cifar10",
     "optimizer_step": "optimizer_step",
     "behaviour_check": "behaviour_check",
+    "flowers_seed": "flowers_seed",
 }
 
 
