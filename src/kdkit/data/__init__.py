@@ -1,7 +1,6 @@
 """Data sources: MNIST (IDX), CIFAR-10/100 (python batches), ImageFolder dirs/archives, all as numpy arrays."""
 
 from kdkit.data.cache import DataCacheWarning
-from kdkit.data.download import download
 from kdkit.data.idx import read_idx, write_idx
 from kdkit.data.sources import (
     CIFAR10_CLASSES,
@@ -14,6 +13,7 @@ from kdkit.data.sources import (
     load_dataset,
 )
 from kdkit.data.splits import UNLABELED, omit_classes, split_labeled, split_train_val, val_mask
+from kdkit.download import download
 
 __all__ = [
     "CIFAR10_CLASSES",

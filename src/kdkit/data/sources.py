@@ -12,7 +12,6 @@ import numpy as np
 
 from kdkit.data import cache as cache_mod
 from kdkit.data.cifar import assemble, read_batches_archive, read_batches_dir
-from kdkit.data.download import download as download_file
 from kdkit.data.idx import (
     EMBEDDED_MNIST_SMALL_MD5,
     MNIST_SPLIT_FILES,
@@ -20,6 +19,7 @@ from kdkit.data.idx import (
     load_mnist_files,
 )
 from kdkit.data.imagefolder import decode_all, is_tar_name, scan_archive, scan_directory, select_samples
+from kdkit.download import download as download_file
 from kdkit.errors import DataError
 
 

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from kdkit.config import PretrainedConfig
-from kdkit.data.download import download
+from kdkit.download import download
 from kdkit.errors import DataError, ModelError
 from kdkit.models.heads import get_classifier
 
