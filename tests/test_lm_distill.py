@@ -5,8 +5,8 @@ k = V gives the dense loss, the key refuses another teacher, and the bytes per t
 import pytest
 import torch
 
+from kdkit.batches import stable_seed
 from kdkit.config import TrainConfig
-from kdkit.data.batches import stable_seed
 from kdkit.data.lm_text import block_loader, blocks, prepare_text
 from kdkit.data.tokens import TokenLoader
 from kdkit.engine import Engine

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import kdkit.engine
+from kdkit.batches import BatchLoader
 from kdkit.cohort import Cohort
 from kdkit.config import TrainConfig
-from kdkit.data.batches import BatchLoader
 from kdkit.data.loader import Batch, InMemoryLoader
 from kdkit.data.tokens import TokenLoader
 from kdkit.engine import Engine

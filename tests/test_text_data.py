@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdkit.data.batches import BatchLoader
+from kdkit.batches import BatchLoader
 from kdkit.data.splits import split_train_val
 from kdkit.data.text import (
     SST2_CLASSES,

@@ -19,10 +19,10 @@ from rich.console import Console
 from torch import Tensor, nn
 
 from kdkit import distributed, faults
+from kdkit.batches import LABELS, BatchLoader
 from kdkit.compile_fallback import CompiledOrEager
 from kdkit.config import TrainConfig
 from kdkit.console import make_console
-from kdkit.data.batches import LABELS, BatchLoader
 from kdkit.errors import KdkitError
 from kdkit.metrics import MetricsLogger
 from kdkit.models import backbone_parameters, constraints

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from kdkit import data as kdata
+from kdkit.batches import BatchLoader
 from kdkit.config import DataConfig, LMDataConfig
-from kdkit.data.batches import BatchLoader
 from kdkit.data.lm_sources import load_lm_splits
 from kdkit.data.loader import InMemoryLoader
 from kdkit.data.text import BucketLoader, tokenize

@@ -29,8 +29,8 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from kdkit.batches import LABELS
 from kdkit.checkpoint import atomic_save_tensors, atomic_write_text, file_sha256
-from kdkit.data.batches import LABELS
 from kdkit.errors import CheckpointError, ModelError
 from kdkit.losses.token_divergences import SparseTargets, tail_mass
 from kdkit.objective import Term

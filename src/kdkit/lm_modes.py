@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from kdkit.data.batches import INDEX, LABELS, stable_seed
+from kdkit.batches import INDEX, LABELS, stable_seed
 from kdkit.data.tokens import ATTENTION_MASK, INPUT_IDS
 from kdkit.generation import Sampling, generate
 from kdkit.objective import Objective

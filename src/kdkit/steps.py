@@ -23,8 +23,8 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from kdkit.batches import INDEX, LABELS
 from kdkit.cohort import Cohort
-from kdkit.data.batches import INDEX, LABELS
 from kdkit.errors import KdkitError
 from kdkit.objective import Objective
 from kdkit.taps import Tap

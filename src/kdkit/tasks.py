@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from kdkit import distributed
-from kdkit.data.batches import LABELS, BatchLoader
+from kdkit.batches import LABELS, BatchLoader
 
 IGNORE_INDEX = -100
 # A confusion matrix is kept up to this many classes (a language model's vocabulary gets none).

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdkit.data.batches import INDEX, LABELS, stable_seed
+from kdkit.batches import INDEX, LABELS, stable_seed
 from kdkit.data.mixing import MixDraws, mix_images, mixed_targets, sample_mix
 
 IMAGES = "images"

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdkit.data.batches import INDEX, LABELS, stable_seed
+from kdkit.batches import INDEX, LABELS, stable_seed
 from kdkit.data.tokens import ATTENTION_MASK, INPUT_IDS
 from kdkit.errors import DataError
 

@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from kdkit.data.batches import stable_seed
+from kdkit.batches import stable_seed
 from kdkit.data.splits import UNLABELED
 from kdkit.data.text import TextDataset
 from kdkit.errors import ConfigError

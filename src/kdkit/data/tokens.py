@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from kdkit.data.batches import INDEX, LABELS, stable_seed
+from kdkit.batches import INDEX, LABELS, stable_seed
 
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
