@@ -16,15 +16,18 @@ import torch
 from torch import Tensor, nn
 
 from kdkit import distributed
+from kdkit.batches import BatchLoader
 from kdkit.config import ExperimentConfig, ModelSpec
 from kdkit.data.bundle import DataBundle, make_loader, val_images_trained_on
 from kdkit.data.loader import InMemoryLoader
 from kdkit.engine import Engine, FitResult
+from kdkit.eval_memo import default_memo_root, memo_key, recall, remember
 from kdkit.ensemble import EnsembleTeacher
 from kdkit.lm_io import save_tokenizer_beside
 from kdkit.model_io import load_model, save_model
 from kdkit.report import eval_record
 from kdkit.resume import CheckpointPolicy
+from kdkit.tasks import EvalResult
 from kdkit.teacher import FrozenTeacher
 
 
@@ -79,13 +82,40 @@ class RunContext:
         )
         return self.engine.prepare(model)
 
+    def evaluate(self, model: nn.Module, loader: BatchLoader, spec: ModelSpec, remembered: bool = False) -> EvalResult:
+        """Return a model's evaluation over a loader; with `remembered` (loaded checkpoints), an evaluation of
+        the same weights on the same samples stored by an earlier run is read back instead (eval_memo)."""
+        task, classes = self.bundle.task, self.bundle.num_classes
+        if not remembered or distributed.info().enabled:
+            return self.engine.evaluate(model, loader, classes, task)
+        root = default_memo_root()
+        spec_doc = spec.model_dump(mode="json")
+        key = memo_key(model, spec_doc, loader, classes, repr(task), self.engine.runtime.channels_last)
+        result = recall(root, key)
+        if result is None:
+            result = self.engine.evaluate(model, loader, classes, task)
+            remember(root, key, result)
+        else:
+            self.engine.say(f"evaluation of these weights on these samples read from {root / key}.json")
+        return result
+
     def finish(
-        self, role: str, model: nn.Module, spec: ModelSpec, fit: FitResult | None, **extra: Any
+        self,
+        role: str,
+        model: nn.Module,
+        spec: ModelSpec,
+        fit: FitResult | None,
+        *,
+        remembered: bool = False,
+        **extra: Any,
     ) -> None:
-        """Evaluate a trained model on validation and test, record it, and save its checkpoint."""
-        task = self.bundle.task
-        val = self.engine.evaluate(model, self.val_loader, self.bundle.num_classes, task)
-        test = self.engine.evaluate(model, self.test_loader, self.bundle.num_classes, task)
+        """Evaluate a model on validation and test, record it, and save its checkpoint.
+
+        `remembered`: the model was loaded unchanged from a checkpoint, so an earlier run's evaluation of the
+        same weights on the same samples can be read back (see kdkit.eval_memo).
+        """
+        val = self.evaluate(model, self.val_loader, spec, remembered)
+        test = self.evaluate(model, self.test_loader, spec, remembered)
         self.records[role] = {**eval_record(model, fit, val, test, self.bundle.train.classes), **extra}
         if self.bundle.is_lm:
             # Per-token figures: the vocabulary is no class list worth recording per class.

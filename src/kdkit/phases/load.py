@@ -26,7 +26,7 @@ def run_load(phase: LoadPhase, ctx: RunContext) -> None:
             smoothing  # ensemble members record it (the ensemble's weights read records)
         )
     extra.update(ctx.check_split(meta, field, path))
-    ctx.finish(phase.role, model, ModelSpec.model_validate(meta["model"]), None, **extra)
+    ctx.finish(phase.role, model, ModelSpec.model_validate(meta["model"]), None, remembered=True, **extra)
     if phase.teaches is not None:
         warn_label_smoothing(phase.teaches, smoothing)
     ctx.models[phase.role] = model
