@@ -450,7 +450,7 @@ def run_all(b: Bench, seeds: tuple[int, ...]) -> None:
             "run": name, "seed": seed, "sizes": sizes_now, "teacher_sha256": teacher_sha(b),
             "command": b.command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(), "machine_id": machine_id(), "loadavg_start": load,
-            "loadavg_end": os.getloadavg(), "wall_seconds": time.perf_counter() - start, **figures,
+            "threads": torch.get_num_threads(), "loadavg_end": os.getloadavg(), "wall_seconds": time.perf_counter() - start, **figures,
         }  # fmt: skip
         atomic_write_text(path, json.dumps(record, indent=2))
         print(f"[{stem}] {record['wall_seconds']:.0f} s", flush=True)
@@ -572,6 +572,9 @@ def table(records: dict) -> str:
     loads = [r["loadavg_start"][0] for r in records.values()]
     if loads:
         lines.append(f"Load average (1 min) at the start of the runs: {min(loads):.2f} to {max(loads):.2f}.")
+    threads = sorted({r.get("threads") for r in records.values() if r.get("threads")})
+    if threads:
+        lines.append(f"Torch threads per run: {', '.join(map(str, threads))} (2 cores).")
     return "\n".join(lines) + "\n"
 
 
@@ -596,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="results directory (one JSON per run)")
     ap.add_argument("--work", type=Path, default=None, help="models, tokenizer, caches")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="student seeds (default 0 1)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every core; 1 with --quick)")
     args = ap.parse_args(argv)
     default_out = ROOT / "benchmarks" / "results" / NAME
     if args.quick and args.out is None:
@@ -611,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(
             ["python benchmarks/lm_shakespeare.py", *(argv if argv is not None else sys.argv[1:])]
         )
-        torch.set_num_threads(1 if args.quick else (os.cpu_count() or 1))
+        torch.set_num_threads(args.threads or (1 if args.quick else (os.cpu_count() or 1)))
         run_all(Bench(sz, out, work, command), seeds)
     print(write_table(out, results_md))
     print(f"results in {out}")
