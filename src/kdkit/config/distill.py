@@ -167,7 +167,7 @@ class DistillConfig(ResponseLossConfig):
         "auto",
         description="online: a teacher forward every step; precompute: logits once per image in memory (exact "
         "without augmentation); cache: on disk, keyed by teacher/data/augmentation, K fixed augmentation draws per "
-        "image; auto: precompute without augmentation, else online",
+        "image (one logit row per sentence on sentence data); auto: precompute without augmentation, else online",
     )
     cache: CacheConfig = Field(default_factory=CacheConfig)
     omit_classes: list[int] = Field(default_factory=list, description="labels removed from the transfer set")

@@ -26,7 +26,7 @@ from kdkit.objective_builder import build_objective, logit_objective
 from kdkit.phases.context import RunContext
 from kdkit.phases.lm_distill import lm_distill_setup, sparse_cache_setup
 from kdkit.phases.objectives import objective_of
-from kdkit.phases.teacher_outputs import cached_logits, precomputed_logits
+from kdkit.phases.teacher_outputs import cached_logits, cached_sentence_logits, precomputed_logits
 from kdkit.phases.train import train_model
 from kdkit.plan import DistillPhase
 from kdkit.pretrain import run_pretraining
@@ -165,6 +165,8 @@ def run_distill(phase: DistillPhase, ctx: RunContext) -> None:
         extras["teacher.logits"] = precomputed_logits(ctx, frozen, transfer)
     elif lm_served:
         extras.update(lm_served)
+    elif phase.outputs == "cache" and isinstance(transfer, TextDataset):
+        extras["teacher.logits"] = cached_sentence_logits(ctx, frozen, transfer)
     elif phase.outputs == "cache":
         logits, draws = cached_logits(ctx, frozen, transfer, augment, phase.seed)
         if draws is None:

@@ -2,6 +2,7 @@
 
 The cache keeps K fixed augmentation draws per image, keyed by the teacher's weights, the data, the
 augmentation, the precision and the normalisation (`kdkit.teacher_cache`), so that a second run reuses it.
+Sentences have one logit row each, keyed by the teacher's weights and the token ids (`kdkit.sentence_cache`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from kdkit.phases.context import RunContext
 from kdkit.preflight import preflight
 from kdkit.runtime import resolve_runtime
 from kdkit.teacher import FrozenTeacher
+from kdkit.sentence_cache import load_sentence_logits, save_sentence_logits, sentence_cache_key
 from kdkit.teacher_cache import CacheSpec, TeacherCache, cache_key, disk_bytes, draws_for
 
 
@@ -57,6 +59,31 @@ def precomputed_logits(
         return logits
     plain = make_loader(transfer, ctx.bundle, bs, train=False, channels_last=ctx.cl)
     return ctx.engine.predict_logits(teacher, plain, ctx.bundle.task)
+
+
+def cached_sentence_logits(ctx: RunContext, teacher: nn.Module, transfer: TextDataset) -> torch.Tensor:
+    """Return the teacher's logits for every sentence of the transfer set (CPU fp32, set order): read from the
+    on-disk cache when an earlier run made them, else computed as `precompute` does and written there."""
+    assert transfer.input_ids is not None and transfer.lengths is not None  # tokenised when the data is read
+    c, engine = ctx.cfg.distill.cache, ctx.engine
+    bs = ctx.cfg.runtime.eval_batch_size
+    model = teacher.model if isinstance(teacher, FrozenTeacher) else teacher
+    key = sentence_cache_key(model, transfer.input_ids, transfer.lengths, engine.runtime.precision, bs)
+    directory = (Path(c.dir).expanduser() if c.dir else default_cache_root()) / key
+    logits = load_sentence_logits(directory, key, len(transfer))
+    if logits is not None:
+        engine.say(f"teacher cache read: {len(transfer)} sentences from {directory}")
+        return logits
+    t0 = time.perf_counter()
+    logits = precomputed_logits(ctx, teacher, transfer)
+    if distributed.info().is_main:
+        save_sentence_logits(directory, key, logits)
+    distributed.barrier()
+    engine.say(
+        f"teacher cache built in {time.perf_counter() - t0:.1f}s: {len(transfer)} sentences, "
+        f"{logits.numel() * 4 / 2**20:.1f} MB at {directory}"
+    )
+    return logits
 
 
 def _cache_spec(ctx: RunContext, augment: Augment) -> CacheSpec:
@@ -123,7 +150,8 @@ def build_teacher_cache(cfg: ExperimentConfig, console: Console | None = None) -
     bundle = load_data(cfg.data, cfg.seed)
     if bundle.is_text:
         raise ConfigError(
-            "kdkit cache keeps teacher outputs of augmented images; sentence data has none to cache"
+            "kdkit cache builds image caches ahead of a run; on sentence data the run itself builds its cache "
+            "(distill.teacher_outputs: cache) on first use and every later run of the teacher reads it"
         )
     # The cache serves a run of this config: refuse what that run would refuse (a teacher of other classes,
     # image size or test hold-out, bad terms ...) before spending the teacher's forward passes.
