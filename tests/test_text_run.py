@@ -174,8 +174,10 @@ def test_a_model_with_another_vocabulary_is_refused(folders, tmp_path):
 def test_preflight_refuses_image_models_and_image_modes_on_sentences(folders):
     with pytest.raises(ConfigError, match="MLP reads images, but tsv:.* is sentence data"):
         plan_experiment(_cfg(folders, student={"model": {"name": "mlp"}}))
-    with pytest.raises(ConfigError, match="custom terms are not supported on sentence data"):
-        plan_experiment(_cfg(folders, distill={"terms": [{"loss": "kd"}]}))
+    with pytest.raises(ConfigError, match=r"\['factor_transfer'\] train a paraphraser .* on images first"):
+        plan_experiment(_cfg(folders, distill={"terms": [{"loss": "factor_transfer", "student": "mlp", "teacher": "bert.pooler"}]}))
+    with pytest.raises(ConfigError, match="distill.terms\\[0\\].*(attention_transfer|4-D|maps)"):
+        plan_experiment(_cfg(folders, distill={"terms": [{"loss": "attention_transfer", "student": "mlp", "teacher": "bert.pooler"}]}))
     with pytest.raises(ConfigError, match="compress: .* not yet for sentence models"):
         plan_experiment(_cfg(folders, compress={}))
     from kdkit.phases.teacher_outputs import build_teacher_cache
@@ -354,3 +356,37 @@ def test_the_sentence_cache_labels_the_augmented_set_once_and_equals_precompute(
     caches[0].write_bytes(b"not a safetensors file")
     again, again_sha, said = distil("again", "logit_mse", "cache")
     assert "teacher cache built" in said and again_sha == mse_sha
+
+
+def test_custom_terms_on_sentences_read_hidden_states_through_adapters(folders, tmp_path):
+    """distill.terms on sentence data: TinyBERT's hidden-state MSE between two BERTs (a token adapter maps the
+    student's 16-d states to the teacher's 32-d ones) and a FitNets hint from the BiLSTM's MLP layer to the
+    teacher's pooler (a linear adapter), each beside KD; preflight sizes them on a real batch."""
+    from kdkit.adapters import LinearAdapter, TokenAdapter
+    from kdkit.objective_builder import build_objective
+
+    bert, _ = folders
+    small = tiny_bert_folder(tmp_path / "small-bert", hidden=16)
+    kd = {"loss": "kd", "options": {"temperature": 2.0}}
+    hidden = {"loss": "fitnet", "student": "bert.encoder.layer.-1", "teacher": "bert.encoder.layer.-1"}
+    hint = {"loss": "fitnet", "student": "mlp", "teacher": "bert.pooler", "weight": 0.5}
+    runs = {
+        "bert": (_cfg(folders, phases=["teacher", "distill"], student={"model": {"name": f"hf:{small}"}, "train": {"epochs": 3, "batch_size": 32, "optimizer": "adamw", "lr": 1e-2}}, distill={"terms": [kd, hidden], "teacher_outputs": "online"}), TokenAdapter),
+        "bilstm": (_cfg(folders, phases=["teacher", "distill"], distill={"terms": [kd, hint], "teacher_outputs": "online"}), LinearAdapter),
+    }  # fmt: skip
+    for name, (cfg, adapter) in runs.items():
+        summary = run_experiment(cfg, tmp_path / name)
+        rec = summary["models"]["student_kd"]
+        assert rec["accuracy"] > 0.6, (name, rec["accuracy"])
+        lines = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        fit = [r["loss.fitnet"] for r in lines if r.get("phase") == "student_kd" and "loss.fitnet" in r]
+        assert len(fit) >= 2 and all(np.isfinite(fit)) and fit[-1] < fit[0], (name, fit)
+        # The adapter auto picks for these shapes, built on a batch of the run's own sentences.
+        bundle = load_data(cfg.data, cfg.seed)
+        batch = next(iter(make_loader(bundle.train, bundle, 8, train=False)))
+        teacher, _ = load_model(tmp_path / name / "checkpoints" / "teacher")
+        student, _ = load_model(tmp_path / name / "checkpoints" / "student_kd")
+        obj = build_objective(
+            list(cfg.distill.terms), student, teacher, bundle.task.inputs(batch, torch.device("cpu")), batch["labels"]
+        )
+        assert isinstance(obj.adapters["term1"], adapter)

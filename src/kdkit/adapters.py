@@ -38,10 +38,34 @@ class LinearAdapter(nn.Module):
         return self.proj(x.flatten(1))
 
 
+class TokenAdapter(nn.Module):
+    """Linear map of each token's feature (N, L, D_s) -> (N, L, D_t): TinyBERT's W_h between hidden states of
+    two models that read the same token ids (the sequence length varies by batch, so it cannot be flattened)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_features, out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the projected token features (N, L, out_features)."""
+        return self.proj(x)
+
+
 def adapter_for(
     student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], kind: str = "auto"
 ) -> nn.Module:
-    """Return an adapter mapping features of student_shape to teacher_shape (batch dimension included)."""
+    """Return an adapter mapping features of student_shape to teacher_shape (batch dimension included).
+
+    auto: a conv adapter between (N, C, H, W) maps, a token adapter between (N, L, D) sequences of the same
+    length (hidden states of two text models), else a linear map of the flattened features.
+    """
+    tokens = len(student_shape) == 3 and len(teacher_shape) == 3 and student_shape[:2] == teacher_shape[:2]
+    if kind == "token" or (kind == "auto" and tokens):
+        if not tokens:
+            raise ValueError(
+                f"a token adapter needs (N, L, D) features of the same N and L, got {student_shape} and {teacher_shape}"
+            )
+        return TokenAdapter(student_shape[2], teacher_shape[2])
     if kind == "linear" or (kind == "auto" and (len(student_shape) != 4 or len(teacher_shape) != 4)):
         s = 1
         for d in student_shape[1:]:

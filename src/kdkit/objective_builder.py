@@ -20,6 +20,8 @@ from kdkit.objective import Objective, Term
 from kdkit.taps import Tap
 from kdkit.terms.registry import TERMS, TermContext, TermSpec
 
+Sample = Tensor | tuple[Tensor, ...]  # what a model is called with: images, or (token ids, attention mask)
+
 
 def reads_teacher_features(terms: list[TermConfig]) -> bool:
     """Return True when any term reads teacher features, so fixed (cached, precomputed) logits cannot serve."""
@@ -126,7 +128,7 @@ def _term(spec: TermSpec, tc: TermConfig, where: str) -> Term:
 
 
 def _probe(
-    model: nn.Module, paths: list[str], x: Tensor, what: str, where: str
+    model: nn.Module, paths: list[str], sample: Sample, what: str, where: str
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Run one forward pass in eval mode and return the logits and the tapped outputs."""
     try:
@@ -136,11 +138,12 @@ def _probe(
     was_training = model.training
     model.eval()
     param = next(model.parameters(), None)
-    if param is not None and param.dtype != x.dtype:
-        x = x.to(param.dtype)  # a teacher held in bf16 takes bf16 inputs
+    inputs = sample if isinstance(sample, tuple) else (sample,)
+    if param is not None:  # a teacher held in bf16 takes bf16 images (token ids stay integers)
+        inputs = tuple(x.to(param.dtype) if x.is_floating_point() else x for x in inputs)
     try:
         with torch.no_grad():
-            logits = model(x).float()
+            logits = model(*inputs).float()
         return logits, dict(tap.outputs)
     finally:
         tap.remove()
@@ -148,7 +151,7 @@ def _probe(
 
 
 def _observed_tensors(
-    objective: Objective, student: nn.Module, teacher: nn.Module, sample: Tensor, labels: Tensor, field: str
+    objective: Objective, student: nn.Module, teacher: nn.Module, sample: Sample, labels: Tensor, field: str
 ) -> dict[str, Tensor]:
     """Return every named tensor the terms may read, from one forward pass of each model on the sample."""
     s_logits, s_feats = _probe(student, objective.student_paths(), sample, "student", field)
@@ -247,12 +250,16 @@ def build_objective(
     terms: list[TermConfig],
     student: nn.Module,
     teacher: nn.Module,
-    sample: Tensor,
+    sample: Sample,
     labels: Tensor,
     field: str = "distill.terms",
     n_data: int | None = None,
 ) -> Objective:
-    """Return the objective of `terms`, with adapters built from the shapes seen on a sample batch."""
+    """Return the objective of `terms`, with adapters built from the shapes seen on a sample batch.
+
+    `sample` is what the models are called with: an image batch, or a tuple of tensors (token ids and an
+    attention mask for sentence models).
+    """
     specs: list[TermSpec] = []
     built: list[Term] = []
     for i, tc in enumerate(terms):

@@ -15,8 +15,8 @@ it, with the same functions the phases use, so that its messages are theirs:
   student share one vocabulary (`kdkit.vocab`, tokenizers compared token by token) and the distillation losses
   are per-token divergences;
 - on sentence data, every model reads token ids, every hf: model has the data's tokenizer, and the phases
-  use what sentences support (response losses, teacher outputs online, precomputed or cached, the training
-  set).
+  use what sentences support (response losses and terms on logits and hidden states, teacher outputs online,
+  precomputed or cached, the training set).
 
 The random number generators of torch, NumPy and Python are restored afterwards: a run is the same with or
 without these checks.
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdkit.batches import LABELS
 from kdkit.class_bias import bias_head
 from kdkit.config import ExperimentConfig
 from kdkit.data.bundle import DataBundle, make_loader
@@ -60,6 +61,7 @@ from kdkit.terms.registry import token_names
 from kdkit.vocab import check_shared_vocabulary
 
 _SAMPLE = 16  # images in the dry run of distill.terms
+_IMAGE_ONLY_TERMS = ("factor_transfer",)  # a paraphraser stage of (N, C, H, W) maps
 
 
 @contextlib.contextmanager
@@ -158,8 +160,8 @@ def _check_terms(plan: Plan, sources: dict[str, _Source | None], bundle: DataBun
             list(phase.objective.terms),
             built[student.key],
             built[teacher.key],
-            batch.x,
-            batch.y.clamp_min(0),  # the dry run needs valid class ids
+            bundle.task.inputs(batch, torch.device("cpu")),
+            batch[LABELS].clamp_min(0),  # the dry run needs valid class ids
             n_data=len(transfer),
         )
 
@@ -199,10 +201,11 @@ def _check_text(
     for phase in plan.phases:
         if not isinstance(phase, DistillPhase):
             continue
-        if phase.objective.kind == "terms":
+        staged = [t.loss for t in phase.objective.terms if t.loss in _IMAGE_ONLY_TERMS]
+        if staged:
             raise ConfigError(
-                "distill.terms: custom terms are not supported on sentence data yet; use distill.loss (kd, "
-                "logit_mse, ...)"
+                f"distill.terms: {staged} train a paraphraser of the teacher's feature maps on images first; "
+                "sentence models have no such maps (use fitnet, kd, logit_mse, ... on sentences)"
             )
         if phase.transfer.images != "train":
             raise ConfigError(

@@ -61,8 +61,10 @@ class TermConfig(_Strict):
     teacher: str | list[str] | None = Field(
         None, description="teacher module path for feature losses (fsp: a list of paths)"
     )
-    adapter: Literal["auto", "none", "conv", "linear"] = Field(
-        "auto", description="regressor from student to teacher features; auto builds one where shapes differ"
+    adapter: Literal["auto", "none", "conv", "linear", "token"] = Field(
+        "auto",
+        description="regressor from student to teacher features; auto builds one where shapes differ (conv between "
+        "maps, token between (N, L, D) hidden states of two text models, else linear)",
     )
     options: dict[str, Any] = Field(
         default_factory=dict, description="options of the loss term (checked by the term's options model)"

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from kdkit import distributed
+from kdkit.batches import LABELS
 from kdkit.class_bias import adjust_class_bias
 from kdkit.data.bundle import make_loader
 from kdkit.data.lm_sources import LMDataset
@@ -66,11 +67,16 @@ def _transfer_set(
 
 
 def _terms_objective(
-    phase: DistillPhase, ctx: RunContext, frozen: nn.Module, transfer: ArrayDataset, info: dict[str, Any]
+    phase: DistillPhase,
+    ctx: RunContext,
+    frozen: nn.Module,
+    transfer: ArrayDataset | TextDataset,
+    info: dict[str, Any],
 ) -> Callable[[nn.Module], Objective]:
     """Return a builder of the custom-terms objective, sized on the student once it is built."""
     engine, dev = ctx.engine, ctx.engine.runtime.device
     first = next(iter(make_loader(transfer, ctx.bundle, 64, train=False, channels_last=ctx.cl)))
+    sample = ctx.bundle.task.inputs(first, dev)  # (images,) or (token ids, attention mask)
     augment = Augment(**phase.train.augment.model_dump())
     unlabeled = bool((transfer.labels < 0).any())
 
@@ -90,14 +96,12 @@ def _terms_objective(
             list(phase.objective.terms),
             engine.prepare(student),
             frozen.model,
-            first.x.to(dev),
-            first.y.clamp_min(0).to(dev),  # the dry run needs valid class ids
+            sample,
+            first[LABELS].clamp_min(0).to(dev),  # the dry run needs valid class ids
             n_data=len(transfer),
         )
-        # Terms with a stage of their own (factor transfer's paraphraser) train it first, teacher frozen.
-        stages = run_pretraining(
-            obj, engine, frozen, loader, phase.train, ctx.policy(), phase.role, first.x.to(dev)
-        )
+        # Terms with a stage of their own (factor transfer's paraphraser, images only) train it first.
+        stages = run_pretraining(obj, engine, frozen, loader, phase.train, ctx.policy(), phase.role, sample[0])
         if stages:
             info["pretraining"] = stages
         return mask_unlabeled(obj, "distill.terms") if unlabeled else obj
