@@ -578,16 +578,24 @@ def table(records: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_stored(results_root: Path = ROOT / "benchmarks" / "results") -> str:
+    """Return the RESULTS.md section (marks included) rendered from the stored runs in results_root/NAME."""
+    return _section(load_records(results_root / NAME))
+
+
+def _section(records: dict[str, dict[str, Any]]) -> str:
+    machines = sorted({r.get("machine_id", "?") for r in records.values()})
+    head = [MARKS[0], f"## {NAME}", "", "Command: `python benchmarks/lm_shakespeare.py`  ",
+            f"Machines: {'; '.join(machines)}", ""]  # fmt: skip
+    return "\n".join([*head, table(records), MARKS[1]])
+
+
 def write_table(out: Path, results_md: Path | None) -> str:
     """Write out/table.md (and the RESULTS.md section when given) from the stored runs; return the table."""
-    records = load_records(out)
-    text = table(records)
+    text = table(load_records(out))
     atomic_write_text(out / "table.md", text)
     if results_md is not None:
-        machines = sorted({r.get("machine_id", "?") for r in records.values()})
-        head = [MARKS[0], f"## {NAME}", "", "Command: `python benchmarks/lm_shakespeare.py`  ",
-                f"Machines: {'; '.join(machines)}", ""]  # fmt: skip
-        update_results_md("\n".join([*head, text, MARKS[1]]), results_md, MARKS)
+        update_results_md(_section(load_records(out)), results_md, MARKS)
     return text
 
 

@@ -42,7 +42,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import lm_shakespeare as lms  # noqa: E402
-from benchcommon import machine, machine_id  # noqa: E402
+from benchcommon import machine, machine_id, update_results_md  # noqa: E402
 
 from kdkit.checkpoint import atomic_write_text  # noqa: E402
 from kdkit.lm_modes import LMTeacherStep  # noqa: E402
@@ -198,15 +198,57 @@ def run_trl(b: lms.Bench) -> dict[str, Any]:
             "final_train_loss": float(out.training_loss), **lms.test_measures(student, b.teacher_logits(), b.data, sz)}  # fmt: skip
 
 
+NAME = "lm_trl_peer"
+MARKS = (f"<!-- {NAME}:start -->", f"<!-- {NAME}:end -->")
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def render_stored(results_root: Path = RESULTS) -> str:
+    """Return the RESULTS.md section (marks included) from the stored teacher, kdkit and TRL JSONs."""
+    recs = {p.stem: json.loads(p.read_text()) for p in sorted((results_root / NAME).glob("*.json"))}
+    lines = [MARKS[0], f"## {NAME}", "",
+             "Command: `PYTHONPATH=src KDKIT_DATA=... /tmp/trl-venv/bin/python benchmarks/lm_trl_peer.py` (a venv "
+             "with `trl`, see the script's docstring)  ",
+             f"Machines: {'; '.join(sorted({r.get('machine_id', '?') for r in recs.values()}))}", "",
+             "Teacher-forced GKD (JSD beta 0.5, lambda 0) of one student by kdkit and by TRL's `GKDTrainer`: the same "
+             "teacher (learned positions, trained by kdkit), the same initial student, the same training blocks, "
+             "steps, batch, learning rate, schedule and precision; each trainer's own data order. Test perplexity, "
+             "KL and agreement are measured by the same kdkit code on both students.", ""]  # fmt: skip
+    if "teacher" in recs:
+        t = recs["teacher"]
+        lines += [f"Teacher: test perplexity {t['test_perplexity']:.2f}.", ""]
+    lines += ["| trainer | steps | student tokens | training s | tokens/s | test perplexity | KL to teacher | top-1 agreement | threads |",
+              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name in ("kdkit", "trl"):
+        if name not in recs:
+            lines.append(f"| {name} | not run yet | | | | | | | |")
+            continue
+        r = recs[name]
+        lines.append(
+            f"| {name} | {r['steps']} | {r['student_tokens']:,} | {r['train_seconds']:.1f} | "
+            f"{r['tokens_per_second']:.0f} | {r['test_perplexity']:.2f} | {r['test_kl_to_teacher']:.4f} | "
+            f"{r['test_top1_agreement']:.3f} | {r.get('threads', '?')} |"
+        )
+    if "kdkit" in recs and "trl" in recs:
+        k, t = recs["kdkit"], recs["trl"]
+        ratio = k["tokens_per_second"] / t["tokens_per_second"]
+        lines += ["", f"kdkit / TRL training tokens/s: **{ratio:.2f}x** (target >= 2x); test perplexity kdkit "
+                  f"{k['test_perplexity']:.2f} against TRL {t['test_perplexity']:.2f} (target: equal or better). "
+                  f"Load average at the start: kdkit {k['loadavg_start'][0]:.2f}, TRL {t['loadavg_start'][0]:.2f}; "
+                  f"{k['date']}."]  # fmt: skip
+    return "\n".join([*lines, MARKS[1]])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the teacher, kdkit and TRL runs that are missing; print both trainers' figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes in a temporary directory")
     ap.add_argument("--out", type=Path, default=None, help="results directory (one JSON per run)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every core; 1 with --quick)")
     args = ap.parse_args(argv)
     out = args.out or (Path(tempfile.mkdtemp(prefix="lm_trl_peer-")) if args.quick else ROOT / "benchmarks" / "results" / "lm_trl_peer")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1 if args.quick else (os.cpu_count() or 1))
+    torch.set_num_threads(args.threads or (1 if args.quick else (os.cpu_count() or 1)))
     b = lms.Bench(
         sizes(args.quick),
         out,
@@ -219,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         start, load = time.perf_counter(), os.getloadavg()
         rec = {"run": name, **fn(b), "machine": machine(), "machine_id": machine_id(), "loadavg_start": load,
+               "threads": torch.get_num_threads(),
                "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                "wall_seconds": time.perf_counter() - start, "sizes": {k: v for k, v in b.sz.items() if k != "seeds"}}  # fmt: skip
         atomic_write_text(path, json.dumps(rec, indent=2))
@@ -227,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: test perplexity {r['test_perplexity']:.2f}, KL to teacher {r['test_kl_to_teacher']:.4f}, "
               f"{r['tokens_per_second']:.0f} tokens/s over {r['steps']} steps")  # fmt: skip
     print(f"results in {out}")
+    if not args.quick and args.out is None:
+        update_results_md(render_stored(), ROOT / "benchmarks" / "RESULTS.md", MARKS)
     return 0
 
 
