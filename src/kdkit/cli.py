@@ -21,7 +21,7 @@ from kdkit import distributed
 from kdkit.config import CompressConfig, load_config
 from kdkit.config.reference import config_markdown, config_text, sections
 from kdkit.console import make_console
-from kdkit.engine import Engine, RunInterrupted
+from kdkit.engine import Engine
 from kdkit.errors import KdkitError
 from kdkit.eval_data import eval_loader
 from kdkit.experiment import plan_experiment, run_experiment
@@ -32,7 +32,7 @@ from kdkit.models import list_models
 from kdkit.phases.teacher_outputs import build_teacher_cache
 from kdkit.run_dir import default_run_dir
 from kdkit.runtime import resolve_runtime
-from kdkit.signals import graceful_stop
+from kdkit.stoppable import run_until_stopped
 from kdkit.sweep import sweep_until_stopped
 
 EPILOG = "Data is looked for in --data-root / data.root, then $KDKIT_DATA, then ~/.cache/kdkit/data."
@@ -350,18 +350,11 @@ def _run_config(cfg: object, args: argparse.Namespace, console: Console) -> int:
     if args.resume and args.overwrite:
         raise KdkitError("--resume and --overwrite contradict each other: choose one")
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
-    with graceful_stop():
-        try:
-            run_experiment(cfg, run_dir, overwrite=args.overwrite, resume=args.resume, console=console)
-        except RunInterrupted as exc:
-            console.print(
-                f"{exc}\nresume with:\n  {resume_command(run_dir)}",
-                highlight=False,
-                markup=False,
-                soft_wrap=True,
-            )
-            return 128 + exc.signum
-    return 0
+    return run_until_stopped(
+        lambda: run_experiment(cfg, run_dir, overwrite=args.overwrite, resume=args.resume, console=console),
+        console,
+        f"resume with:\n  {resume_command(run_dir)}",
+    )
 
 
 def _eval(args: argparse.Namespace, console: Console) -> int:

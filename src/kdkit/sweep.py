@@ -34,11 +34,10 @@ from rich.table import Table
 from kdkit.checkpoint import atomic_write_text
 from kdkit.config import ExperimentConfig, build_config, load_yaml, parse_override
 from kdkit.data.bundle import load_data
-from kdkit.engine import RunInterrupted
 from kdkit.errors import ConfigError, KdkitError
 from kdkit.experiment import run_experiment
 from kdkit.preflight import preflight
-from kdkit.signals import graceful_stop
+from kdkit.stoppable import run_until_stopped
 from kdkit.strategies import needs_trained_teacher
 
 FORMAT = "kdkit-sweep-v1"
@@ -355,15 +354,8 @@ def sweep_until_stopped(
 
     `again` is the command that continues it, printed when a signal stops the sweep.
     """
-    with graceful_stop():
-        try:
-            run_sweep(config, overrides, vary, seeds, out, console)
-        except RunInterrupted as exc:
-            console.print(
-                f"{exc}\nthe finished runs are kept; continue the sweep with the same command:\n  {again}",
-                highlight=False,
-                markup=False,
-                soft_wrap=True,
-            )
-            return 128 + exc.signum
-    return 0
+    return run_until_stopped(
+        lambda: run_sweep(config, overrides, vary, seeds, out, console),
+        console,
+        f"the finished runs are kept; continue the sweep with the same command:\n  {again}",
+    )
