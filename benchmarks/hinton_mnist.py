@@ -47,11 +47,12 @@ TEMPERATURES = [1, 2, 2.5, 3, 4, 5, 8, 10, 20]
 SEED_ROWS = {
     "teacher": "teacher",
     "scratch": "scratch",
+    "scratch_selected": "scratch",
     "distilled": "distilled",
     "distilled_jittered": "distilled",
 }
 # The table's order: the jittered-transfer row is the paper row, the fixed-transfer row stays beside it.
-ROW_ORDER = ["teacher", "scratch", "distilled_jittered", "distilled"]
+ROW_ORDER = ["teacher", "scratch", "scratch_selected", "distilled_jittered", "distilled"]
 PAPER_ROW_REASON = (
     "The jittered-transfer row is the paper row: Hinton et al. trained their teacher on images jittered by up to "
     "2 pixels and do not say that the transfer set was unjittered, so distilling on the jittered images is a "
@@ -80,8 +81,26 @@ class Run:
     tags: dict[str, Any] = field(default_factory=dict)
 
 
-def plan(seeds: list[int], quick: bool, jittered_transfer: bool = False) -> list[Run]:
-    """Return the runs of the benchmark in dependency order."""
+SELECTION = "hinton_select.json"  # hinton_select.py's summary: the recipes chosen on validation
+
+
+def selected_scratch(results_root: Path) -> list[str]:
+    """Return the scratch student's recipe chosen on validation by hinton_select.py (its student.train
+    override), from the same candidates and split as the distilled student's (issue 29)."""
+    path = results_root / SELECTION
+    chosen = json.loads(path.read_text()).get("chosen_scratch") if path.exists() else None
+    if not chosen:
+        raise SystemExit(
+            f"--selected-scratch needs the scratch selection in {path}: run benchmarks/hinton_select.py --part scratch"
+        )
+    return list(chosen["overrides"])
+
+
+def plan(
+    seeds: list[int], quick: bool, jittered_transfer: bool = False, scratch_recipe: list[str] | None = None
+) -> list[Run]:
+    """Return the runs of the benchmark in dependency order; `scratch_recipe` (overrides) adds the scratch
+    student trained with the recipe selected on validation (row scratch_selected) beside the paper's."""
     runs: list[Run] = []
     quick_over = (
         [
@@ -110,6 +129,15 @@ def plan(seeds: list[int], quick: bool, jittered_transfer: bool = False) -> list
                 tags={"row": "scratch", "seed": s},
             )
         )
+        if scratch_recipe:
+            runs.append(
+                Run(
+                    f"scratch-selected-s{s}",
+                    [*quick_over, f"seed={s}", "phases=[scratch]", *scratch_recipe],
+                    role="student_scratch",
+                    tags={"row": "scratch_selected", "seed": s},
+                )
+            )
         runs.append(
             Run(
                 f"distilled-s{s}",
@@ -400,7 +428,9 @@ def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
     ]
     names = {
         "teacher": "teacher 1200-1200, dropout + jitter (+ max-norm 4, which never binds)",
-        "scratch": "student 800-800, scratch",
+        "scratch": "student 800-800, scratch (the paper's recipe: SGD, 30 epochs)",
+        "scratch_selected": "student 800-800, scratch, recipe selected on validation from the distilled "
+        "student's candidates",
         "distilled_jittered": "**paper row:** student 800-800, distilled at T=20, transfer set jittered by up to 2 "
         "pixels",
         "distilled": "student 800-800, distilled at T=20, transfer set without jitter (fixed transfer)",
@@ -432,6 +462,19 @@ def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
                 lines.append(
                     f"{label}: mean {e['mean']:.1f} test errors, spread ± {e['std']:.1f} (std over {e['n']} "
                     f"seeds, {e['min']} to {e['max']}), gap {e['mean'] - paper:+.1f} against the paper's {paper}.  "
+                )
+    if "scratch_selected" in rows:
+        base = rows["scratch_selected"]["errors"]
+        lines += ["", "Equal selection: the scratch student's recipe was chosen on the same validation split from "
+                  "the same candidates as the distilled student's (`benchmarks/hinton_select.py`).  "]  # fmt: skip
+        for key, label in (("distilled_jittered", "paper row"), ("distilled", "fixed transfer")):
+            if key in rows:
+                e = rows[key]["errors"]
+                gain = base["mean"] - e["mean"]
+                clear = "more" if gain > 2 * max(base["std"], e["std"]) else "not more"
+                lines.append(
+                    f"Distilled ({label}) against the selected scratch student: {base['mean']:.1f} - {e['mean']:.1f}"
+                    f" = {gain:+.1f} errors fewer ({clear} than twice the larger spread).  "
                 )
     if agg["sweep"]:
         lines += [
@@ -531,6 +574,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--jobs", type=int, default=1, help="worker processes of one thread each (default 1: in-process)"
     )
+    ap.add_argument(
+        "--selected-scratch",
+        action="store_true",
+        help="also train the scratch student with the recipe hinton_select.py chose on validation (issue 29)",
+    )
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error("--jobs must be at least 1")
@@ -540,7 +588,8 @@ def main(argv: list[str] | None = None) -> int:
     out = results_root / name
     runs_dir = (args.runs_dir or ROOT / "benchmarks" / "runs") / name
     t0 = time.perf_counter()
-    runs = plan(args.seeds, args.quick, args.jittered_transfer)
+    recipe = selected_scratch(results_root) if args.selected_scratch else None
+    runs = plan(args.seeds, args.quick, args.jittered_transfer, recipe)
     forget_teachers_without_weights(runs, out, runs_dir)
     if args.jobs > 1:
         results = run_parallel(runs, args.jobs, out, runs_dir, not args.no_progress)
@@ -554,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         + (" --quick" if args.quick else "")
         + ("" if args.seeds == [0, 1] else " --seeds " + " ".join(map(str, args.seeds)))
         + (" --jittered-transfer" if args.jittered_transfer else "")
+        + (" --selected-scratch" if args.selected_scratch else "")
         + (f" --jobs {args.jobs}" if args.jobs > 1 else ""),
         "machine": machine(),
         "machines": machines_of(results),

@@ -182,3 +182,38 @@ def test_the_date_is_when_the_runs_finished_not_when_the_table_was_rendered():
     assert runs_dates(one) == "2026-11-25"
     assert runs_dates({**one, "c": {"finished": "2026-12-03T10:00:00+00:00"}}) == "2026-11-25 to 2026-12-03"
     assert runs_dates({"a": {"wall_seconds": 1}}) == dt.date.today().isoformat()
+
+
+def test_the_selected_scratch_row_gets_the_distilled_students_selection(tmp_path):
+    """Issue 29: the scratch baseline trained with the recipe chosen on validation from the distilled student's
+    candidates, beside the paper's recipe; the distilled gain is stated against it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import pytest
+
+    from hinton_mnist import aggregate, markdown, plan, selected_scratch
+
+    with pytest.raises(SystemExit, match="hinton_select.py --part scratch"):
+        selected_scratch(tmp_path)
+    recipe = ['student.train={"optimizer": "adamw", "lr": 0.003, "epochs": 30}']
+    (tmp_path / "hinton_select.json").write_text(json.dumps({"chosen_scratch": {"name": "x", "overrides": recipe}}))
+    assert selected_scratch(tmp_path) == recipe
+    assert not [r for r in plan([0, 1], quick=False) if "selected" in r.name]
+    extra = [r for r in plan([0, 1], quick=False, scratch_recipe=recipe) if "selected" in r.name]
+    assert [(r.name, r.role, r.teacher_from) for r in extra] == [
+        ("scratch-selected-s0", "student_scratch", None),
+        ("scratch-selected-s1", "student_scratch", None),
+    ]
+    assert all(recipe[0] in r.overrides and "phases=[scratch]" in r.overrides for r in extra)
+    results = {
+        f"{row}-s{s}": {"tags": {"row": row, "seed": s}, "model": {"errors": e}}
+        for row, errs in (("scratch", (143, 142)), ("scratch_selected", (120, 124)), ("distilled_jittered", (79, 74)))
+        for s, e in enumerate(errs)
+    }
+    rows = aggregate(results)["rows"]
+    info = {"command": "c", "machine": {"nproc": 2, "cpu": "cpu", "torch": "t"}, "machines": {},
+            "precision": "bf16", "date": "d", "total_minutes": 1.0, "invocation_minutes": 1.0}  # fmt: skip
+    text = markdown({"rows": rows, "sweep": {}}, info)
+    table = [x for x in text.splitlines() if x.startswith("| ")]
+    sel = next(x for x in table if "selected on validation" in x)
+    assert table.index(sel) == 2 and "| 122.0 ± 2.8 (120, 124) | 2 | 146 | -24.0 |" in sel
+    assert "against the selected scratch student: 122.0 - 76.5 = +45.5 errors fewer (more than twice" in text

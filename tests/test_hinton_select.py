@@ -35,8 +35,15 @@ def test_quick_selection_scores_candidates_on_validation_only_and_resumes(tmp_pa
     other = next(k for k in t if k != doc["chosen_teacher"]["name"])
     assert set(doc["chosen_student_from_other_teachers"]) == {other}
     assert doc["students_over_budget"] == []
+    # The scratch student gets the same selection: each candidate recipe as its student.train, same split.
+    c = doc["scratch_candidates"]
+    assert set(c) == set(doc["students"]) and all(0 <= v <= 10000 for v in c.values())
+    assert doc["chosen_scratch"]["name"] == min(c, key=lambda k: (c[k], list(c).index(k)))
+    assert doc["chosen_scratch"]["overrides"][0].startswith("student.train=")
+    scratch_cfg = (tmp_path / "runs" / "hinton_select_quick" / "scratch-sgd-clip5-60ep" / "config.yaml").read_text()
+    assert "- scratch" in scratch_cfg and "grad_clip: 5.0" in scratch_cfg
     per_run = sorted((tmp_path / "results" / "hinton_select_quick").glob("*.json"))
-    assert len(per_run) == 5
+    assert len(per_run) == 7
     for p in per_run:
         rec = json.loads(p.read_text())
         assert not any("test" in k or k in ("accuracy", "errors") for k in rec), rec  # validation only
@@ -54,6 +61,11 @@ def test_quick_selection_scores_candidates_on_validation_only_and_resumes(tmp_pa
     assert redo["students"] == doc["students"]
     assert redo["candidates_wall_hours"] == pytest.approx(cost, rel=1e-9)
     assert redo["invocation_minutes"] < doc["invocation_minutes"]
+    # One part alone keeps what the other parts chose in the summary.
+    part = bench("hinton_select.py", *args, "--part", "scratch", timeout=120)
+    assert part.returncode == 0 and "epoch" not in part.stderr, part.stderr[-2000:]
+    merged = json.loads((tmp_path / "results" / "hinton_select_quick.json").read_text())
+    assert merged["students"] == doc["students"] and merged["chosen_scratch"] == doc["chosen_scratch"]
     # A budget of 30 distillation epochs rules the 60-epoch candidate out without training anything again.
     stamps = {p.name: p.stat().st_mtime_ns for p in per_run}
     tight = bench("hinton_select.py", *args, "--max-distill-epochs", "30", timeout=300)
@@ -61,6 +73,7 @@ def test_quick_selection_scores_candidates_on_validation_only_and_resumes(tmp_pa
     doc = json.loads((tmp_path / "results" / "hinton_select_quick.json").read_text())
     assert doc["students_over_budget"] == ["sgd-clip5-60ep"]
     assert doc["chosen_student"]["name"] == "sgd-clip5-30ep"
+    assert doc["chosen_scratch"]["name"] == "sgd-clip5-30ep" and list(doc["scratch_candidates"]) == ["sgd-clip5-30ep"]
     assert all(p.stat().st_mtime_ns == stamps[p.name] for p in per_run)
     none = bench("hinton_select.py", *args, "--max-distill-epochs", "10", timeout=120)
     assert none.returncode == 2 and "no student candidate trains that briefly" in none.stderr
