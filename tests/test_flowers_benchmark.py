@@ -76,6 +76,17 @@ def test_best_lr_is_chosen_on_validation_never_on_test_and_the_render_quotes_the
     missing = next(ln for ln in section.splitlines() if ln.startswith("Missing runs:"))
     assert f"Missing runs: {planned - 5} of the {planned} planned" in missing
     assert "lite0_112-s0" in missing and "kd_lr0.01-s1" not in missing
+    # The notes say where the setup differs from the article and what the time budget came to.
+    assert "Where we differ from the article, and why: 112 px photos" in section
+    assert "against the issue's 60-minute budget" in section
+    # A gap against scratch is stated only with both rows (no scratch runs here).
+    assert "KD against scratch" not in section
+    for lr, s, acc in ((1e-3, 0, 0.50), (1e-2, 0, 0.40), (1e-3, 1, 0.52), (1e-2, 1, 0.41)):
+        r = _record(f"scratch_lr{lr:g}", s, "scratch", acc, 0.5, lr)
+        (out / f"{r['run']}-s{s}.json").write_text(json.dumps(r))
+    section = flowers_seed.render_stored(tmp_path)
+    # KD best lr 63.0 +- 4.2 against scratch best lr 51.0 +- 1.4: +12.0 points, more than 2 x 4.2.
+    assert "KD against scratch, both at their best lr: +12.0 points (more than twice the larger spread)." in section
 
 
 def test_the_compressed_student_table_comes_from_its_stored_json(tmp_path):
