@@ -76,3 +76,26 @@ def test_no_gradient_is_kept_for_a_student_without_one_and_teachers_are_fixed_ta
         cd.chunked_divergence("jsd", s, t.detach(), w, 1.0, beta=1.0)
     with pytest.raises(ValueError, match="kind must be one of"):
         cd.chunked_divergence("tv", s, t.detach(), w, 1.0)
+
+
+@pytest.mark.parametrize("k", [1, 5, 50])
+def test_sparse_forward_kl_equals_autograd_over_the_kept_ids_and_the_rest(k, monkeypatch):
+    """Top-k targets: the chunked path (what the cache trains on) equals the autograd formula; at k = V the
+    rest is empty and it equals the dense forward KL."""
+    monkeypatch.setattr(cd, "CHUNK_ELEMENTS", 4 * 50)
+    g = torch.Generator().manual_seed(2)
+    s = (torch.randn(2, 13, 50, generator=g) * 4).requires_grad_()
+    teacher = torch.randn(2, 13, 50, generator=g) * 4
+    w = (torch.rand(2, 13, generator=g) > 0.2).float()
+    sparse = td.SparseTargets.from_logits(teacher, k, temperature=2.0)
+    ref = td._mean(td._kl(*td._pair(s, sparse, 2.0)), w, 2.0)
+    (g_ref,) = torch.autograd.grad(ref, s)
+    got = cd.chunked_sparse_forward_kl(s, sparse.ids, sparse.logprobs, sparse.tail, w, 2.0)
+    (g_got,) = torch.autograd.grad(got, s)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(g_got, g_ref, rtol=1e-4, atol=1e-6 * g_ref.abs().max().item())
+    public = td.forward_kl(s, sparse, temperature=2.0, mask=w.long())
+    assert public.item() == pytest.approx(got.item(), rel=1e-6)
+    if k == 50:
+        dense = td.forward_kl(s, teacher, temperature=2.0, mask=w.long())
+        assert got.item() == pytest.approx(dense.item(), rel=1e-5)

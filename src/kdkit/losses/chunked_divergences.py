@@ -19,6 +19,7 @@ are floored at LOG_FLOOR as in `token_divergences`, so values equal the autograd
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -52,45 +53,62 @@ def _rows(kind: str, zs: Tensor, zt: Tensor, beta: float) -> tuple[Tensor, Tenso
     return loss, q.mul_(h.sub_(kl_qm.unsqueeze(-1))).mul_(1.0 - beta)
 
 
-class _ChunkedDivergence(torch.autograd.Function):
+def _sparse_forward_kl_rows(zs: Tensor, ids: Tensor, logprobs: Tensor, tail: Tensor) -> tuple[Tensor, Tensor]:
+    """Return (forward KL per row, gradient) against top-k targets, over the k kept ids + one rest bucket.
+
+    With P the teacher's categories (its top-k log-probabilities and its tail mass) and Q the student's (q at the
+    kept ids, the sum of q over every other id): d/dz_v = q_v - P_v at a kept id, q_v * (1 - P_rest / Q_rest)
+    elsewhere.
+    """
+    log_q = F.log_softmax(zs, dim=-1).clamp_min_(LOG_FLOOR)
+    ids = ids.long()
+    kept = log_q.gather(-1, ids)
+    q = log_q.exp_()
+    # The rest's mass summed over the other ids (no 1 - sum cancellation when the kept mass is near 1).
+    rest = q.scatter(-1, ids, 0.0).sum(dim=-1).log().clamp_min(LOG_FLOOR)
+    log_pk = logprobs.float().clamp_min(LOG_FLOOR)
+    log_pr = tail.float().clamp_min(0.0).log().clamp_min(LOG_FLOOR)
+    loss = (log_pk.exp() * (log_pk - kept)).sum(dim=-1) + log_pr.exp() * (log_pr - rest)
+    grad = q.mul_((1.0 - (log_pr - rest).exp()).unsqueeze(-1))  # every id as if in the rest bucket
+    return loss, grad.scatter_(-1, ids, kept.exp() - log_pk.exp())  # then the kept ids
+
+
+class _Chunked(torch.autograd.Function):
+    """Rows of student logits walked in chunks: each chunk's loss and gradient by `rows` (closed form)."""
+
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
-        student: Tensor,
-        teacher: Tensor,
-        weights: Tensor,
-        kind: str,
-        beta: float,
-        temperature: float,
+        ctx: Any, student: Tensor, weights: Tensor, temperature: float, rows: Callable[..., Any], *targets: Tensor
     ) -> Tensor:
         v = student.shape[-1]
-        s2, t2 = student.reshape(-1, v), teacher.reshape(-1, v)
+        s2 = student.reshape(-1, v)
+        flat = [t.reshape(s2.shape[0], *t.shape[student.dim() - 1 :]) for t in targets]
         w = weights.reshape(-1).to(torch.float32)
         need_grad = bool(ctx.needs_input_grad[0])
         grad = torch.empty(s2.shape, dtype=student.dtype, device=student.device) if need_grad else None
         per = torch.empty(s2.shape[0], dtype=torch.float32, device=student.device)
         step = max(1, CHUNK_ELEMENTS // v)
+        denom = w.sum().clamp_min(1.0)
+        scale = w * (temperature / denom)  # d(total)/d(row loss) / T: the chain rule through z = logits / T
         with torch.autocast(device_type=student.device.type, enabled=False):
             for i in range(0, s2.shape[0], step):
                 j = min(i + step, s2.shape[0])
-                zs = s2[i:j].float() / temperature
-                zt = t2[i:j].float() / temperature
-                per[i:j], g = _rows(kind, zs, zt, beta)
+                per[i:j], g = rows(s2[i:j].float() / temperature, *(t[i:j] for t in flat))
                 if grad is not None:
-                    grad[i:j] = g.mul_(w[i:j, None])
-            denom = w.sum().clamp_min(1.0)
+                    grad[i:j] = g.mul_(scale[i:j, None])
             total = (per * w).sum() / denom * (temperature * temperature)
-            if grad is not None:
-                grad.mul_((temperature / denom).to(grad.dtype))
         ctx.save_for_backward(grad if grad is not None else torch.empty(0))
-        ctx.shape = student.shape
+        ctx.shape, ctx.n_targets = student.shape, len(targets)
         return total
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        out = (grad * grad_output.to(grad.dtype)).reshape(ctx.shape) if grad.numel() else None
-        return out, None, None, None, None, None
+        if not grad.numel():
+            return (None, None, None, None, *([None] * ctx.n_targets))
+        # The usual case, a loss term of weight 1, needs no pass over the (N, V) gradient.
+        out = grad if bool(grad_output == 1) else grad * grad_output.to(grad.dtype)
+        return (out.reshape(ctx.shape), None, None, None, *([None] * ctx.n_targets))
 
 
 def chunked_divergence(
@@ -107,4 +125,16 @@ def chunked_divergence(
         raise ValueError(f"jsd needs 0 < beta < 1, got {beta}")
     if teacher.requires_grad:
         raise ValueError("chunked_divergence treats the teacher as a fixed target: detach its logits")
-    return _ChunkedDivergence.apply(student, teacher, weights, kind, beta, temperature)
+
+    def rows(zs: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        return _rows(kind, zs, t.float() / temperature, beta)
+
+    return _Chunked.apply(student, weights, temperature, rows, teacher)
+
+
+def chunked_sparse_forward_kl(
+    student: Tensor, ids: Tensor, logprobs: Tensor, tail: Tensor, weights: Tensor, temperature: float
+) -> Tensor:
+    """Return T^2 * weighted mean over positions of the forward KL against top-k targets (k ids, their teacher
+    log-probabilities at `temperature`, the teacher's tail mass), over the k kept ids and one rest bucket."""
+    return _Chunked.apply(student, weights, temperature, _sparse_forward_kl_rows, ids, logprobs, tail)

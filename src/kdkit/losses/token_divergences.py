@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdkit.losses.chunked_divergences import LOG_FLOOR, chunked_divergence
+from kdkit.losses.chunked_divergences import LOG_FLOOR, chunked_divergence, chunked_sparse_forward_kl
 
 IGNORE_INDEX = -100
 # Log-probabilities are floored at LOG_FLOOR: exp(-1e4) is exactly 0 in float32, and every term stays finite (no
@@ -103,6 +103,18 @@ def _scored(leading: torch.Size, labels: Tensor | None, mask: Tensor | None, dev
     return w
 
 
+def _check_sparse(student_logits: Tensor, teacher: SparseTargets, temperature: float) -> None:
+    if not math.isclose(teacher.temperature, temperature):
+        raise ValueError(
+            f"sparse targets were made at temperature {teacher.temperature}, the loss asks for {temperature}"
+        )
+    if tuple(teacher.ids.shape[:-1]) != tuple(student_logits.shape[:-1]):
+        raise ValueError(
+            f"sparse targets {tuple(teacher.ids.shape)} do not match student logits "
+            f"{tuple(student_logits.shape)} (same positions expected)"
+        )
+
+
 def _pair(
     student_logits: Tensor, teacher: Tensor | SparseTargets, temperature: float
 ) -> tuple[Tensor, Tensor]:
@@ -110,15 +122,7 @@ def _pair(
     _check_temperature(temperature)
     log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
     if isinstance(teacher, SparseTargets):
-        if not math.isclose(teacher.temperature, temperature):
-            raise ValueError(
-                f"sparse targets were made at temperature {teacher.temperature}, the loss asks for {temperature}"
-            )
-        if tuple(teacher.ids.shape[:-1]) != tuple(student_logits.shape[:-1]):
-            raise ValueError(
-                f"sparse targets {tuple(teacher.ids.shape)} do not match student logits "
-                f"{tuple(student_logits.shape)} (same positions expected)"
-            )
+        _check_sparse(student_logits, teacher, temperature)
         ids = teacher.ids.long()
         kept = log_q.gather(-1, ids)
         rest = log_q.scatter(-1, ids, LOG_FLOOR).logsumexp(dim=-1, keepdim=True)
@@ -144,9 +148,19 @@ def _chunked(
     temperature: float,
     beta: float = 0.5,
 ) -> Tensor | None:
-    """Return the divergence by `chunked_divergences` (dense targets that take no gradient), else None: the
-    same values as the autograd formulas below, with the gradient in one pass (7x faster for JSD at V = 2048)."""
-    if isinstance(teacher, SparseTargets) or teacher.requires_grad:
+    """Return the divergence by `chunked_divergences` (dense targets that take no gradient; sparse targets
+    under the forward KL), else None: the same values as the autograd formulas below, with the gradient in one
+    pass (7x faster for JSD at V = 2048)."""
+    if isinstance(teacher, SparseTargets):
+        if kind != "forward_kl":
+            return None
+        _check_temperature(temperature)
+        _check_sparse(student_logits, teacher, temperature)
+        weights = _scored(student_logits.shape[:-1], labels, mask, student_logits.device)
+        return chunked_sparse_forward_kl(
+            student_logits, teacher.ids, teacher.logprobs, teacher.tail, weights, temperature
+        )
+    if teacher.requires_grad:
         return None
     _check_temperature(temperature)
     if teacher.shape != student_logits.shape:
