@@ -205,7 +205,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def render_stored(results_root: Path = RESULTS) -> str:
     """Return the RESULTS.md section (marks included) from the stored teacher, kdkit and TRL JSONs."""
-    recs = {p.stem: json.loads(p.read_text()) for p in sorted((results_root / NAME).glob("*.json"))}
+    recs = {p.stem: json.loads(p.read_text()) for p in sorted((results_root / NAME).glob("*.json"))}  # top level
     lines = [MARKS[0], f"## {NAME}", "",
              "Command: `PYTHONPATH=src KDKIT_DATA=... /tmp/trl-venv/bin/python benchmarks/lm_trl_peer.py` (a venv "
              "with `trl`, see the script's docstring)  ",
@@ -236,6 +236,13 @@ def render_stored(results_root: Path = RESULTS) -> str:
                   f"{k['test_perplexity']:.2f} against TRL {t['test_perplexity']:.2f} (target: equal or better). "
                   f"Load average at the start: kdkit {k['loadavg_start'][0]:.2f}, TRL {t['loadavg_start'][0]:.2f}; "
                   f"{k['date']}."]  # fmt: skip
+    for hist in sorted((results_root / NAME / "history").glob("*/")):
+        k, t = (json.loads((hist / f"{n}.json").read_text()) for n in ("kdkit", "trl"))
+        lines += ["", f"{(hist / 'note.txt').read_text().strip()} (stored in "
+                  f"`results/{NAME}/history/{hist.name}/`): kdkit {k['tokens_per_second']:.0f} tokens/s, TRL "
+                  f"{t['tokens_per_second']:.0f} ({k['tokens_per_second'] / t['tokens_per_second']:.2f}x), test "
+                  f"perplexity {k['test_perplexity']:.2f} against {t['test_perplexity']:.2f}; load average "
+                  f"{k['loadavg_start'][0]:.2f} and {t['loadavg_start'][0]:.2f}."]  # fmt: skip
     return "\n".join([*lines, MARKS[1]])
 
 

@@ -34,6 +34,8 @@ SECTIONS = {
     "optimizer_step": "optimizer_step",
     "behaviour_check": "behaviour_check",
     "flowers_seed": "flowers_seed",
+    "lm_shakespeare": "lm_shakespeare",
+    "lm_trl_peer": "lm_trl_peer",
 }
 
 
