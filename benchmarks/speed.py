@@ -70,6 +70,16 @@ VARIANTS = {
     "c": "kdkit, online teacher (bf16 FrozenTeacher)",
     "d": "kdkit, cached teacher (TeacherCache)",
 }
+# Issue 29: where (b)'s gap to (d) comes from, one step at a time, timed in their own interleaved rounds:
+# (b) -> (e) the precision, (e) -> (f) the data (kdkit's in-memory batches instead of a DataLoader with
+# per-sample transforms), (f) -> (c) the rest of kdkit's step (fused optimiser, channels_last, the teacher's
+# bf16 weights), (c) -> (d) the cache.
+ISOLATION = {
+    "e": "the tutorial loop (b) under bf16 autocast (teacher and student forward), still the DataLoader",
+    "f": "(e) fed by kdkit's in-memory loader (batched crops and flips) instead of the DataLoader",
+}
+ISOLATION_ORDER = "befcd"
+ISOLATION_RATIOS = {"b/e": "precision", "e/f": "in-memory data", "f/c": "kdkit's step", "c/d": "the cache"}
 TARGETS = {"d/a": 1.10, "b/d": 3.0, "accuracy_points": 0.5, "mlp_bf16_peak_fraction": 0.5}
 
 
@@ -460,9 +470,14 @@ class TutorialKD:
     """One distillation training step written the tutorial way (fp32, teacher under no_grad, KLDivLoss)."""
 
     def __init__(
-        self, student: nn.Module, teacher: nn.Module, task: Task, total_steps: int | None = None
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        task: Task,
+        total_steps: int | None = None,
+        amp: torch.dtype | None = None,
     ) -> None:
-        self.student, self.teacher = student, teacher
+        self.student, self.teacher, self.amp = student, teacher, amp
         self.T, self.alpha, self.beta = task.temperature, task.alpha, task.beta
         self.kl = nn.KLDivLoss(reduction="batchmean")
         self.ce = nn.CrossEntropyLoss()
@@ -478,9 +493,11 @@ class TutorialKD:
         self.student.train()
 
     def step(self, x: Tensor, y: Tensor) -> Tensor:
-        with torch.no_grad():
-            t_logits = self.teacher(x)
-        s_logits = self.student(x)
+        # (e), (f): what a tutorial adds for mixed precision: autocast around the forward passes.
+        with torch.autocast("cpu", dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
+            with torch.no_grad():
+                t_logits = self.teacher(x).float()
+            s_logits = self.student(x).float()
         T = self.T
         soft = self.kl(F.log_softmax(s_logits / T, dim=1), F.softmax(t_logits / T, dim=1)) * (T * T)
         loss = soft * self.alpha + self.ce(s_logits, y) * self.beta
@@ -492,7 +509,26 @@ class TutorialKD:
         return loss
 
 
-def batches(loader: torch.utils.data.DataLoader) -> Iterator[tuple[Tensor, Tensor]]:
+def median_rounds(per_round: list[dict[str, Any]], order: str) -> dict[str, Any]:
+    """Return each variant's median round (by seconds), with every round's seconds beside it."""
+    runs: dict[str, Any] = {}
+    for v in order:
+        recs = sorted((rd[v] for rd in per_round), key=lambda r: r["seconds"])
+        runs[v] = {
+            **recs[len(recs) // 2],
+            "rounds": len(per_round),
+            "round_seconds": [rd[v]["seconds"] for rd in per_round],
+        }
+    return runs
+
+
+def round_ratios(per_round: list[dict[str, Any]], pair: str) -> float:
+    """Return the median over rounds of time(x) / time(y) within a round, for pair "x/y"."""
+    x, y = pair.split("/")
+    return statistics.median(rd[x]["seconds"] / rd[y]["seconds"] for rd in per_round)
+
+
+def batches(loader: Any) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield batches across epochs (a new epoch re-creates the workers, as a for-loop over epochs does)."""
     while True:
         yield from loader
@@ -748,12 +784,24 @@ def time_kdkit(
 
 
 def time_tutorial(
-    task: Task, data: TaskData, teacher: nn.Module, steps: int, warmup: int, seed: int
+    task: Task,
+    data: TaskData,
+    teacher: nn.Module,
+    steps: int,
+    warmup: int,
+    seed: int,
+    variant: str = "b",
+    amp: torch.dtype | None = None,
 ) -> dict[str, Any]:
-    """Time `steps` steps of the tutorial loop (b) after `warmup` untimed ones (worker start-up excluded)."""
+    """Time `steps` steps of the tutorial loop after `warmup` untimed ones (worker start-up excluded): (b) as
+    tutorials write it, (e) under autocast to `amp`, (f) also fed by kdkit's in-memory loader."""
     student = new_model(task, task.student, data, seed)
-    kd = TutorialKD(student, copy.deepcopy(teacher).float(), task)
-    it = batches(tutorial_loader(task, data, seed))
+    kd = TutorialKD(student, copy.deepcopy(teacher).float(), task, amp=amp if variant in "ef" else None)
+    it = (
+        ((b.x, b.y) for b in batches(kdkit_loader(task, data, seed)))
+        if variant == "f"
+        else batches(tutorial_loader(task, data, seed))
+    )
     samples = 0
     t0 = time.perf_counter()
     for i in range(warmup + steps):
@@ -765,16 +813,16 @@ def time_tutorial(
     seconds = time.perf_counter() - t0
     del it
     return {
-        "variant": "b",
-        "label": VARIANTS["b"],
-        "precision": "fp32",
-        "channels_last": False,
+        "variant": variant,
+        "label": {**VARIANTS, **ISOLATION}[variant],
+        "precision": "bf16" if kd.amp is not None else "fp32",
+        "channels_last": variant == "f" and task.is_cnn,
         "steps": steps,
         "samples": samples,
         "seconds": seconds,
         "samples_per_second": samples / seconds,
         "ms_per_step": 1000 * seconds / steps,
-        "num_workers": 2,
+        "num_workers": 0 if variant == "f" else 2,
     }
 
 
@@ -919,6 +967,36 @@ def run_task(
     # The cache's draws were made with seed + 1; the loaders below use the same seed so (d) reads them.
     rounds = args.rounds[task.name]
 
+    def time_variant(v: str, rnd: int) -> dict[str, Any]:
+        if v in "bef":
+            r = time_tutorial(task, data, teacher, steps, warmup, seed + 1, v, runtime.amp_dtype)
+        else:
+            cache = cached if v == "d" else None
+            r = time_kdkit(
+                v, task, data, runtime, teacher if v in "cd" else None, cache, steps, warmup, seed + 1
+            )
+        say(
+            f"[{task.name}-{v}] round {rnd + 1}/{rounds}: {r['steps']} steps in {r['seconds']:.2f}s, "
+            f"{r['samples_per_second']:,.0f} samples/s ({r['ms_per_step']:.1f} ms/step, {r['precision']})"
+        )
+        return r
+
+    def measure_isolation() -> dict[str, Any]:
+        # Issue 29: (b) -> (e) -> (f) -> (c) -> (d), one change at a time, interleaved like the timing rounds.
+        per_round, busy = [], []
+        for rnd in range(rounds):
+            busy.append(wait_until_quiet(say, wait=not args.quick))
+            per_round.append({v: time_variant(v, rnd) for v in ISOLATION_ORDER})
+        return {
+            "steps": steps,
+            "warmup": warmup,
+            "rounds": rounds,
+            "order": ISOLATION_ORDER,
+            "runs": median_rounds(per_round, ISOLATION_ORDER),
+            "ratios": {k: round_ratios(per_round, k) for k in ISOLATION_RATIOS},
+            "cpu_busy_before_rounds": busy,
+        }
+
     def measure_all() -> dict[str, Any]:
         # The four variants are timed back to back in one process, `rounds` times interleaved (a b c d a b c d
         # ...), and stored as one part, so a resumed run never pairs timings from different invocations. Each
@@ -940,36 +1018,8 @@ def run_task(
         busy: list[float | None] = []
         for rnd in range(rounds):
             busy.append(wait_until_quiet(say, wait=not args.quick))
-            this: dict[str, Any] = {}
-            for v in "abcd":
-                if v == "b":
-                    r = time_tutorial(task, data, teacher, steps, warmup, seed + 1)
-                else:
-                    r = time_kdkit(
-                        v,
-                        task,
-                        data,
-                        runtime,
-                        teacher if v in "cd" else None,
-                        cached if v == "d" else None,
-                        steps,
-                        warmup,
-                        seed + 1,
-                    )
-                this[v] = r
-                say(
-                    f"[{task.name}-{v}] round {rnd + 1}/{rounds}: {r['steps']} steps in {r['seconds']:.2f}s, "
-                    f"{r['samples_per_second']:,.0f} samples/s ({r['ms_per_step']:.1f} ms/step, {r['precision']})"
-                )
-            per_round.append(this)
-        runs: dict[str, Any] = {}
-        for v in "abcd":
-            recs = sorted((rd[v] for rd in per_round), key=lambda r: r["seconds"])
-            runs[v] = {
-                **recs[len(recs) // 2],
-                "rounds": rounds,
-                "round_seconds": [rd[v]["seconds"] for rd in per_round],
-            }
+            per_round.append({v: time_variant(v, rnd) for v in "abcd"})
+        runs = median_rounds(per_round, "abcd")
         return {
             "steps": steps,
             "warmup": warmup,
@@ -1000,6 +1050,13 @@ def run_task(
         for k in pairs
     }
     ratios_of_medians = {k: timing[k[0]]["seconds"] / timing[k[2]]["seconds"] for k in pairs}
+    isolation = parts.run(
+        f"{task.name}-isolation",
+        measure_isolation,
+        say,
+        expect={"steps": steps, "warmup": warmup, "rounds": rounds, "order": ISOLATION_ORDER},
+        timed=True,
+    )
     student_probe = new_model(task, task.student, data, seed)
     x_probe = next(iter(kdkit_loader(task, data, seed))).x.contiguous()
     fwd = forward_flops_per_sample(student_probe, x_probe)
@@ -1032,6 +1089,7 @@ def run_task(
         "cpu_busy_before_rounds": timed["cpu_busy_before_rounds"],
         "ratios": ratios,
         "ratios_of_median_times": ratios_of_medians,
+        "isolation": isolation,
         "gflops": gflops,
     }
     if not args.quick:
@@ -1295,8 +1353,40 @@ def markdown(doc: dict[str, Any]) -> str:
     ]
     if notes:
         lines += ["", "What limits each figure (measured pieces, ms per batch of 128):", "", *notes]
+    lines += isolation_lines(doc)
     lines += ["", MARK_END]
     return "\n".join(lines)
+
+
+def isolation_lines(doc: dict[str, Any]) -> list[str]:
+    """Return the table of where (b)'s gap to (d) comes from (issue 29), or a line saying it is not measured."""
+    tasks = [t for t in doc["tasks"].values() if t.get("isolation")]
+    head = [
+        "",
+        "Where the gap between (b) and (d) comes from, one change at a time (own interleaved rounds):",
+        "",
+    ]
+    head += [f"- ({k}) {v}" for k, v in ISOLATION.items()]
+    if not tasks:
+        return [
+            *head,
+            "",
+            "Not measured yet: these runs predate the isolation rounds (`python benchmarks/speed.py` adds them).",
+        ]
+    lines = [*head, "", "| task | " + " | ".join(f"{k}: {v}" for k, v in ISOLATION_RATIOS.items()) + " | product | (e) precision |",
+             "|---|" + "---|" * (len(ISOLATION_RATIOS) + 2)]  # fmt: skip
+    for t in tasks:
+        r = t["isolation"]["ratios"]
+        product = math.prod(r[k] for k in ISOLATION_RATIOS)
+        cells = " | ".join(f"{r[k]:.2f}" for k in ISOLATION_RATIOS)
+        lines.append(
+            f"| {t['task']} | {cells} | {product:.2f} | {t['isolation']['runs']['e']['precision']} |"
+        )
+    lines += ["", "Each ratio is the median over rounds of the two times within a round; the product is (b)/(d) "
+              "as these rounds measured it. The tutorial loop (b) stands for the distillation loops of PyTorch's "
+              "knowledge-distillation tutorial and of most repositories that follow it (a Dataset with "
+              "per-sample transforms, a DataLoader with workers, fp32)."]  # fmt: skip
+    return lines
 
 
 def _finished_range(tasks: dict[str, Any]) -> list[str]:

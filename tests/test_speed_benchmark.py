@@ -3,9 +3,14 @@
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import speed  # noqa: E402
 
 
 def _stat(path: Path) -> tuple[int, int] | None:
@@ -37,6 +42,17 @@ def test_quick_speed_benchmark_records_all_variants(tmp_path, bench):
         assert len(steps) == 1 and steps.pop() > 0, runs
         assert task["cache"]["build_seconds"] > 0
         assert task["peaks"]["bf16_gflops"] > 0 and task["peaks"]["fp32_gflops"] > 0
+        # Issue 29: the isolation rounds time (b) -> (e) bf16 -> (f) in-memory data -> (c) -> (d) cache.
+        iso = task["isolation"]
+        assert set(iso["runs"]) == set("befcd") and set(iso["ratios"]) == {"b/e", "e/f", "f/c", "c/d"}
+        assert iso["runs"]["b"]["precision"] == "fp32" and iso["runs"]["f"]["num_workers"] == 0
+        assert iso["runs"]["e"]["precision"] == ("bf16" if doc["machine"]["bf16_native"] else "fp32")
+        b_over_d = iso["runs"]["b"]["seconds"] / iso["runs"]["d"]["seconds"]
+        product = math.prod(iso["ratios"].values())
+        # --quick times one round: the median ratios are that round's, and they multiply to (b)/(d) exactly.
+        assert iso["rounds"] == 1 and product == pytest.approx(b_over_d, rel=1e-9)
+    section = speed.markdown(doc)
+    assert "Where the gap between (b) and (d) comes from" in section and "| b/e: precision |" in section
     # --quick writes only its own JSON: the RESULTS.md section belongs to the full benchmark.
     assert _stat(results_md) == before
 
