@@ -36,6 +36,7 @@ SECTIONS = {
     "flowers_seed": "flowers_seed",
     "lm_shakespeare": "lm_shakespeare",
     "lm_trl_peer": "lm_trl_peer",
+    "sst2_tang": "sst2_tang",
 }
 
 
