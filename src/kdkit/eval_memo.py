@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +25,14 @@ from torch import nn
 from kdkit.batches import BatchLoader
 from kdkit.checkpoint import atomic_write_text
 from kdkit.tasks import EvalResult
-from kdkit.teacher_cache import hash_tensor
+from kdkit.teacher_cache import cache_home, hash_module, hash_tensor
 
 FORMAT = "kdkit-eval-memo-1"
 
 
 def default_memo_root() -> Path:
     """Return where remembered evaluations live: $KDKIT_CACHE/evaluations or ~/.cache/kdkit/evaluations."""
-    base = os.environ.get("KDKIT_CACHE") or str(Path.home() / ".cache" / "kdkit")
-    return Path(base).expanduser() / "evaluations"
+    return cache_home() / "evaluations"
 
 
 def memo_key(
@@ -49,9 +47,7 @@ def memo_key(
     h = hashlib.sha256(FORMAT.encode())
     h.update(json.dumps(spec, sort_keys=True, default=str).encode())
     h.update(json.dumps([num_classes, task, channels_last, torch.__version__]).encode())
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        hash_tensor(h, t)
+    hash_module(h, model)
     for batch in loader:
         for name in sorted(batch):
             h.update(name.encode())

@@ -36,7 +36,7 @@ from kdkit.losses.token_divergences import SparseTargets, tail_mass
 from kdkit.objective import Term
 from kdkit.steps import STUDENT_LOGITS, ServedTeacherStep
 from kdkit.teacher import FrozenTeacher
-from kdkit.teacher_cache import hash_tensor
+from kdkit.teacher_cache import hash_module, hash_tensor
 from kdkit.terms import term_spec
 
 FORMAT = "kdkit-lm-sparse-cache-v1"
@@ -68,9 +68,7 @@ def cache_key(
     h = hashlib.sha256(FORMAT.encode())
     if isinstance(teacher, FrozenTeacher):
         teacher = teacher.model  # the same weights give the same key, wrapped or not
-    for name, t in sorted(teacher.state_dict().items()):
-        h.update(name.encode())
-        hash_tensor(h, t)
+    hash_module(h, teacher)
     hash_tensor(h, input_ids.long())
     hash_tensor(h, attention_mask.long())
     h.update(json.dumps({"tokenizer": tokenizer_hash, "k": k, "temperature": temperature}).encode())

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, safe_open
 from torch import nn
 
 from kdkit.checkpoint import atomic_save_tensors
-from kdkit.teacher_cache import hash_tensor
+from kdkit.teacher_cache import hash_module, hash_tensor
 
 FORMAT = "kdkit-sentence-cache-1"
 FILE = "logits.safetensors"
@@ -35,9 +35,7 @@ def sentence_cache_key(
     """Return the hash naming a sentence cache: teacher weights, token ids and lengths, precision, batch size."""
     h = hashlib.sha256(FORMAT.encode())
     h.update(f"{type(teacher).__name__}|{precision}|{batch_size}".encode())
-    for name, t in sorted(teacher.state_dict().items()):
-        h.update(name.encode())
-        hash_tensor(h, t)
+    hash_module(h, teacher)
     hash_tensor(h, torch.from_numpy(np.ascontiguousarray(input_ids)))
     hash_tensor(h, torch.from_numpy(np.ascontiguousarray(lengths)))
     return h.hexdigest()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,18 @@ def hash_tensor(h: Any, t: Tensor) -> None:
     h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
+def hash_module(h: Any, module: nn.Module) -> None:
+    """Feed every tensor of a module's state dict, by sorted name, to a hashlib hash (its weights in a key)."""
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        hash_tensor(h, t)
+
+
+def cache_home() -> Path:
+    """Return the root of kdkit's caches: $KDKIT_CACHE, else ~/.cache/kdkit."""
+    return Path(os.environ.get("KDKIT_CACHE") or Path.home() / ".cache" / "kdkit").expanduser()
+
+
 def cache_key(
     teacher: nn.Module,
     images: Tensor,
@@ -63,9 +76,7 @@ def cache_key(
 ) -> str:
     """Return the hash that names a cache: teacher weights, data, augmentation, draws, seed, precision, format."""
     h = hashlib.sha256(FORMAT.encode())
-    for name, t in sorted(teacher.state_dict().items()):
-        h.update(name.encode())
-        hash_tensor(h, t)
+    hash_module(h, teacher)
     hash_tensor(h, images)
     hash_tensor(h, labels)
     h.update(

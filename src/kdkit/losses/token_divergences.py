@@ -103,6 +103,14 @@ def _scored(leading: torch.Size, labels: Tensor | None, mask: Tensor | None, dev
     return w
 
 
+def _check_dense(student_logits: Tensor, teacher: Tensor) -> None:
+    if teacher.shape != student_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher.shape)} "
+            "must have the same shape (..., vocabulary)"
+        )
+
+
 def _check_sparse(student_logits: Tensor, teacher: SparseTargets, temperature: float) -> None:
     if not math.isclose(teacher.temperature, temperature):
         raise ValueError(
@@ -130,11 +138,7 @@ def _pair(
         tail = teacher.tail.float().clamp_min(0.0).log().unsqueeze(-1)
         log_p = torch.cat([teacher.logprobs.float(), tail], dim=-1)
     else:
-        if teacher.shape != student_logits.shape:
-            raise ValueError(
-                f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher.shape)} "
-                "must have the same shape (..., vocabulary)"
-            )
+        _check_dense(student_logits, teacher)
         log_p = F.log_softmax(teacher.float() / temperature, dim=-1)
     return log_p.clamp_min(LOG_FLOOR), log_q.clamp_min(LOG_FLOOR)
 
@@ -163,11 +167,7 @@ def _chunked(
     if teacher.requires_grad:
         return None
     _check_temperature(temperature)
-    if teacher.shape != student_logits.shape:
-        raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher.shape)} "
-            "must have the same shape (..., vocabulary)"
-        )
+    _check_dense(student_logits, teacher)
     weights = _scored(student_logits.shape[:-1], labels, mask, student_logits.device)
     return chunked_divergence(kind, student_logits, teacher, weights, temperature, beta)
 

@@ -21,8 +21,8 @@ from kdkit.config import ExperimentConfig, ModelSpec
 from kdkit.data.bundle import DataBundle, make_loader, val_images_trained_on
 from kdkit.data.loader import InMemoryLoader
 from kdkit.engine import Engine, FitResult
-from kdkit.eval_memo import default_memo_root, memo_key, recall, remember
 from kdkit.ensemble import EnsembleTeacher
+from kdkit.eval_memo import default_memo_root, memo_key, recall, remember
 from kdkit.lm_io import save_tokenizer_beside
 from kdkit.model_io import load_model, save_model
 from kdkit.report import eval_record

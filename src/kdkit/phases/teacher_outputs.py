@@ -7,7 +7,6 @@ Sentences have one logit row each, keyed by the teacher's weights and the token 
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -31,15 +30,14 @@ from kdkit.model_io import load_model
 from kdkit.phases.context import RunContext
 from kdkit.preflight import preflight
 from kdkit.runtime import resolve_runtime
-from kdkit.teacher import FrozenTeacher
 from kdkit.sentence_cache import load_sentence_logits, save_sentence_logits, sentence_cache_key
-from kdkit.teacher_cache import CacheSpec, TeacherCache, cache_key, disk_bytes, draws_for
+from kdkit.teacher import FrozenTeacher
+from kdkit.teacher_cache import CacheSpec, TeacherCache, cache_home, cache_key, disk_bytes, draws_for
 
 
 def default_cache_root() -> Path:
     """Return where teacher caches live by default: $KDKIT_CACHE/teacher-outputs or ~/.cache/kdkit/teacher-outputs."""
-    base = os.environ.get("KDKIT_CACHE") or str(Path.home() / ".cache" / "kdkit")
-    return Path(base).expanduser() / "teacher-outputs"
+    return cache_home() / "teacher-outputs"
 
 
 def precomputed_logits(
