@@ -627,8 +627,10 @@ def render_stored(results_root: Path = ROOT / "benchmarks" / "results") -> str:
 
 def _section(records: dict[str, dict[str, Any]]) -> str:
     machines = sorted({r.get("machine_id", "?") for r in records.values()})
+    days = sorted({r["date"][:10] for r in records.values() if r.get("date")})
+    dated = f"runs dated {days[0]} to {days[-1]}" if days else "no runs stored"
     head = [MARKS[0], f"## {NAME}", "", "Command: `python benchmarks/lm_shakespeare.py`  ",
-            f"Machines: {'; '.join(machines)}", ""]  # fmt: skip
+            f"Machines: {'; '.join(machines)}; {dated}", ""]  # fmt: skip
     return "\n".join([*head, table(records), MARKS[1]])
 
 
