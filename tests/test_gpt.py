@@ -3,11 +3,13 @@ counts from a formula written here, and sampling that is deterministic by seed."
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kdkit import models
 from kdkit.checkpoint import load_checkpoint, save_checkpoint
 from kdkit.generation import Sampling, filter_logits, generate
 from kdkit.models import GPT, KVCache
+from kdkit.models import gpt as gpt_module
 
 V = 97
 
@@ -159,3 +161,30 @@ def test_tied_weights_survive_a_kdkit_checkpoint(tmp_path):
     ids = torch.randint(0, V, (2, 8), generator=torch.Generator().manual_seed(11))
     with torch.no_grad():
         assert torch.equal(fresh(ids), model(ids))
+
+
+def test_cpu_bf16_training_attention_runs_in_float32_and_inference_keeps_bf16(monkeypatch):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 8, 4, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    seen: list[torch.dtype] = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q_, *args, **kwargs):
+        seen.append(q_.dtype)
+        return real(q_, *args, **kwargs)
+
+    monkeypatch.setattr(gpt_module.F, "scaled_dot_product_attention", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = gpt_module.attention(q, k, v, None, 0.0, True)
+    assert seen == [torch.float32] and y.dtype == torch.bfloat16
+    exact = real(q.float(), k.float(), v.float(), is_causal=True)
+    assert torch.equal(y, exact.to(torch.bfloat16))  # the float32 result, rounded once
+    y.float().sum().backward()
+    assert q.grad is not None and q.grad.dtype == torch.bfloat16 and torch.isfinite(q.grad.float()).all()
+    seen.clear()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        gpt_module.attention(q, k, v, None, 0.0, True)
+    assert seen == [torch.bfloat16]  # inference keeps the fast bf16 forward kernel
+    seen.clear()
+    gpt_module.attention(q.detach().float(), k.float(), v.float(), None, 0.0, True)
+    assert seen == [torch.float32]

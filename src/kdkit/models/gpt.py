@@ -21,6 +21,25 @@ from kdkit.models.registry import register_model
 Positions = Literal["rope", "learned"]
 
 
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float, causal: bool) -> Tensor:
+    """Return `F.scaled_dot_product_attention`, in float32 when it trains in bfloat16 on a CPU.
+
+    On CPU (torch 2.13) the bfloat16 flash-attention kernel's backward is the slow part of a small GPT's training
+    step: forward + backward of a (32, 4, 128, 32) causal attention took 57.6 ms in bfloat16 against 23.0 ms in
+    float32, and with head width 64 67.3 ms against 41.2 ms (one thread, AMD EPYC with AVX512-BF16, 2026-12-05;
+    benchmarks/lm_attention_probe.py, results/lm_probes/attention.log). So a training
+    step under bf16 autocast computes attention in float32 and casts the result back; inference (no gradient)
+    and other devices keep the input dtype.
+    """
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled() and q.requires_grad:
+        with torch.autocast("cpu", enabled=False):
+            y = F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout, is_causal=causal
+            )
+        return y.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+
+
 @dataclass
 class KVCache:
     """Keys and values of every layer for the positions seen so far (generation feeds only new tokens)."""
@@ -87,9 +106,7 @@ class CausalSelfAttention(nn.Module):
             if key_mask is not None:
                 # A position always sees itself, so a padding query never has an empty row (NaN).
                 mask = mask & (key_mask[:, None, None, :].bool() | (k_pos == q_pos)[None, None])
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
-        )
+        y = attention(q, k, v, mask, self.dropout if self.training else 0.0, causal)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(n, length, d)))
 
 
