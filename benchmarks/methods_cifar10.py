@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import shlex
 import statistics
@@ -64,7 +65,7 @@ METHODS = [
     "ofd",
 ]
 ALL = ["scratch", *METHODS]
-DEFAULT_SEEDS = [0, 1]
+DEFAULT_SEEDS = [0, 1, 2]  # issue 29: at least 3 seeds per method
 # Measured with `--estimate 30` on 2 cores (benchmarks/results/methods_cifar10_estimate.json): with the online
 # resnet56 teacher and resnet8, an epoch takes 0.84-1.07 min (kd 0.87, vid 1.02, crd 1.07; scratch 0.30), and
 # ft's paraphraser 0.72 min per epoch. Not timed: per run, evaluating the teacher on 15,000 images in fp32
@@ -316,6 +317,21 @@ def aggregate(results: list[dict[str, Any]], wanted: list[tuple[str, int]]) -> d
     return {"rows": rows, "missing": missing, "kd_target": verdict}
 
 
+def gain_clears_spread(row: dict[str, Any], scratch: dict[str, Any] | None) -> str:
+    """Return whether a method's gain over scratch exceeds twice the spread of that gain, with the threshold.
+
+    The spread of the gain is sqrt(sd_method^2 + sd_scratch^2) (the standard deviation of a difference of two
+    independent runs, from the per-seed standard deviations); it needs two seeds of both rows."""
+    if scratch is None or "delta_vs_scratch" not in row:
+        return "n/a (no scratch row)"
+    sd_m, sd_s = row["accuracy"]["std"], scratch["accuracy"]["std"]
+    if sd_m is None or sd_s is None:
+        return "n/a (1 seed)"
+    spread = math.hypot(sd_m, sd_s)
+    verdict = "yes" if row["delta_vs_scratch"] > 2 * spread else "no"
+    return f"{verdict} (2 x {spread * 100:.2f})"
+
+
 def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
     """Return the RESULTS.md section of this benchmark."""
     s, t = info["setup"], info["teacher"]
@@ -341,9 +357,11 @@ def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
         + f"; date {info['date']}.  ",
         "Commands (each part's runs record theirs): " + "; ".join(f"`{c}`" for c in info["commands"]),
         "",
-        "| method | test accuracy (mean) | spread (std over seeds) | Δ vs scratch (points) | wall min / run |",
-        "|---|---|---|---|---|",
+        "| method | test accuracy (mean) | spread (std over seeds) | Δ vs scratch (points) "
+        "| Δ > 2 x spread of Δ? | wall min / run |",
+        "|---|---|---|---|---|---|",
     ]
+    scratch = agg["rows"].get("scratch")
     for method, row in agg["rows"].items():
         acc = row["accuracy"]
         spread = "1 seed" if acc["n"] == 1 else f"± {acc['std'] * 100:.2f} ({acc['n']} seeds)"
@@ -354,8 +372,10 @@ def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
         )
         per = ", ".join(f"{v * 100:.2f}" for _, v in sorted(row["per_seed"].items()))
         mark = " (resumed: last part only)" if row["resumed"] else ""
+        clears = "-" if method == "scratch" else gain_clears_spread(row, scratch)
         lines.append(
-            f"| {method} | {acc['mean'] * 100:.2f}% ({per}) | {spread} | {delta} | {row['wall_minutes']:.1f}{mark} |"
+            f"| {method} | {acc['mean'] * 100:.2f}% ({per}) | {spread} | {delta} | {clears} "
+            f"| {row['wall_minutes']:.1f}{mark} |"
         )
     v = agg["kd_target"]
     lines.append("")
@@ -520,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         run_one(method, seed, setup, teacher, out, runs_dir, progress)
 
     results = [json.loads(p.read_text()) for p in sorted(out.glob("*-s*.json"))]
-    # Missing runs are counted against the full plan (every method, seeds 0 and 1) and this invocation's.
+    # Missing runs are counted against the full plan (every method, DEFAULT_SEEDS) and this invocation's.
     wanted = plan(methods, seeds) if args.quick else plan(ALL, sorted({*seeds, *DEFAULT_SEEDS}))
     agg = aggregate(results, wanted)
     measured = [r["teacher_accuracy"] for r in results if r.get("teacher_accuracy") is not None]

@@ -104,8 +104,24 @@ def test_missing_runs_count_todays_methods_in_a_full_table_and_only_the_plan_in_
     doc = json.loads((ROOT / "benchmarks/results/methods_cifar10.json").read_text())
     assert doc["missing"] == []  # stored before dist, ab and ofd existed
     full = mb.markdown(doc, doc)
-    assert "Missing runs: dist-s0, ab-s0, ofd-s0, dist-s1, ab-s1, ofd-s1." in full
+    third = ", ".join(f"{m}-s2" for m in mb.ALL)  # the third seed the issue asks of every method
+    assert f"Missing runs: dist-s0, ab-s0, ofd-s0, dist-s1, ab-s1, ofd-s1, {third}." in full
     assert "with no run against this teacher: dist, ab, ofd." in full
     quick = {**doc, "setup": {**doc["setup"], "quick": True}}
     text = mb.markdown(doc, quick)
     assert "Missing runs: none." in text and "with no run against this teacher" not in text
+
+
+def test_the_gain_column_says_whether_the_gain_exceeds_twice_its_spread():
+    def row(mean, std):
+        return {"accuracy": {"mean": mean, "std": std, "n": 2 if std is not None else 1}}
+
+    scratch = row(0.75, 0.003)
+    clear = {**row(0.78, 0.004), "delta_vs_scratch": 0.03}
+    assert mb.gain_clears_spread(clear, scratch) == "yes (2 x 0.50)"  # 3.0 > 2 x hypot(0.3, 0.4) = 1.0
+    close = {**row(0.7590, 0.004), "delta_vs_scratch": 0.009}
+    assert mb.gain_clears_spread(close, scratch) == "no (2 x 0.50)"  # 0.9 < 1.0
+    assert mb.gain_clears_spread({**row(0.78, None), "delta_vs_scratch": 0.03}, scratch) == "n/a (1 seed)"
+    doc = json.loads((ROOT / "benchmarks/results/methods_cifar10.json").read_text())
+    kd = next(ln for ln in mb.markdown(doc, doc).splitlines() if ln.startswith("| kd |"))
+    assert kd.split("|")[5].strip() == mb.gain_clears_spread(doc["rows"]["kd"], doc["rows"]["scratch"])

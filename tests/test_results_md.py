@@ -84,7 +84,7 @@ def test_methods_table_names_the_methods_it_never_ran_instead_of_none():
     """dist, ab and ofd came after the first CIFAR table: its Missing runs line must name them, not say none."""
     section = marked(RESULTS_MD.read_text(), "methods")
     assert "Missing runs: none" not in section
-    assert "Missing runs: dist-s0, ab-s0, ofd-s0, dist-s1, ab-s1, ofd-s1." in section
+    assert "Missing runs: dist-s0, ab-s0, ofd-s0, dist-s1, ab-s1, ofd-s1, scratch-s2, kd-s2," in section
     assert "with no run against this teacher: dist, ab, ofd." in section
 
 
