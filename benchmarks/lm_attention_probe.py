@@ -43,7 +43,9 @@ def fwd_bwd_ms(dtype: torch.dtype, backend: SDPBackend, head_width: int, passes:
 def main() -> None:
     torch.set_num_threads(1)
     rows = {
-        f"d{width} {str(dtype).removeprefix('torch.')} {backend.name.lower()}": fwd_bwd_ms(dtype, backend, width)
+        f"d{width} {str(dtype).removeprefix('torch.')} {backend.name.lower()}": fwd_bwd_ms(
+            dtype, backend, width
+        )
         for width in (32, 64)
         for dtype in (torch.float32, torch.bfloat16)
         for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.MATH)

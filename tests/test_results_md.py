@@ -31,6 +31,7 @@ SECTIONS = {
     "strategies": "strategies",
     "compress": "compress",
     "methods": "methods_cifar10",
+    "cache_accuracy": "cache_accuracy",
     "optimizer_step": "optimizer_step",
     "behaviour_check": "behaviour_check",
     "flowers_seed": "flowers_seed",

@@ -1,0 +1,61 @@
+"""benchmarks/cache_accuracy.py: the rows' configs, the quick form end to end, resumable runs, the table."""
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import cache_accuracy as ca  # noqa: E402
+
+
+def test_each_row_is_kd_yaml_with_only_the_teacher_outputs_changed(tmp_path):
+    cfgs = {row: ca.run_config(row, 1, Path("/t/teacher"), tmp_path / row, False, False) for row in ca.ROWS}
+    for cfg in cfgs.values():
+        assert cfg.seed == 1 and cfg.phases == ["distill"] and cfg.teacher.checkpoint == "/t/teacher"
+        assert cfg.student.model.name == "resnet20" and cfg.student.train.epochs == 30  # the full schedule
+        assert [(t.loss, t.weight) for t in cfg.distill.terms] == [("ce", 0.1), ("kd", 0.9)]
+        assert cfg.student.train.augment.crop_padding == 4 and cfg.student.train.augment.flip
+    assert cfgs["online"].distill.teacher_outputs == "online"
+    for k in (1, 4, 16):
+        cfg = cfgs[f"cache-k{k}"]
+        assert cfg.distill.teacher_outputs == "cache" and cfg.distill.cache.draws == k
+        assert cfg.distill.cache.dir == str(tmp_path / f"cache-k{k}" / "teacher-cache")  # built in the run
+
+
+def test_quick_end_to_end_then_skipped_and_the_table_quotes_the_jsons(tmp_path, data_root, bench):
+    if not (data_root / "cifar10-jpg.tar.gz").is_file():
+        pytest.skip("cifar10-jpg.tar.gz not found")
+    results_md = ROOT / "benchmarks" / "RESULTS.md"
+    before = results_md.stat().st_mtime_ns
+    args = ["--quick", "--out", tmp_path / "results", "--seeds", "0", "--no-progress"]
+    proc = bench("cache_accuracy.py", *args, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "results" / "cache_accuracy"
+    records = ca.load_records(out)
+    assert sorted(records) == sorted(f"{row}-s0" for row in ca.ROWS)
+    for row in ca.ROWS:
+        rec = records[f"{row}-s0"]
+        assert rec["draws"] == ca.draws_of(row) and rec["epochs"] == 1 and rec["student"] == "resnet8"
+        assert 0 <= rec["test_accuracy"] <= 1 and rec["wall_seconds"] > rec["train_seconds"] > 0
+        cache = tmp_path / "runs" / "cache_accuracy" / f"{row}-s0" / "teacher-cache"
+        assert cache.is_dir() == (row != "online")  # each cache run built its own cache
+    text = proc.stdout
+    online = records["online-s0"]["test_accuracy"]
+    for k in (1, 4, 16):
+        acc = records[f"cache-k{k}-s0"]["test_accuracy"]
+        (line,) = [ln for ln in text.splitlines() if ln.startswith(f"| cache, K = {k} |")]
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[3] == f"s0: {100 * acc:.2f}" and cells[4] == f"{100 * (acc - online):.2f} ± 0.00"
+    assert "Missing runs: none." in text
+    assert results_md.stat().st_mtime_ns == before  # --out keeps RESULTS.md untouched
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")}
+    again = bench("cache_accuracy.py", *args, timeout=300)
+    assert again.returncode == 0 and "teacher_outputs" not in again.stdout  # nothing ran again
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")} == stamps
+    assert ca.table(records, (0,)) in again.stdout
+    section = ca.table(records, (0, 1))
+    assert re.search(r"Missing runs: online-s1, cache-k1-s1, cache-k4-s1, cache-k16-s1\.", section)
