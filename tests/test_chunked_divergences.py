@@ -16,6 +16,12 @@ def _autograd(kind: str, s, t, w, temperature: float, beta: float):
         per = td._kl(log_p, log_q)
     elif kind == "reverse_kl":
         per = td._kl(log_q, log_p)
+    elif kind == "skew_kl":
+        per = td._kl(log_p, td._mix(log_p, log_q, beta))
+    elif kind == "skew_reverse_kl":
+        per = td._kl(log_q, td._mix(log_q, log_p, beta))
+    elif kind == "total_variation":
+        per = 0.5 * (log_p.exp() - log_q.exp()).abs().sum(dim=-1)
     else:
         log_m = td._mix(log_p, log_q, beta)
         per = beta * td._kl(log_p, log_m) + (1 - beta) * td._kl(log_q, log_m)
@@ -39,13 +45,17 @@ def test_value_and_gradient_equal_autograd_across_chunk_boundaries(kind, tempera
     assert torch.allclose(g_got, g_ref, rtol=1e-5, atol=1e-6 * g_ref.abs().max().item())  # float32 rounding
     assert (g_got[w == 0] == 0).all()  # unscored positions get no gradient
     # The public functions take this path for dense targets, and give the same numbers.
-    public = {"forward_kl": td.forward_kl, "reverse_kl": td.reverse_kl}.get(kind)
     mask = w.long()
-    if public is not None:
-        assert public(s, t, temperature=temperature, mask=mask).item() == pytest.approx(got.item(), rel=1e-6)
-    else:
-        value = td.generalized_jsd(s, t, temperature=temperature, beta=0.3, mask=mask)
-        assert value.item() == pytest.approx(got.item(), rel=1e-6)
+    public = {
+        "forward_kl": lambda: td.forward_kl(s, t, temperature=temperature, mask=mask),
+        "reverse_kl": lambda: td.reverse_kl(s, t, temperature=temperature, mask=mask),
+        "jsd": lambda: td.generalized_jsd(s, t, temperature=temperature, beta=0.3, mask=mask),
+        "skew_kl": lambda: td.skew_kl(s, t, temperature=temperature, alpha=0.3, mask=mask),
+        "skew_reverse_kl": lambda: td.skew_reverse_kl(s, t, temperature=temperature, alpha=0.3, mask=mask),
+        "total_variation": lambda: td.total_variation(s, t, temperature=temperature, mask=mask),
+    }[kind]()
+    assert public.item() == pytest.approx(got.item(), rel=1e-6)
+    assert public.grad_fn is not None and type(public.grad_fn).__name__.startswith("_Chunked")  # the fast path
 
 
 def test_bf16_student_logits_get_a_bf16_gradient_and_float32_arithmetic():
@@ -72,7 +82,7 @@ def test_no_gradient_is_kept_for_a_student_without_one_and_teachers_are_fixed_ta
     s2 = s.clone().requires_grad_()
     td.forward_kl(s2, t).backward()
     assert t.grad is not None and s2.grad is not None
-    with pytest.raises(ValueError, match="0 < beta < 1"):
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
         cd.chunked_divergence("jsd", s, t.detach(), w, 1.0, beta=1.0)
     with pytest.raises(ValueError, match="kind must be one of"):
         cd.chunked_divergence("tv", s, t.detach(), w, 1.0)
@@ -99,3 +109,20 @@ def test_sparse_forward_kl_equals_autograd_over_the_kept_ids_and_the_rest(k, mon
     if k == 50:
         dense = td.forward_kl(s, teacher, temperature=2.0, mask=w.long())
         assert got.item() == pytest.approx(dense.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", cd.MIXED)
+@pytest.mark.parametrize("weight", [0.0, 1.0, -0.1])
+def test_mixed_kinds_refuse_a_weight_outside_the_open_interval(kind, weight):
+    s, t, w = torch.randn(2, 5), torch.randn(2, 5), torch.ones(2)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        cd.chunked_divergence(kind, s, t, w, 1.0, beta=weight)
+
+
+def test_the_skews_at_their_end_points_are_the_kls_and_zero():
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(4, 9, generator=g).requires_grad_(), torch.randn(4, 9, generator=g)
+    assert td.skew_kl(s, t, alpha=0.0).item() == pytest.approx(td.forward_kl(s, t).item(), rel=1e-6)
+    assert td.skew_reverse_kl(s, t, alpha=0.0).item() == pytest.approx(td.reverse_kl(s, t).item(), rel=1e-6)
+    assert td.skew_kl(s, t, alpha=1.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert td.skew_reverse_kl(s, t, alpha=1.0).item() == pytest.approx(0.0, abs=1e-6)

@@ -37,6 +37,7 @@ SECTIONS = {
     "flowers_seed": "flowers_seed",
     "lm_shakespeare": "lm_shakespeare",
     "lm_trl_peer": "lm_trl_peer",
+    "lm_loss_speed": "lm_loss_speed",
     "sst2_tang": "sst2_tang",
 }
 

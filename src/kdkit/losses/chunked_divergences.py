@@ -11,6 +11,11 @@ position (the constant parts of d/dq vanish through the softmax):
 - forward KL(p || q):                 d/dz = q - p
 - reverse KL(q || p):                 d/dz = q * (a - sum(q * a)),  a = log q - log p
 - JSD(beta), m = beta p + (1 - beta) q: d/dz = q * (h - sum(q * h)),  h = (1 - beta) * (log q - log m)
+- skew KL(p || m), m = alpha p + (1 - alpha) q (DistiLLM):  d/dz = q * (g - sum(q * g)),  g = -(1 - alpha) p / m
+- skew reverse KL(q || m), m = alpha q + (1 - alpha) p:     d/dz = q * (g - sum(q * g)),
+                                                            g = log q - log m - alpha q / m
+- total variation 1/2 sum |p - q|:    d/dz = q * (g - sum(q * g)),  g = sign(q - p) / 2
+(each g is d(loss)/dq up to a constant; q * (g - sum(q * g)) is the chain rule through the softmax).
 The loss is T^2 * sum_i w_i l_i / max(sum_i w_i, 1) over positions i with weights w (scored positions), so row
 i of the gradient with respect to the student logits is w_i * T / max(sum w, 1) * d/dz_i. Log-probabilities
 are floored at LOG_FLOOR as in `token_divergences`, so values equal the autograd formulas there.
@@ -27,14 +32,44 @@ import torch.nn.functional as F
 from torch import Tensor
 
 LOG_FLOOR = -1.0e4
-KINDS = ("forward_kl", "reverse_kl", "jsd")
+KINDS = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "total_variation")
+MIXED = ("jsd", "skew_kl", "skew_reverse_kl")  # kinds with a mixture weight strictly inside (0, 1)
 CHUNK_ELEMENTS = 1 << 18  # float32 elements per chunk and tensor (1 MB): rows = CHUNK_ELEMENTS // V
 
 
+def _through_softmax(q: Tensor, g: Tensor) -> Tensor:
+    """Return q * (g - sum(q * g)): d(loss)/dz from g = d(loss)/dq through q = softmax(z) (g is overwritten)."""
+    return g.sub_((q * g).sum(dim=-1, keepdim=True)).mul_(q)
+
+
+def _mixture(log_a: Tensor, log_b: Tensor, weight_a: float) -> Tensor:
+    """Return log(weight_a * a + (1 - weight_a) * b), floored, for 0 < weight_a < 1."""
+    return torch.logaddexp(log_a + math.log(weight_a), log_b + math.log1p(-weight_a)).clamp_min_(LOG_FLOOR)
+
+
+def _skew_rows(kind: str, log_q: Tensor, log_p: Tensor, mix: float) -> tuple[Tensor, Tensor]:
+    """Return (loss per row, gradient) of the skew KLs and total variation from floored log-probabilities."""
+    q, p = log_q.exp(), log_p.exp()
+    if kind == "total_variation":
+        diff = q - p
+        return 0.5 * diff.abs().sum(dim=-1), _through_softmax(q, diff.sign_().mul_(0.5))
+    if kind == "skew_kl":
+        log_m = _mixture(log_p, log_q, mix)
+        loss = (p * (log_p - log_m)).sum(dim=-1)
+        return loss, _through_softmax(q, (log_p - log_m).exp_().mul_(-(1.0 - mix)))
+    log_m = _mixture(log_q, log_p, mix)  # skew reverse KL: m = mix * q + (1 - mix) * p
+    h = log_q - log_m
+    loss = (q * h).sum(dim=-1)
+    return loss, _through_softmax(q, h.sub_((log_q - log_m).exp_().mul_(mix)))
+
+
 def _rows(kind: str, zs: Tensor, zt: Tensor, beta: float) -> tuple[Tensor, Tensor]:
-    """Return (divergence per row, its gradient with respect to zs) of float32 rows of softened logits."""
+    """Return (divergence per row, its gradient with respect to zs) of float32 rows of softened logits; `beta`
+    is the mixture weight of the kinds that mix (JSD's beta, the skew KLs' alpha)."""
     log_q = F.log_softmax(zs, dim=-1).clamp_min_(LOG_FLOOR)
     log_p = F.log_softmax(zt, dim=-1).clamp_min_(LOG_FLOOR)
+    if kind in ("skew_kl", "skew_reverse_kl", "total_variation"):
+        return _skew_rows(kind, log_q, log_p, beta)
     q = log_q.exp()
     if kind == "forward_kl":
         p = log_p.exp()
@@ -116,13 +151,14 @@ def chunked_divergence(
 ) -> Tensor:
     """Return T^2 * weighted mean over positions of a divergence between dense teacher and student logits.
 
-    kind: forward_kl | reverse_kl | jsd (with `beta` strictly between 0 and 1); student and teacher (..., V);
-    weights (...) per position (0: not scored). The teacher gets no gradient (it is a fixed target).
+    kind: one of KINDS; `beta` is the mixture weight of jsd (its beta) and of skew_kl and skew_reverse_kl (their
+    alpha), strictly between 0 and 1; student and teacher (..., V); weights (...) per position (0: not scored).
+    The teacher gets no gradient (it is a fixed target).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if kind == "jsd" and not 0.0 < beta < 1.0:
-        raise ValueError(f"jsd needs 0 < beta < 1, got {beta}")
+    if kind in MIXED and not 0.0 < beta < 1.0:
+        raise ValueError(f"{kind} needs a mixture weight strictly between 0 and 1, got {beta}")
     if teacher.requires_grad:
         raise ValueError("chunked_divergence treats the teacher as a fixed target: detach its logits")
 

@@ -154,7 +154,7 @@ def _chunked(
 ) -> Tensor | None:
     """Return the divergence by `chunked_divergences` (dense targets that take no gradient; sparse targets
     under the forward KL), else None: the same values as the autograd formulas below, with the gradient in one
-    pass (7x faster for JSD at V = 2048)."""
+    pass (benchmarks/lm_loss_speed.py times both). `beta` is the mixture weight (JSD's beta, the skews' alpha)."""
     if isinstance(teacher, SparseTargets):
         if kind != "forward_kl":
             return None
@@ -282,6 +282,11 @@ def skew_kl(
     KL itself is returned, so a perfect student scores 0.
     """
     _check_unit("alpha", alpha)
+    if alpha == 0.0:
+        return forward_kl(student_logits, teacher, labels, temperature, mask)
+    fast = None if alpha == 1.0 else _chunked("skew_kl", student_logits, teacher, labels, mask, temperature, alpha)
+    if fast is not None:
+        return fast
     log_p, log_q = _pair(student_logits, teacher, temperature)
     per = _kl(log_p, _mix(log_p, log_q, alpha))
     return _mean(per, _scored(log_p.shape[:-1], labels, mask, log_p.device), temperature)
@@ -300,6 +305,15 @@ def skew_reverse_kl(
     p the teacher, q the student; alpha = 0 is the reverse KL.
     """
     _check_unit("alpha", alpha)
+    if alpha == 0.0:
+        return reverse_kl(student_logits, teacher, labels, temperature, mask)
+    fast = (
+        None
+        if alpha == 1.0
+        else _chunked("skew_reverse_kl", student_logits, teacher, labels, mask, temperature, alpha)
+    )
+    if fast is not None:
+        return fast
     log_p, log_q = _pair(student_logits, teacher, temperature)
     per = _kl(log_q, _mix(log_q, log_p, alpha))
     return _mean(per, _scored(log_p.shape[:-1], labels, mask, log_p.device), temperature)
@@ -316,6 +330,9 @@ def total_variation(
 
     As a token-level distillation loss: Wen et al. 2023 (f-divergence minimization for sequence-level KD, TVD).
     """
+    fast = _chunked("total_variation", student_logits, teacher, labels, mask, temperature)
+    if fast is not None:
+        return fast
     log_p, log_q = _pair(student_logits, teacher, temperature)
     per = 0.5 * (log_p.exp() - log_q.exp()).abs().sum(dim=-1)
     return _mean(per, _scored(log_p.shape[:-1], labels, mask, log_p.device), temperature)
