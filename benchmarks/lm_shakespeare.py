@@ -14,8 +14,12 @@ Runs (one JSON each in benchmarks/results/lm_shakespeare/, skipped when present)
   online, one run per divergence: forward KL, reverse KL, JSD(0.5), skew KL(0.1), skew RKL(0.1), TV), `seqkd`
   (sequence-level KD: cross-entropy on the teacher's greedy continuations of the first `prompt_len` tokens of
   the same blocks), `onpolicy-jsd` (GKD, lambda 0.5, JSD(0.5)), and `cache` (plain student training timed, then
-  forward KL on the teacher's cached top-k targets for k = 8, 32, 128, all in the same process so that the
-  time ratio cache / plain compares runs made under the same load).
+  the dense targets with the teacher online and the teacher's cached top-k targets for k = 8, 32, 128, each
+  trained with forward KL x 0.5 + next-token CE x 0.5 (`cache_ce`), all in the same process so that the
+  time ratios to plain and the perplexity cost of top-k against dense compare runs made under the same load
+  with the same objective; the CE half carries what a top-k target loses: a probe at the version-1 sizes,
+  benchmarks/results/lm_probes/topk_ce.log, had top-32 alone 64% above dense and top-32 + CE 7.5% above
+  dense + CE).
 Modes beyond teacher forcing run with one loss each (seq-KD: cross-entropy on the teacher's text, on-policy:
 JSD(0.5) as in GKD), not with all six: on-policy steps trained at 449 tokens/s against 4392 for scratch in
 the sizing below, so five more on-policy runs per seed would not fit the 90 minutes.
@@ -39,13 +43,18 @@ benchmark ran (load average 3.7 to 7.5, so every rate below is pessimistic and n
    5002 to 5191 and plain 3215 in the same cache run; each run also spent ~4 to 28 s wall outside training
    (test perplexity, KL and agreement on the test blocks, samples, saving). Teacher greedy generation of
    16 prompts x 96 tokens: 2.9 s in fp32, 5.6 s under bf16 autocast, so sequence-level KD generates in fp32.
-Chosen from these: the teacher trains 2 epochs over all 2710 training blocks (694k tokens, ~11 min at 1047
-tokens/s), each student 1 epoch over the first 1024 blocks (131k tokens, 32 steps), 2 seeds. Extrapolated from
-the rates above (an estimate, not a measurement): per seed ~30 s scratch, ~660 s for the six teacher-forced
-runs, ~85 s seq-KD, ~200 s on-policy, ~170 s cache row (4 trainings and 3 builds), ~150 s of evaluation:
-~22 min; once: teacher ~11 min, seq-KD generation ~5 min; ~60 min in all at that load, inside the 90 minutes
-the issue allows (2048 student blocks would have taken ~100 min at that load). The figures in RESULTS.md are
-what each run measured, with its machine and load average.
+Version 1 (2026-12-05, kept in benchmarks/results/lm_shakespeare/history/v1-1024-blocks/): the teacher 2
+epochs, each student 1 epoch over the first 1024 blocks (32 steps) with the cache rows on forward KL alone; it
+took 20 min of wall time at 1 thread (teacher 4037 tokens/s; scratch 8-14k, teacher-forced 2.4-5.4k, on-policy
+2.2-2.6k tokens/s), its students were far from converged (scratch perplexity ~400 against the teacher's 183)
+and top-32 cost 72% of perplexity against dense.
+Version 2 (this one): the teacher trains 6 epochs (2.1M tokens, ~9 min at 4037 tokens/s), each student 1
+epoch over all 2710 training blocks (347k tokens, 85 steps), 2 seeds, the cache rows with forward KL + CE and
+their own dense row. Estimated from version 1's rates x 2.65 (an estimate, not a measurement): ~23 min per
+seed, ~9 min teacher, ~3 min seq-KD generation: ~58 min at 1 thread, inside the 90 minutes the issue allows.
+Measured (2026-12-05, 1 thread, beside the 1-thread SST-2 benchmark): 37 min of wall time in all, the teacher 9
+min at 3878 tokens/s.
+The figures in RESULTS.md are what each run measured, with its machine and load average.
 """
 
 from __future__ import annotations
@@ -58,6 +67,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +122,13 @@ FULL: dict[str, Any] = {
     "batch": 32,
     "teacher": (4, 256, 4),
     "student": (2, 128, 4),
-    "teacher_epochs": 2,
+    "teacher_epochs": 6,
     "teacher_lr": 2e-3,
-    "student_blocks": 1024,
+    "student_blocks": 2710,
     "student_lr": 3e-3,
     "seeds": (0, 1),
     "ks": (8, 32, 128),
+    "cache_ce": 0.5,
     "prompt_len": 32,
     "text_chars": None,
     "sample_prompt": 16,
@@ -378,11 +389,23 @@ def in_precision(model: GPT):
     return call
 
 
+def cache_objective(kl: Term, ce: float) -> Objective:
+    """Return the cache comparison's objective: forward KL weighted 1 - ce plus the hard next-token CE at ce."""
+    return Objective([replace(kl, weight=1.0 - ce), *([Term.from_name("ce", ce)] if ce else [])])
+
+
 def run_cache(b: Bench, seed: int) -> dict[str, Any]:
-    """Time plain student training, then train on the teacher's cached top-k targets for each k (same process)."""
+    """Time plain student training, train on dense targets (the teacher online) and on the teacher's cached
+    top-k targets for each k, all with the same objective (forward KL + `cache_ce` x CE) in the same process."""
+    ce = b.sz.get("cache_ce", 0.0)
     plain = engine().fit(
         "plain", b.student(seed), Objective.hard_labels(), b.loader(seed), b.cfg(), task=TOKENS
     )
+    dense = engine().fit(
+        "cache-dense", b.student(seed), cache_objective(Term.from_name("forward_kl"), ce), b.loader(seed),
+        b.cfg(), task=TOKENS, steps=LMTeacherStep(FrozenTeacher(b.teacher)),
+    )  # fmt: skip
+    dense_row = {**fit_figures(dense, b.sz), **test_measures(dense.model, b.teacher_logits(), b.data, b.sz)}
     ids, mask, _ = b.student_blocks()
     rows = []
     for k in b.sz["ks"]:
@@ -392,7 +415,7 @@ def run_cache(b: Bench, seed: int) -> dict[str, Any]:
         info = cache.build(in_precision(b.teacher), ids, mask, b.data.vocab_size, k)
         build = time.perf_counter() - start
         served = cache.load(vocab_size=b.data.vocab_size)
-        objective = Objective([sparse_term("forward_kl", 1.0)])
+        objective = cache_objective(sparse_term("forward_kl"), ce)
         fit = engine().fit(f"cache-k{k}", b.student(seed), objective, b.loader(seed, served), b.cfg(),
                            task=TOKENS, steps=sparse_steps())  # fmt: skip
         figures = {**fit_figures(fit, b.sz), **test_measures(fit.model, b.teacher_logits(), b.data, b.sz)}
@@ -401,7 +424,7 @@ def run_cache(b: Bench, seed: int) -> dict[str, Any]:
             "dense_fp16_bytes_per_token": 2 * b.data.vocab_size, "build_seconds": build,
             "time_ratio_vs_plain": fit.train_seconds / plain.train_seconds, **figures,
         })  # fmt: skip
-    return {"plain": fit_figures(plain, b.sz), "ks": rows}
+    return {"plain": fit_figures(plain, b.sz), "ce_weight": ce, "dense": dense_row, "ks": rows}
 
 
 def student_runs() -> dict[str, Any]:
@@ -507,21 +530,33 @@ def student_table(records: dict) -> tuple[list[str], dict[str, Any]]:
     return lines, summary
 
 
+def dense_reference(records: dict) -> tuple[str, dict[int, dict[str, Any]]]:
+    """Return what the cache rows are compared with, by seed: the cache run's own dense row (the teacher online,
+    the same objective) when it has one, else the teacher-forced forward-KL run (runs before the dense row)."""
+    by = _per_seed(records, "cache")
+    if by and all("dense" in r for r in by.values()):
+        ce = next(iter(by.values()))["ce_weight"]
+        objective = f"forward KL x {1 - ce:g} + CE x {ce:g}" if ce else "forward KL"
+        return f"dense, teacher online ({objective})", {s: r["dense"] for s, r in by.items()}
+    return "dense (sup-fkl, teacher online)", _per_seed(records, "sup-fkl")
+
+
 def cache_table(records: dict) -> list[str]:
     """Return the cache table: per k bytes per token, share of dense fp16, perplexity and its cost, time ratio."""
     by = _per_seed(records, "cache")
-    dense = _per_seed(records, "sup-fkl")
+    label, dense = dense_reference(records)
     if not by:
         return []
     lines = [
-        "| targets | bytes/token | of dense fp16 | test perplexity (mean ± sd) | vs dense (teacher online) "
+        "| targets | bytes/token | of dense fp16 | test perplexity (mean ± sd) | vs dense (same seed) "
         "| train time / plain student |",
         "|---|---|---|---|---|---|",
     ]
     if dense:
         ppl = [r["test_perplexity"] for r in dense.values()]
         vocab = next(iter(by.values()))["ks"][0]["dense_fp16_bytes_per_token"]
-        lines.append(f"| dense (online teacher) | {vocab} | 100% | {_spread(ppl)} | 0% | n/a |")
+        ratio = [r["train_seconds"] / by[s]["plain"]["train_seconds"] for s, r in dense.items() if s in by]
+        lines.append(f"| {label} | {vocab} | 100% | {_spread(ppl)} | 0% | {_spread(ratio)} |")
     for i, row in enumerate(next(iter(by.values()))["ks"]):
         rows = [r["ks"][i] for r in by.values()]
         ppl = [r["test_perplexity"] for r in rows]
@@ -551,6 +586,8 @@ def sample_lines(records: dict, names: list[str]) -> list[str]:
 # The dense divergences and the top-k forward KL run chunk by chunk with a closed-form gradient since this commit
 # time (the same values, 3.5-7x faster losses); runs before it trained with the autograd formulas.
 CHUNKED_SINCE = "2026-12-05T05:29:36+00:00"
+# Skew KL, skew reverse KL and total variation joined the chunked path later (benchmarks/lm_loss_speed.py).
+SKEWS_CHUNKED_SINCE, SKEWS = "2026-12-05T08:23:03+00:00", ("sup-skl", "sup-srkl", "sup-tv")
 TARGET_CACHE_COST, TARGET_CACHE_SHARE, TARGET_CACHE_TIME, TARGET_MINUTES = 2.0, 5.0, 1.15, 90
 
 
@@ -563,7 +600,7 @@ def target_lines(records: dict, summary: dict[str, Any] | None) -> list[str]:
         clear = "met" if mean > 2 * sd and mean > 0 else "not met"
         out.append(f"- best distilled student clearly below scratch: {mean:.2f} ± {sd:.2f} perplexity lower "
                    f"({clear}: positive and more than twice its spread);  ")  # fmt: skip
-    by, dense = _per_seed(records, "cache"), _per_seed(records, "sup-fkl")
+    by, dense = _per_seed(records, "cache"), dense_reference(records)[1]
     k32 = [r["ks"][i] for r in by.values() for i, row in enumerate(r["ks"]) if row["k"] == 32]
     if k32 and dense:
         cost = statistics.fmean(
@@ -582,6 +619,10 @@ def target_lines(records: dict, summary: dict[str, Any] | None) -> list[str]:
     minutes = sum(r.get("wall_seconds", 0.0) for r in records.values()) / 60
     out.append(f"- whole benchmark within {TARGET_MINUTES} minutes: {minutes:.0f} min of wall time in all "
                f"({'met' if minutes <= TARGET_MINUTES else 'not met'}).")  # fmt: skip
+    if any(r["run"] in SKEWS and r.get("date", "") < SKEWS_CHUNKED_SINCE for r in records.values()):
+        out += ["", f"{', '.join(SKEWS)} trained with the autograd formulas of their divergences, before these "
+                "joined the chunked closed-form path (the same values; the lm_loss_speed section times both): "
+                "their tokens/s are those of the autograd losses."]  # fmt: skip
     if any(r.get("date", "") < CHUNKED_SINCE for r in records.values()):
         out += ["", "These runs trained with the autograd formulas of the divergences, before the chunked "
                 "closed-form ones (the same values): the distilled runs' tokens/s and the cache's time ratio "
@@ -651,7 +692,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="results directory (one JSON per run)")
     ap.add_argument("--work", type=Path, default=None, help="models, tokenizer, caches")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="student seeds (default 0 1)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every core; 1 with --quick)")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: every core; 1 with --quick)"
+    )
     args = ap.parse_args(argv)
     default_out = ROOT / "benchmarks" / "results" / NAME
     if args.quick and args.out is None:

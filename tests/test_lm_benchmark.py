@@ -76,6 +76,9 @@ def test_every_run_has_its_json_with_figures_and_machine(quick):
         assert [r["k"] for r in cache["ks"]] == list(sz["ks"])
         vocab = cache["ks"][0]["dense_fp16_bytes_per_token"] // 2
         assert vocab <= 32768  # int16 ids: k * (2 + 2) + 2 bytes per token
+        # the dense row: the same objective and student tokens, the teacher online
+        assert cache["ce_weight"] == sz["cache_ce"] == 0.5
+        assert cache["dense"]["student_tokens"] == budget and cache["dense"]["test_perplexity"] > 1
         for row in cache["ks"]:
             assert row["bytes_per_token"] == row["k"] * 4 + 2 and row["student_tokens"] == budget
             assert row["time_ratio_vs_plain"] == pytest.approx(
@@ -102,9 +105,14 @@ def test_table_shows_the_figures_of_the_jsons(quick):
         assert cells[2].startswith(f"{mean:.2f} ± ")
         tps = (records[f"{name}-s0"]["tokens_per_second"] + records[f"{name}-s1"]["tokens_per_second"]) / 2
         assert cells[6] == f"{tps:.0f}"
+    dense = [records[f"cache-s{s}"]["dense"]["test_perplexity"] for s in (0, 1)]
+    cells = _row(text, "dense, teacher online (forward KL x 0.5 + CE x 0.5)")
+    assert cells[3].startswith(f"{sum(dense) / 2:.2f} ± ")
     for i, k in enumerate(bench.sizes(quick=True)["ks"]):
         cells = _row(text, f"top-{k} cache")
         assert cells[1] == str(records["cache-s0"]["ks"][i]["bytes_per_token"])
+        cost = [100 * (records[f"cache-s{s}"]["ks"][i]["test_perplexity"] / dense[s] - 1) for s in (0, 1)]
+        assert cells[4].startswith(f"{sum(cost) / 2:.2f} ± ")  # against the cache run's own dense row
         ratios = [records[f"cache-s{s}"]["ks"][i]["time_ratio_vs_plain"] for s in (0, 1)]
         assert cells[5].startswith(f"{sum(ratios) / 2:.2f} ± ")
     best = re.search(r"Best distilled student: \*\*(\S+)\*\*", text).group(1)
