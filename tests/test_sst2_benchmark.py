@@ -109,3 +109,32 @@ def test_a_second_invocation_skips_finished_runs_and_render_stored_reads_them(qu
     assert f"| teacher: MiniLM-L6 fine-tuned | {t['test_accuracy'] * 100:.1f} ± 0.0 | 1 |" in section
     assert "Command: `python benchmarks/sst2_tang.py --quick`" in section
     assert "| 90.7 |" in section and "94.9 (BERT-large)" in section
+
+
+def test_a_stored_run_of_another_recipe_is_refused_not_mixed_in(quick, tmp_path):
+    out, argv = quick
+    moved = tmp_path / "out"
+    moved.mkdir()
+    for p in out.glob("*-s*.json"):
+        (moved / p.name).write_text(p.read_text())
+    rec = json.loads((moved / "scratch-s1.json").read_text())
+    assert rec["recipe"] == sst2_tang.recipe(sst2_tang.parse_args(argv))
+    rec["recipe"]["augment"]["copies"] = 1  # a run of the version-1 recipe
+    (moved / "scratch-s1.json").write_text(json.dumps(rec))
+    other = [*argv[: argv.index("--out")], "--out", str(moved), *argv[argv.index("--out") + 2 :]]
+    with pytest.raises(SystemExit, match="scratch-s1.json was made with another recipe"):
+        sst2_tang.main(other)
+
+
+def test_render_stored_lists_an_earlier_recipe_kept_in_history(quick, tmp_path):
+    out, _ = quick
+    now, old = tmp_path / "sst2_tang", tmp_path / "sst2_tang" / "history" / "v0-old"
+    old.mkdir(parents=True)
+    for p in out.glob("*-s*.json"):
+        (now / p.name).write_text(p.read_text())
+        (old / p.name).write_text(p.read_text())
+    section = sst2_tang.render_stored(tmp_path)
+    teacher = json.loads((out / "teacher-s0.json").read_text())["test_accuracy"] * 100
+    (line,) = [ln for ln in section.splitlines() if ln.startswith("- `v0-old`")]
+    assert f"teacher {teacher:.1f} ± 0.0, scratch " in line and line.endswith(" min.")
+    assert section.endswith(sst2_tang.MARKS[1]) and section.count("Earlier recipes") == 1
