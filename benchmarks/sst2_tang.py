@@ -257,11 +257,11 @@ def run_one(run: Run, seed: int, out: Path, args: argparse.Namespace) -> dict[st
     """Run one row (or load its stored JSON) and return its record."""
     path = out / f"{run.name}-s{seed}.json"
     if path.exists():
-        stored_run = json.loads(path.read_text())
-        if stored_run.get("recipe") != recipe(args):
+        stored_run, wanted = json.loads(path.read_text()), recipe(args)
+        if stored_run.get("recipe") != wanted:
             raise SystemExit(
                 f"{path} was made with another recipe ({stored_run.get('recipe')}) than this invocation's "
-                f"({recipe(args)}): move the stored runs away (e.g. into {out / 'history'}) or use another --out"
+                f"({wanted}): move the stored runs away (e.g. into {out / 'history'}) or use another --out"
             )
         return stored_run
     from kdkit.model_io import load_model

@@ -49,18 +49,17 @@ def _mixture(log_a: Tensor, log_b: Tensor, weight_a: float) -> Tensor:
 
 def _skew_rows(kind: str, log_q: Tensor, log_p: Tensor, mix: float) -> tuple[Tensor, Tensor]:
     """Return (loss per row, gradient) of the skew KLs and total variation from floored log-probabilities."""
-    q, p = log_q.exp(), log_p.exp()
+    q = log_q.exp()
     if kind == "total_variation":
-        diff = q - p
+        diff = q - log_p.exp()
         return 0.5 * diff.abs().sum(dim=-1), _through_softmax(q, diff.sign_().mul_(0.5))
     if kind == "skew_kl":
-        log_m = _mixture(log_p, log_q, mix)
-        loss = (p * (log_p - log_m)).sum(dim=-1)
-        return loss, _through_softmax(q, (log_p - log_m).exp_().mul_(-(1.0 - mix)))
-    log_m = _mixture(log_q, log_p, mix)  # skew reverse KL: m = mix * q + (1 - mix) * p
-    h = log_q - log_m
+        h = log_p - _mixture(log_p, log_q, mix)  # skew KL: m = mix * p + (1 - mix) * q; h = log(p / m)
+        loss = (log_p.exp() * h).sum(dim=-1)
+        return loss, _through_softmax(q, h.exp_().mul_(-(1.0 - mix)))
+    h = log_q - _mixture(log_q, log_p, mix)  # skew reverse KL: m = mix * q + (1 - mix) * p; h = log(q / m)
     loss = (q * h).sum(dim=-1)
-    return loss, _through_softmax(q, h.sub_((log_q - log_m).exp_().mul_(mix)))
+    return loss, _through_softmax(q, h.sub_(h.exp().mul_(mix)))
 
 
 def _rows(kind: str, zs: Tensor, zt: Tensor, beta: float) -> tuple[Tensor, Tensor]:
@@ -113,7 +112,12 @@ class _Chunked(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, student: Tensor, weights: Tensor, temperature: float, rows: Callable[..., Any], *targets: Tensor
+        ctx: Any,
+        student: Tensor,
+        weights: Tensor,
+        temperature: float,
+        rows: Callable[..., Any],
+        *targets: Tensor,
     ) -> Tensor:
         v = student.shape[-1]
         s2 = student.reshape(-1, v)

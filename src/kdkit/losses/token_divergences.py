@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdkit.losses.chunked_divergences import LOG_FLOOR, chunked_divergence, chunked_sparse_forward_kl
+from kdkit.losses.chunked_divergences import LOG_FLOOR, MIXED, chunked_divergence, chunked_sparse_forward_kl
 
 IGNORE_INDEX = -100
 # Log-probabilities are floored at LOG_FLOOR: exp(-1e4) is exactly 0 in float32, and every term stays finite (no
@@ -155,6 +155,10 @@ def _chunked(
     """Return the divergence by `chunked_divergences` (dense targets that take no gradient; sparse targets
     under the forward KL), else None: the same values as the autograd formulas below, with the gradient in one
     pass (benchmarks/lm_loss_speed.py times both). `beta` is the mixture weight (JSD's beta, the skews' alpha)."""
+    if kind in MIXED and not 0.0 < beta < 1.0:
+        return (
+            None  # a mixture at its end points: the exact formulas below (or the KL the caller delegates to)
+        )
     if isinstance(teacher, SparseTargets):
         if kind != "forward_kl":
             return None
@@ -284,7 +288,7 @@ def skew_kl(
     _check_unit("alpha", alpha)
     if alpha == 0.0:
         return forward_kl(student_logits, teacher, labels, temperature, mask)
-    fast = None if alpha == 1.0 else _chunked("skew_kl", student_logits, teacher, labels, mask, temperature, alpha)
+    fast = _chunked("skew_kl", student_logits, teacher, labels, mask, temperature, alpha)
     if fast is not None:
         return fast
     log_p, log_q = _pair(student_logits, teacher, temperature)
@@ -307,11 +311,7 @@ def skew_reverse_kl(
     _check_unit("alpha", alpha)
     if alpha == 0.0:
         return reverse_kl(student_logits, teacher, labels, temperature, mask)
-    fast = (
-        None
-        if alpha == 1.0
-        else _chunked("skew_reverse_kl", student_logits, teacher, labels, mask, temperature, alpha)
-    )
+    fast = _chunked("skew_reverse_kl", student_logits, teacher, labels, mask, temperature, alpha)
     if fast is not None:
         return fast
     log_p, log_q = _pair(student_logits, teacher, temperature)
