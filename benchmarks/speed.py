@@ -559,6 +559,21 @@ def find_teacher_checkpoint(task: Task, runs_root: Path) -> Path | None:
     return None
 
 
+def teacher_checkpoint_arg(task: Task, args: argparse.Namespace) -> Path | None:
+    """Return the checkpoint given with --cifar-teacher / --mnist-teacher for this task, checked, or None."""
+    given = getattr(args, f"{task.name}_teacher", None)
+    if given is None:
+        return None
+    path = Path(given)
+    path = path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
+    if not path.is_file() or not path.with_suffix(".json").is_file():
+        raise SystemExit(
+            f"--{task.name}-teacher {given}: expected a kdkit checkpoint ({path.name} and "
+            f"{path.with_suffix('.json').name}), not found"
+        )
+    return path
+
+
 def get_teacher(
     task: Task, data: TaskData, args: argparse.Namespace, runs_dir: Path, parts: Parts, say: Callable
 ) -> nn.Module:
@@ -568,8 +583,10 @@ def get_teacher(
         data.teacher_info = {"source": "random init (timing only, --quick)", "test_accuracy": None}
         return teacher.eval()
 
+    requested = teacher_checkpoint_arg(task, args)
+
     def acquire() -> dict[str, Any]:
-        found = find_teacher_checkpoint(task, ROOT / "benchmarks" / "runs")
+        found = requested or find_teacher_checkpoint(task, ROOT / "benchmarks" / "runs")
         if found is not None:
             model, meta = load_model(found)
             norm = meta.get("normalize") or {}
@@ -635,6 +652,8 @@ def get_teacher(
         problem = None
         if not ckpt.is_file():
             problem = "is gone"
+        elif requested is not None and ckpt.resolve() != requested.resolve():
+            problem = f"is not the one asked for ({requested})"
         elif info.get("weights_sha256") != file_sha256(ckpt):
             problem = "holds other weights than those recorded"
         if problem:
@@ -1427,6 +1446,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=10,
         help="CIFAR teacher epochs (if no checkpoint to reuse)",
     )
+    for t in ("mnist", "cifar"):
+        ap.add_argument(
+            f"--{t}-teacher",
+            default=None,
+            help=f"reuse this kdkit teacher checkpoint for {t} (default: search)",
+        )
     ap.add_argument("--no-accuracy", action="store_true", help="skip the accuracy check")
     ap.add_argument(
         "--rounds", type=int, default=None, help="interleaved timing rounds, median kept (3; quick 1)"
@@ -1460,6 +1485,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return the exit status."""
     raw = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    for tname in args.tasks:
+        teacher_checkpoint_arg(TASKS[tname], args)  # a wrong path fails here, before anything runs
     t_start = time.perf_counter()
     console = make_console()
 

@@ -179,3 +179,16 @@ def test_timings_from_another_machine_are_measured_again(tmp_path, monkeypatch):
     said.clear()
     assert parts.run("old", timing, said.append, timed=True)["seconds"] == 3.0
     assert any("not recorded" in s for s in said), said
+
+
+def test_teacher_checkpoint_flag_is_checked_before_anything_runs(tmp_path):
+    args = speed.parse_args(["--cifar-teacher", str(tmp_path / "teacher")])
+    with pytest.raises(SystemExit, match=r"--cifar-teacher .*teacher\.safetensors and teacher\.json"):
+        speed.teacher_checkpoint_arg(speed.TASKS["cifar"], args)
+    (tmp_path / "teacher.safetensors").write_bytes(b"x")
+    (tmp_path / "teacher.json").write_text("{}")
+    # Either spelling names the same checkpoint; the other task keeps searching.
+    assert speed.teacher_checkpoint_arg(speed.TASKS["cifar"], args) == tmp_path / "teacher.safetensors"
+    args = speed.parse_args(["--cifar-teacher", str(tmp_path / "teacher.safetensors")])
+    assert speed.teacher_checkpoint_arg(speed.TASKS["cifar"], args) == tmp_path / "teacher.safetensors"
+    assert speed.teacher_checkpoint_arg(speed.TASKS["mnist"], args) is None
