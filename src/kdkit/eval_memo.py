@@ -83,7 +83,11 @@ def _from_doc(doc: dict[str, Any]) -> EvalResult:
         confusion=torch.tensor(confusion, dtype=torch.long) if confusion is not None else None,
         top5_correct=None if doc["top5_correct"] is None else int(doc["top5_correct"]),
     )
-    if counts.shape != errors.shape or int(counts.sum()) != result.total or int(errors.sum()) != result.errors:
+    if (
+        counts.shape != errors.shape
+        or int(counts.sum()) != result.total
+        or int(errors.sum()) != result.errors
+    ):
         raise ValueError("per-class counts disagree with the totals")
     return result
 

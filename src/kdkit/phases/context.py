@@ -82,7 +82,9 @@ class RunContext:
         )
         return self.engine.prepare(model)
 
-    def evaluate(self, model: nn.Module, loader: BatchLoader, spec: ModelSpec, remembered: bool = False) -> EvalResult:
+    def evaluate(
+        self, model: nn.Module, loader: BatchLoader, spec: ModelSpec, remembered: bool = False
+    ) -> EvalResult:
         """Return a model's evaluation over a loader; with `remembered` (loaded checkpoints), an evaluation of
         the same weights on the same samples stored by an earlier run is read back instead (eval_memo)."""
         task, classes = self.bundle.task, self.bundle.num_classes

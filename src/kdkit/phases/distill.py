@@ -101,7 +101,9 @@ def _terms_objective(
             n_data=len(transfer),
         )
         # Terms with a stage of their own (factor transfer's paraphraser, images only) train it first.
-        stages = run_pretraining(obj, engine, frozen, loader, phase.train, ctx.policy(), phase.role, sample[0])
+        stages = run_pretraining(
+            obj, engine, frozen, loader, phase.train, ctx.policy(), phase.role, sample[0]
+        )
         if stages:
             info["pretraining"] = stages
         return mask_unlabeled(obj, "distill.terms") if unlabeled else obj
