@@ -3,7 +3,9 @@
 import functools
 import hashlib
 import http.server
+import os
 import socket
+import stat
 import tarfile
 import threading
 from pathlib import Path
@@ -179,3 +181,14 @@ def test_catalogue_holds_the_canonical_checksums():
     assert c10["urls"] == ["https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"]
     c100 = DATASET_FILES["cifar100"]["files"]["cifar-100-python.tar.gz"]
     assert c100["md5"] == "eb9058c3a382ffc7106e4002c42a8d85"
+
+
+def test_a_download_is_as_readable_as_a_plain_create(server, tmp_path):
+    base, www = server
+    (www / "blob.bin").write_bytes(b"abc")
+    before = os.umask(0o027)
+    try:
+        dest = download(base + "blob.bin", tmp_path / "out")
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o640  # not mkstemp's 0o600

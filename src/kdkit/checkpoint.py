@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from kdkit import faults
 from kdkit.errors import CheckpointError
+from kdkit.file_modes import new_file_mode
 
 FORMAT = "kdkit-checkpoint"
 FORMAT_VERSION = 1
@@ -46,6 +47,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, new_file_mode())  # mkstemp made it owner-only
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -80,6 +82,7 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         faults.hit("checkpoint-write")
+        os.chmod(tmp, new_file_mode())  # mkstemp made it owner-only
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from kdkit.errors import DataError
+from kdkit.file_modes import new_file_mode
 
 CHUNK = 1 << 20
 
@@ -82,6 +83,7 @@ def download(
                     f"checksum mismatch for {url}: expected {algo} {expected}, got {h.hexdigest()}; "
                     f"nothing was saved to {dest}"
                 )
+        os.chmod(tmp, new_file_mode())  # mkstemp made it owner-only
         os.replace(tmp, dest)
     except OSError as e:
         raise DataError(f"cannot save download of {url} to {dest} ({e})") from e

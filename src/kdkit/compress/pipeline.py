@@ -38,6 +38,7 @@ from kdkit.data.bundle import DataBundle, load_data, make_loader
 from kdkit.data.loader import Augment, InMemoryLoader
 from kdkit.engine import Engine
 from kdkit.errors import CheckpointError, RunDirError
+from kdkit.file_modes import new_dir_mode
 from kdkit.metrics import MetricsLogger
 from kdkit.model_io import load_model
 from kdkit.objective import Objective
@@ -409,9 +410,7 @@ def compress_run(
         if out.is_dir():
             shutil.rmtree(out)
         # mkdtemp makes the folder private (0700); the output folder gets the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)
+        tmp.chmod(new_dir_mode())
         tmp.replace(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -34,6 +33,7 @@ from kdkit.compress.export import ExportError, _quiet_exporter, deployable_copy,
 from kdkit.compress.quantize import _quiet
 from kdkit.config import ExperimentConfig
 from kdkit.data.bundle import load_data, make_loader
+from kdkit.file_modes import new_dir_mode
 from kdkit.model_io import load_model
 
 INPUTS = ("input_ids", "attention_mask")
@@ -201,9 +201,7 @@ def compress_text_run(
         summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
         atomic_write_text(tmp / "summary.json", json.dumps(summary, indent=2))
         atomic_write_text(tmp / "report.md", report(summary))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)
+        tmp.chmod(new_dir_mode())
         if out.is_dir():  # the caller checked that it may be replaced (--overwrite)
             shutil.rmtree(out)
         tmp.replace(out)

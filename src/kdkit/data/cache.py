@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kdkit.file_modes import new_file_mode
+
 CACHE_DIRNAME = ".kdkit-cache"
 
 
@@ -134,7 +136,7 @@ def save_cached(path: Path, images: np.ndarray, labels: np.ndarray, classes: lis
             )
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a shared cache must be readable by other users
+        os.chmod(tmp, new_file_mode())  # mkstemp creates 0600; a shared cache must be readable by other users
         os.replace(tmp, path)
         tmp = None
         return True
