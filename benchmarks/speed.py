@@ -1231,7 +1231,7 @@ def verdicts(rec: dict[str, Any]) -> dict[str, Any]:
             pk = peaks["bf16_gflops"]
             gemm = bd.get("student_gemms_bf16_gflops") or 0.0
             out["mlp_gflops"]["note"] = (
-                f"(a) {rec['gflops']['a_gflops']:.0f} GFLOP/s = {frac:.0%} of the bf16 peak ({pk:.0f}, "
+                f"(a) {rec['gflops']['a_gflops']:.0f} GFLOP/s = {frac:.2%} of the bf16 peak ({pk:.0f}, "
                 f"{peaks['size']}^3 GEMM). The student's own GEMMs at batch 128 (forward, input and weight "
                 f"gradients of 784-800-800-10), timed alone in bf16 with nothing else, reach {gemm:.0f} GFLOP/s "
                 f"({gemm / pk:.0%}); a bare bf16 train step on one fixed batch, without kdkit's loop or loader, "
@@ -1317,7 +1317,7 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(
             f"| {t['task']} | {r['d/a']:.2f} ({fmt_met(v['d/a'])}) | {r['b/d']:.2f} ({fmt_met(v['b/d'])}) | "
             f"{r['c/a']:.2f} | {r['b/a']:.2f} | {rm['d/a']:.2f}, {rm['b/d']:.2f} | {g['a_gflops']:.0f} | "
-            f"{g['a_fraction_of_bf16_peak']:.0%} | {g['a_fraction_of_fp32_peak']:.0%} |"
+            f"{g['a_fraction_of_bf16_peak']:.2%} | {g['a_fraction_of_fp32_peak']:.0%} |"
         )
     lines += [
         "",
@@ -1362,7 +1362,7 @@ def markdown(doc: dict[str, Any]) -> str:
         v = mnist["targets"]["mlp_gflops"]
         lines += [
             "",
-            f"MLP GFLOP/s target (>= 50% of the bf16 peak): {v['value']:.0%}, {fmt_met(v)}.",
+            f"MLP GFLOP/s target (>= 50% of the bf16 peak): {v['value']:.2%}, {fmt_met(v)}.",
         ]
     notes = [
         f"- {t['task']} {k}: {v['note']}"
