@@ -565,7 +565,10 @@ def teacher_checkpoint_arg(task: Task, args: argparse.Namespace) -> Path | None:
     if given is None:
         return None
     path = Path(given)
-    path = path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
+    if path.suffix in (".safetensors", ".json"):
+        path = path.with_suffix(".safetensors")
+    else:
+        path = path.with_name(path.name + ".safetensors")
     if not path.is_file() or not path.with_suffix(".json").is_file():
         raise SystemExit(
             f"--{task.name}-teacher {given}: expected a kdkit checkpoint ({path.name} and "

@@ -187,8 +187,9 @@ def test_teacher_checkpoint_flag_is_checked_before_anything_runs(tmp_path):
         speed.teacher_checkpoint_arg(speed.TASKS["cifar"], args)
     (tmp_path / "teacher.safetensors").write_bytes(b"x")
     (tmp_path / "teacher.json").write_text("{}")
-    # Either spelling names the same checkpoint; the other task keeps searching.
+    # Every spelling names the same checkpoint; the other task keeps searching.
     assert speed.teacher_checkpoint_arg(speed.TASKS["cifar"], args) == tmp_path / "teacher.safetensors"
-    args = speed.parse_args(["--cifar-teacher", str(tmp_path / "teacher.safetensors")])
-    assert speed.teacher_checkpoint_arg(speed.TASKS["cifar"], args) == tmp_path / "teacher.safetensors"
+    for name in ("teacher.safetensors", "teacher.json"):
+        args = speed.parse_args(["--cifar-teacher", str(tmp_path / name)])
+        assert speed.teacher_checkpoint_arg(speed.TASKS["cifar"], args) == tmp_path / "teacher.safetensors"
     assert speed.teacher_checkpoint_arg(speed.TASKS["mnist"], args) is None
