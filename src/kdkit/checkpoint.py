@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from kdkit import faults
 from kdkit.errors import CheckpointError
-from kdkit.file_modes import new_file_mode
+from kdkit.file_modes import new_file_mode, temp_file_beside
 
 FORMAT = "kdkit-checkpoint"
 FORMAT_VERSION = 1
@@ -41,13 +40,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write bytes to path via a temp file in the same directory, fsync and rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path, ".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, new_file_mode())  # mkstemp made it owner-only
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -63,7 +61,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Write tensors to a safetensors file atomically (temp file, fsync, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path, ".tmp")
     os.close(fd)
     try:
         # safetensors refuses shared or non-contiguous storage: give it plain contiguous copies. On the CPU
@@ -79,10 +77,10 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
             storages.add(t.untyped_storage().data_ptr())
             clean[k] = t
         save_file(clean, tmp, metadata=metadata)
+        os.chmod(tmp, new_file_mode())  # save_file writes a new file at tmp: the mode set at creation is gone
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         faults.hit("checkpoint-write")
-        os.chmod(tmp, new_file_mode())  # mkstemp made it owner-only
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

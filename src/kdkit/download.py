@@ -6,14 +6,13 @@ import contextlib
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from kdkit.errors import DataError
-from kdkit.file_modes import new_file_mode
+from kdkit.file_modes import temp_file_beside
 
 CHUNK = 1 << 20
 
@@ -46,7 +45,7 @@ def download(
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         # Same directory as dest, so the final os.replace is an atomic rename on one filesystem.
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        fd, tmp_name = temp_file_beside(dest, ".part")
     except OSError as e:
         raise DataError(f"cannot write into {dest.parent} to download {url} ({e})") from e
     tmp = Path(tmp_name)
@@ -83,7 +82,6 @@ def download(
                     f"checksum mismatch for {url}: expected {algo} {expected}, got {h.hexdigest()}; "
                     f"nothing was saved to {dest}"
                 )
-        os.chmod(tmp, new_file_mode())  # mkstemp made it owner-only
         os.replace(tmp, dest)
     except OSError as e:
         raise DataError(f"cannot save download of {url} to {dest} ({e})") from e

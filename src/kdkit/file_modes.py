@@ -1,4 +1,4 @@
-"""Permissions for files and folders kdkit writes through a private temporary first.
+"""Permissions for files and folders kdkit writes through a temporary first, renamed into place when complete.
 
 `tempfile.mkstemp` creates a file only its owner can read (0600) and `mkdtemp` a folder only its owner can enter
 (0700). Renamed into place as they are, a checkpoint or a data cache would then be unreadable to the rest of a
@@ -9,6 +9,7 @@ this process's umask.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -28,6 +29,14 @@ def process_umask() -> int:
 def new_file_mode() -> int:
     """Return the mode a newly created file gets here (0o666 without the umask's bits)."""
     return 0o666 & ~process_umask()
+
+
+def temp_file_beside(path: Path, suffix: str) -> tuple[int, str]:
+    """Create `.<name>.XXXX<suffix>` in `path`'s folder (same file system, so a rename is atomic) with the mode a
+    plain create of `path` would get; return its open descriptor and name, as `tempfile.mkstemp` does."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.fchmod(fd, new_file_mode())
+    return fd, tmp
 
 
 def new_dir_mode() -> int:

@@ -8,14 +8,13 @@ import json
 import os
 import re
 import stat
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from kdkit.file_modes import new_file_mode
+from kdkit.file_modes import temp_file_beside
 
 CACHE_DIRNAME = ".kdkit-cache"
 
@@ -126,7 +125,7 @@ def save_cached(path: Path, images: np.ndarray, labels: np.ndarray, classes: lis
     try:
         if not _writable_dir(directory):
             raise PermissionError(f"directory {directory} is not writable")
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.stem}.", suffix=".tmp")
+        fd, tmp = temp_file_beside(path, ".tmp")  # readable by other users, as a shared cache must be
         with os.fdopen(fd, "wb") as f:
             np.savez(
                 f,
@@ -136,7 +135,6 @@ def save_cached(path: Path, images: np.ndarray, labels: np.ndarray, classes: lis
             )
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, new_file_mode())  # mkstemp creates 0600; a shared cache must be readable by other users
         os.replace(tmp, path)
         tmp = None
         return True
