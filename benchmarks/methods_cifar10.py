@@ -7,8 +7,8 @@
     python benchmarks/methods_cifar10.py --quick          # tiny subset, 1 epoch, 3 methods, a temp dir (tests)
 
 Each run is `configs/cifar10/<method>.yaml` (the student from scratch: kd.yaml with phases=[scratch]) with the
-same overrides for every method: the student model, its epochs and batch size, the teacher checkpoint and the
-seed. Epoch windows of the terms (start_epoch, stop_epoch, warmup_epochs, factor transfer's
+same overrides for every method: the student model, its epochs and batch size, the teacher checkpoint, the
+seed, and the teacher's train/validation split (data.split_seed=0 whatever the seed). Epoch windows of the terms (start_epoch, stop_epoch, warmup_epochs, factor transfer's
 paraphraser_epochs) are scaled by budget / config epochs, so that each stage keeps its share of training.
 Everything else (losses, weights, augmentation, optimiser, teacher outputs) is what the config says.
 
@@ -73,6 +73,10 @@ DEFAULT_SEEDS = [0, 1, 2]  # issue 29: at least 3 seeds per method
 DEFAULT_EPOCHS = 8
 TEACHER_EPOCHS = 10
 QUICK_METHODS = ["scratch", "kd", "ft"]
+# Every run trains and validates on the teacher's split (the teacher is trained with seed 0, and the split
+# follows the seed unless data.split_seed is set): the seed changes the student's initialisation, batch order
+# and augmentation, never which images the teacher saw, so every seed and method sees the same data.
+TEACHER_SPLIT_SEED = 0
 MARKS = ("<!-- methods:start -->", "<!-- methods:end -->")
 
 
@@ -85,6 +89,11 @@ class Setup:
     batch_size: int
     teacher_sha256: str
     quick: bool
+
+
+def split_seed_of(result: dict[str, Any]) -> int:
+    """Return the split seed a stored run used: data.split_seed when it was set, else the run's seed."""
+    return result["overrides"].get("data.split_seed", result["seed"])
 
 
 def checkpoint_base(path: str | Path) -> Path:
@@ -131,6 +140,7 @@ def run_config(
     config_epochs = raw["student"]["train"]["epochs"]
     budget = {"epochs": setup.epochs, "batch_size": setup.batch_size}
     raw["seed"] = seed
+    raw["data"]["split_seed"] = TEACHER_SPLIT_SEED
     raw["name"] = f"{NAME}-{method}-s{seed}"
     raw["student"]["model"] = {"name": setup.student}
     raw["student"]["train"].update(budget)
@@ -146,6 +156,7 @@ def run_config(
     overrides = {
         "config": str(source.relative_to(ROOT)),
         "seed": seed,
+        "data.split_seed": TEACHER_SPLIT_SEED,
         "student.model": setup.student,
         "student.train": budget,
         "phases": raw["phases"],
@@ -214,7 +225,7 @@ def teacher_part(args: argparse.Namespace, out: Path, runs_dir: Path, progress: 
         if Path(rec["checkpoint"] + ".safetensors").is_file():
             return rec
     raw = json.loads(json.dumps(load_yaml(CONFIGS / "kd.yaml")))
-    raw.update(name=f"{NAME}-teacher", seed=0, phases=["teacher"])
+    raw.update(name=f"{NAME}-teacher", seed=TEACHER_SPLIT_SEED, phases=["teacher"])
     raw["teacher"]["train"]["epochs"] = 1 if args.quick else args.teacher_epochs
     raw["runtime"] = {"progress": progress, "tensorboard": False}
     if args.quick:
@@ -535,6 +546,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(
             f"{out} holds results of another setup ({other[:5]}...; this one is {asdict(setup)}): "
             "pass --out/--runs-dir elsewhere or delete them"
+        )
+    other_split = sorted(r["name"] for r in stored if split_seed_of(r) != TEACHER_SPLIT_SEED)
+    if other_split:
+        raise SystemExit(
+            f"{out} holds runs trained on another train/validation split than the teacher's "
+            f"(split seed {TEACHER_SPLIT_SEED}): {other_split}; delete them to run them again on the teacher's split"
         )
     for method, seed in plan(methods, seeds):
         run_one(method, seed, setup, teacher, out, runs_dir, progress)

@@ -33,6 +33,8 @@ def test_every_run_overrides_the_same_budget_and_scales_the_epoch_windows():
         cfg, over = mb.run_config(method, 1, setup, Path("/t/teacher"), progress=False)
         cfgs[method] = cfg
         assert cfg.seed == 1 and cfg.student.model.name == "resnet8"
+        # Seed 1 still trains on the teacher's split (seed 0), so no seed sees images the teacher validated on.
+        assert cfg.data.split_seed == 0 and over["data.split_seed"] == 0
         assert (cfg.student.train.epochs, cfg.student.train.batch_size) == (5, 64)
         assert (
             cfg.data.dataset == "cifar10-jpg" and cfg.data.val_size == 5000 and cfg.data.train_limit is None
@@ -55,6 +57,13 @@ def test_every_run_overrides_the_same_budget_and_scales_the_epoch_windows():
     assert [t.weight for t in cfgs["at"].distill.terms] == [1.0, 1000.0, 1000.0, 1000.0]
     assert cfgs["crd"].distill.terms[1].options == {"nce_k": 16384}
     assert all(c.distill.teacher_outputs == "online" for c in cfgs.values())
+
+
+def test_a_stored_run_tells_which_split_it_used():
+    # Runs stored before the split was pinned record only their seed, and their split followed it.
+    assert mb.split_seed_of({"seed": 1, "overrides": {"seed": 1}}) == 1
+    assert mb.split_seed_of({"seed": 0, "overrides": {"seed": 0}}) == 0
+    assert mb.split_seed_of({"seed": 2, "overrides": {"seed": 2, "data.split_seed": 0}}) == 0
 
 
 def test_quick_benchmark_end_to_end_and_parts_are_skipped_when_run_again(tmp_path, data_root, bench):
