@@ -12,9 +12,10 @@ is measured here on a full schedule. Every run is configs/cifar10/kd.yaml (resne
 - `online`: `teacher_outputs: online` (a teacher forward on every augmented batch: fresh views every epoch);
 - `cache-k1`, `cache-k4`, `cache-k16`: `teacher_outputs: cache` with `cache.draws` K; each run builds its own cache
   in its run directory (`cache.dir`), so its wall time includes the build.
-Each row runs for >= 2 seeds (the seed sets the student's initialisation, the data order and the draws). Each
-finished run is one JSON in benchmarks/results/cache_accuracy/ (skipped when present; a run directory left by an
-interrupted run is resumed); the table goes to the `cache_accuracy` section of benchmarks/RESULTS.md.
+Each row runs for >= 2 seeds (the seed sets the student's initialisation, the data order and the draws; every run
+uses the teacher's train/validation split, data.split_seed=0). Each finished run is one JSON in
+benchmarks/results/cache_accuracy/ (skipped when present; a run directory left by an interrupted run is resumed);
+the table goes to the `cache_accuracy` section of benchmarks/RESULTS.md.
 
 Budget (an estimate from benchmarks/results/methods_cifar10_estimate.json, 2 cores, AMD EPYC, not a measurement):
 online ~1.4 min per epoch (resnet56 forward + resnet20 step), ~42 min a run; a cache run ~0.8 min per epoch plus
@@ -34,7 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from benchcommon import machine_id, update_results_md
-from methods_cifar10 import CONFIGS, ROOT, checkpoint_base, command, execute, quick_data, teacher_part
+from methods_cifar10 import (
+    CONFIGS,
+    ROOT,
+    TEACHER_SPLIT_SEED,
+    checkpoint_base,
+    command,
+    execute,
+    quick_data,
+    teacher_part,
+)
 
 from kdkit.checkpoint import atomic_write_text
 from kdkit.config import ExperimentConfig, build_config, load_yaml
@@ -58,6 +68,7 @@ def run_config(
     # A plain copy: YAML aliases would share sections.
     raw = json.loads(json.dumps(load_yaml(CONFIGS / "kd.yaml")))
     raw.update(name=f"{NAME}-{row}-s{seed}", seed=seed, phases=["distill"])
+    raw["data"]["split_seed"] = TEACHER_SPLIT_SEED  # the teacher's split whatever the seed
     raw["teacher"]["checkpoint"] = str(teacher)
     k = draws_of(row)
     raw["distill"]["teacher_outputs"] = "online" if k is None else "cache"
@@ -91,7 +102,7 @@ def run_one(
     rec = {
         "row": row, "seed": seed, "draws": draws_of(row), "test_accuracy": model["accuracy"],
         "train_seconds": model["train_seconds"], "wall_seconds": wall, "resumed": resumed,
-        "epochs": cfg.student.train.epochs, "student": cfg.student.model.name,
+        "epochs": cfg.student.train.epochs, "student": cfg.student.model.name, "split_seed": cfg.data.split_seed,
         "teacher_sha256": teacher["sha256"], "teacher_accuracy": teacher.get("test_accuracy"),
         "precision": summary["precision"], "threads": summary["threads"], "machine_id": machine_id(),
         "command": command(), "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -16,6 +16,7 @@ def test_each_row_is_kd_yaml_with_only_the_teacher_outputs_changed(tmp_path):
     cfgs = {row: ca.run_config(row, 1, Path("/t/teacher"), tmp_path / row, False, False) for row in ca.ROWS}
     for cfg in cfgs.values():
         assert cfg.seed == 1 and cfg.phases == ["distill"] and cfg.teacher.checkpoint == "/t/teacher"
+        assert cfg.data.split_seed == 0  # the teacher's split, whatever the seed
         assert cfg.student.model.name == "resnet20" and cfg.student.train.epochs == 30  # the full schedule
         assert [(t.loss, t.weight) for t in cfg.distill.terms] == [("ce", 0.1), ("kd", 0.9)]
         assert cfg.student.train.augment.crop_padding == 4 and cfg.student.train.augment.flip
