@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from benchcommon import machine, section_head, update_results_md  # noqa: E402
 
+from kdkit.checkpoint import atomic_write_text  # noqa: E402
+
 TITLE = "Data parallel overhead (MNIST 1200-1200 -> 800-800, online teacher, 2 epochs on 30,000 images)"
 CFG = {
     "name": "ddp-bench",
@@ -164,7 +166,7 @@ def main() -> int:
     }
     out = ROOT / "benchmarks" / "results" / "ddp.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2))
+    atomic_write_text(out, json.dumps(res, indent=2))
     section = render(res)
     update_results_md(section, ROOT / "benchmarks" / "RESULTS.md", MARKS)
     print(section)

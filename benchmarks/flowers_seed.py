@@ -41,7 +41,7 @@ from typing import Any
 
 from benchcommon import ROOT, machine_id, shown_path, update_results_md
 
-from kdkit.checkpoint import file_sha256
+from kdkit.checkpoint import atomic_write_text, file_sha256
 from kdkit.compress import compress_run
 from kdkit.config import CompressConfig, build_config, load_config
 from kdkit.experiment import run_experiment
@@ -191,7 +191,7 @@ def run_one(run: Run, seed: int, out: Path, data: Path, quick: bool) -> dict[str
         result["weights_sha256"] = teacher_sha256(out, run.name)
     elif run.phase == "distill":
         result["teacher_sha256"] = teacher_sha256(out, run.teacher)
-    path.write_text(json.dumps(result, indent=2))
+    atomic_write_text(path, json.dumps(result, indent=2))
     return result
 
 
@@ -256,7 +256,7 @@ def compress_one(records: dict[str, dict[str, Any]], out: Path, quick: bool) -> 
         "machine_id": machine_id(),
         "date": dt.date.today().isoformat(),
     }
-    path.write_text(json.dumps(result, indent=2))
+    atomic_write_text(path, json.dumps(result, indent=2))
     return result
 
 
@@ -472,8 +472,9 @@ def main(argv: list[str] | None = None) -> int:
         compress_one(records, out, args.quick)
     rows = table(records, args.seeds)
     command = "python benchmarks/flowers_seed.py" + (" --quick" if args.quick else "")
-    (out.parent / "flowers_seed.json" if not args.quick else out / "table.json").write_text(
-        json.dumps({"rows": rows, "command": command}, indent=2)
+    atomic_write_text(
+        out.parent / "flowers_seed.json" if not args.quick else out / "table.json",
+        json.dumps({"rows": rows, "command": command}, indent=2),
     )
     if not args.quick and args.out is None:
         update_results_md(render_stored(), ROOT / "benchmarks" / "RESULTS.md", MARKS)

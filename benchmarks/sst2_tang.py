@@ -492,8 +492,9 @@ def main(argv: list[str] | None = None) -> int:
             records[path.stem] = run_one(run, seed, out, args)
     rows = table(records, args.seeds)
     command = "python benchmarks/sst2_tang.py" + (" --quick" if args.quick else "")
-    (out.parent / "sst2_tang.json" if not args.quick and args.out is None else out / "table.json").write_text(
-        json.dumps({"rows": rows, "targets": targets(rows, records), "command": command}, indent=2)
+    atomic_write_text(
+        out.parent / "sst2_tang.json" if not args.quick and args.out is None else out / "table.json",
+        json.dumps({"rows": rows, "targets": targets(rows, records), "command": command}, indent=2),
     )
     if not args.quick and args.out is None:
         update_results_md(render_stored(), ROOT / "benchmarks" / "RESULTS.md", MARKS)
