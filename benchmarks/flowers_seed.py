@@ -286,7 +286,9 @@ def table(records: dict[str, dict[str, Any]], seeds: list[int]) -> list[dict[str
         "KD alpha = beta = 0.1": lambda s: records.get(f"kd_ab01-s{s}"),
         "logit MSE": lambda s: records.get(f"mse-s{s}"),
         "KD + augmentation, best lr": lambda s: _best_lr(records, "kd_aug", s),
-        "KD + augmentation, Adam 1e-2 (the mixing rows' baseline)": lambda s: records.get(f"kd_aug_lr0.01-s{s}"),
+        "KD + augmentation, Adam 1e-2 (the mixing rows' baseline)": lambda s: records.get(
+            f"kd_aug_lr0.01-s{s}"
+        ),
         "KD + augmentation + mixup 0.2": lambda s: records.get(f"kd_aug_mixup-s{s}"),
         "KD + augmentation + CutMix 1.0": lambda s: records.get(f"kd_aug_cutmix-s{s}"),
         **{f"KD tau {t}": (lambda s, t=t: records.get(f"kd_tau{t}-s{s}")) for t in (1, 2, 10, 20)},
@@ -393,11 +395,23 @@ def _reading(rows: list[dict[str, Any]], records: dict[str, dict[str, Any]]) -> 
             clear = "more" if abs(ma - mb) > 2 * max(sa, sb) else "not more"
             out.append(f"{what}: {ma - mb:+.1f} points ({clear} than twice the larger spread).  ")
 
-    gap("KD tau 5, alpha 0.9 / beta 0.1, best lr", "student from scratch, best lr", "KD against scratch, both at their best lr")
+    gap(
+        "KD tau 5, alpha 0.9 / beta 0.1, best lr",
+        "student from scratch, best lr",
+        "KD against scratch, both at their best lr",
+    )
     gap("KD + augmentation, best lr", "student from scratch + augmentation, best lr",
         "KD + augmentation against scratch + augmentation, both at their best lr")  # fmt: skip
-    gap("KD + augmentation + mixup 0.2", "KD + augmentation, Adam 1e-2 (the mixing rows' baseline)", "mixup against plain augmentation (Adam 1e-2)")
-    gap("KD + augmentation + CutMix 1.0", "KD + augmentation, Adam 1e-2 (the mixing rows' baseline)", "CutMix against plain augmentation (Adam 1e-2)")
+    gap(
+        "KD + augmentation + mixup 0.2",
+        "KD + augmentation, Adam 1e-2 (the mixing rows' baseline)",
+        "mixup against plain augmentation (Adam 1e-2)",
+    )
+    gap(
+        "KD + augmentation + CutMix 1.0",
+        "KD + augmentation, Adam 1e-2 (the mixing rows' baseline)",
+        "CutMix against plain augmentation (Adam 1e-2)",
+    )
     minutes = sum(r["wall_seconds"] for r in records.values()) / 60
     threads = sorted({str(r.get("threads", "?")) for r in records.values()})
     out += [
