@@ -8,8 +8,9 @@
 
 Each run is `configs/cifar10/<method>.yaml` (the student from scratch: kd.yaml with phases=[scratch]) with the
 same overrides for every method: the student model, its epochs and batch size, the teacher checkpoint, the
-seed, and the teacher's train/validation split (data.split_seed=0 whatever the seed). Epoch windows of the terms (start_epoch, stop_epoch, warmup_epochs, factor transfer's
-paraphraser_epochs) are scaled by budget / config epochs, so that each stage keeps its share of training.
+seed, and the teacher's train/validation split (data.split_seed=0 whatever the seed). Epoch windows of the terms
+(start_epoch, stop_epoch, warmup_epochs, factor transfer's paraphraser_epochs) are scaled by budget / config
+epochs, so that each stage keeps its share of training.
 Everything else (losses, weights, augmentation, optimiser, teacher outputs) is what the config says.
 
 Runs go through kdkit's `run_experiment` in-process, one run directory each under

@@ -33,7 +33,7 @@ def test_every_run_overrides_the_same_budget_and_scales_the_epoch_windows():
         cfg, over = mb.run_config(method, 1, setup, Path("/t/teacher"), progress=False)
         cfgs[method] = cfg
         assert cfg.seed == 1 and cfg.student.model.name == "resnet8"
-        # Seed 1 still trains on the teacher's split (seed 0), so no seed sees images the teacher validated on.
+        # Seed 1 still uses the teacher's split (seed 0): no seed validates on images the teacher trained on.
         assert cfg.data.split_seed == 0 and over["data.split_seed"] == 0
         assert (cfg.student.train.epochs, cfg.student.train.batch_size) == (5, 64)
         assert (
@@ -64,6 +64,25 @@ def test_a_stored_run_tells_which_split_it_used():
     assert mb.split_seed_of({"seed": 1, "overrides": {"seed": 1}}) == 1
     assert mb.split_seed_of({"seed": 0, "overrides": {"seed": 0}}) == 0
     assert mb.split_seed_of({"seed": 2, "overrides": {"seed": 2, "data.split_seed": 0}}) == 0
+
+
+def test_a_stored_run_made_on_another_split_is_refused_before_anything_runs(tmp_path):
+    base = tmp_path / "teacher-run" / "checkpoints" / "teacher"
+    base.parent.mkdir(parents=True)
+    base.with_suffix(".safetensors").write_bytes(b"weights")
+    base.with_suffix(".json").write_text("{}")
+    setup = mb.Setup(
+        mb.DEFAULT_EPOCHS, "resnet8", 128, mb.file_sha256(base.with_suffix(".safetensors")), False
+    )
+    stored = tmp_path / "results" / mb.NAME / "kd-s1.json"
+    stored.parent.mkdir(parents=True)
+    record = {"name": "kd-s1", "method": "kd", "seed": 1, "setup": mb.asdict(setup), "overrides": {"seed": 1}}
+    stored.write_text(json.dumps(record))
+    argv = ["--teacher-checkpoint", str(base), "--out", str(tmp_path / "results")]
+    argv += ["--runs-dir", str(tmp_path / "runs"), "--methods", "kd", "--seeds", "1", "--no-progress"]
+    with pytest.raises(SystemExit, match=r"another train/validation split.*\['kd-s1'\]"):
+        mb.main(argv)
+    assert not (tmp_path / "runs").exists()  # nothing was trained
 
 
 def test_quick_benchmark_end_to_end_and_parts_are_skipped_when_run_again(tmp_path, data_root, bench):
