@@ -10,7 +10,7 @@ import torch
 
 from kdkit.checkpoint import atomic_write_text, save_checkpoint
 from kdkit.data.cache import save_cached
-from kdkit.file_modes import new_dir_mode, new_file_mode, process_umask
+from kdkit.file_modes import new_dir_mode, new_file_mode, process_umask, temp_file_beside
 
 
 @pytest.fixture(params=[0o022, 0o027, 0o077])
@@ -46,3 +46,13 @@ def test_data_cache_files_follow_the_umask(umask, tmp_path):
     images, labels = np.zeros((2, 1, 4, 4), np.uint8), np.array([0, 1])
     assert save_cached(path, images, labels, ["a", "b"])
     assert _mode(path) == 0o666 & ~umask
+
+
+def test_a_temporary_whose_mode_cannot_be_set_is_removed_not_left_behind(tmp_path, monkeypatch):
+    def refuse(fd, mode):
+        raise PermissionError("fchmod refused")
+
+    monkeypatch.setattr(os, "fchmod", refuse)
+    with pytest.raises(PermissionError, match="fchmod refused"):
+        temp_file_beside(tmp_path / "model.safetensors", ".tmp")
+    assert list(tmp_path.iterdir()) == []

@@ -35,7 +35,12 @@ def temp_file_beside(path: Path, suffix: str) -> tuple[int, str]:
     """Create `.<name>.XXXX<suffix>` in `path`'s folder (same file system, so a rename is atomic) with the mode a
     plain create of `path` would get; return its open descriptor and name, as `tempfile.mkstemp` does."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.fchmod(fd, new_file_mode())
+    try:
+        os.fchmod(fd, new_file_mode())
+    except BaseException:  # the caller never gets the descriptor: close it and leave no temporary behind
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return fd, tmp
 
 
