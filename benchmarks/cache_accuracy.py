@@ -91,6 +91,11 @@ def run_one(
         stored = json.loads(path.read_text())
         if stored["teacher_sha256"] != teacher["sha256"]:
             raise SystemExit(f"{path} was distilled from another teacher: move the stored runs away")
+        if stored.get("split_seed") != TEACHER_SPLIT_SEED:
+            raise SystemExit(
+                f"{path} was trained on split seed {stored.get('split_seed')}, not the teacher's "
+                f"({TEACHER_SPLIT_SEED}): delete it to run it again on the teacher's split"
+            )
         return
     run_dir = runs / f"{row}-s{seed}"
     cfg = run_config(

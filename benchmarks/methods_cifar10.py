@@ -216,7 +216,8 @@ def teacher_part(args: argparse.Namespace, out: Path, runs_dir: Path, progress: 
                         "train"
                     )
         if path.is_file() and json.loads(path.read_text()).get("sha256") == rec["sha256"]:
-            return json.loads(path.read_text())
+            # The same weights: keep the stored provenance, but read them from where they are now.
+            return {**json.loads(path.read_text()), "checkpoint": str(base)}
         rec["command"] = command()
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(rec, indent=2))

@@ -1,5 +1,7 @@
 """benchmarks/cache_accuracy.py: the rows' configs, the quick form end to end, resumable runs, the table."""
 
+import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -60,3 +62,20 @@ def test_quick_end_to_end_then_skipped_and_the_table_quotes_the_jsons(tmp_path, 
     assert ca.table(records, (0,)) in again.stdout
     section = ca.table(records, (0, 1))
     assert re.search(r"Missing runs: online-s1, cache-k1-s1, cache-k4-s1, cache-k16-s1\.", section)
+
+
+def test_a_stored_run_from_another_split_or_teacher_is_refused(tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    teacher = {"sha256": "abc", "checkpoint": str(tmp_path / "teacher")}
+    args = argparse.Namespace(quick=False, no_progress=True)
+    stored = {"row": "online", "seed": 1, "teacher_sha256": "abc", "split_seed": 1}
+    (out / "online-s1.json").write_text(json.dumps(stored))
+    with pytest.raises(SystemExit, match=r"split seed 1, not the teacher's \(0\)"):
+        ca.run_one("online", 1, teacher, out, tmp_path / "runs", args)
+    (out / "online-s1.json").write_text(json.dumps({**stored, "split_seed": 0, "teacher_sha256": "other"}))
+    with pytest.raises(SystemExit, match="another teacher"):
+        ca.run_one("online", 1, teacher, out, tmp_path / "runs", args)
+    (out / "online-s1.json").write_text(json.dumps({**stored, "split_seed": 0}))
+    ca.run_one("online", 1, teacher, out, tmp_path / "runs", args)  # a matching run is skipped
+    assert not (tmp_path / "runs").exists()

@@ -1,5 +1,6 @@
 """The CIFAR-10 methods benchmark: run order, shared overrides, the quick mode end to end, resumable parts."""
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -153,3 +154,28 @@ def test_the_gain_column_says_whether_the_gain_exceeds_twice_its_spread():
     doc = json.loads((ROOT / "benchmarks/results/methods_cifar10.json").read_text())
     kd = next(ln for ln in mb.markdown(doc, doc).splitlines() if ln.startswith("| kd |"))
     assert kd.split("|")[5].strip() == mb.gain_clears_spread(doc["rows"]["kd"], doc["rows"]["scratch"])
+
+
+def test_a_moved_teacher_keeps_its_stored_record_and_is_read_from_where_it_is_now(tmp_path):
+    # A results directory made with a teacher trained here, whose run directory is gone (a fresh checkout):
+    # the same weights passed from elsewhere keep the stored provenance, and runs read them at the new path.
+    base = tmp_path / "kept" / "teacher"
+    base.parent.mkdir(parents=True)
+    base.with_suffix(".safetensors").write_bytes(b"weights")
+    base.with_suffix(".json").write_text("{}")
+    out = tmp_path / "results" / mb.NAME
+    out.mkdir(parents=True)
+    stored = {
+        "source": "trained here with kdkit",
+        "checkpoint": "gone/checkpoints/teacher",
+        "test_accuracy": 0.8,
+    }
+    stored["sha256"] = mb.file_sha256(base.with_suffix(".safetensors"))
+    (out / "teacher.json").write_text(json.dumps(stored))
+    args = argparse.Namespace(teacher_checkpoint=str(base))
+    rec = mb.teacher_part(args, out, tmp_path / "runs", False)
+    assert rec == {**stored, "checkpoint": str(base.resolve())}
+    assert json.loads((out / "teacher.json").read_text()) == stored  # the stored record is left as it was
+    (base.with_suffix(".safetensors")).write_bytes(b"other weights")  # other weights: a new record
+    rec = mb.teacher_part(args, out, tmp_path / "runs", False)
+    assert rec["source"] == "reused checkpoint" and rec["sha256"] != stored["sha256"]
