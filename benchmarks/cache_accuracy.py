@@ -1,6 +1,6 @@
 """What the augmentation-consistent teacher cache costs in accuracy: online teacher against K fixed draws per image.
 
-    python benchmarks/cache_accuracy.py --teacher-checkpoint RUN/checkpoints/teacher   # every run (resumable)
+    python benchmarks/cache_accuracy.py --teacher-checkpoint benchmarks/teachers/cifar10-resnet56/teacher  # resumable
     python benchmarks/cache_accuracy.py                 # trains the resnet56 teacher first (as methods_cifar10.py)
     python benchmarks/cache_accuracy.py --table         # rebuild the table from the stored runs only
     python benchmarks/cache_accuracy.py --quick         # tiny subset, 1 epoch, in a temporary directory (tests)

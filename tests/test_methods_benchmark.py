@@ -179,3 +179,16 @@ def test_a_moved_teacher_keeps_its_stored_record_and_is_read_from_where_it_is_no
     (base.with_suffix(".safetensors")).write_bytes(b"other weights")  # other weights: a new record
     rec = mb.teacher_part(args, out, tmp_path / "runs", False)
     assert rec["source"] == "reused checkpoint" and rec["sha256"] != stored["sha256"]
+
+
+def test_the_kept_cifar_teacher_is_the_one_the_3_seed_table_was_made_with():
+    kept = ROOT / "benchmarks" / "teachers" / "cifar10-resnet56" / "teacher"
+    records = ROOT / "benchmarks" / "results" / "methods_3seeds" / mb.NAME
+    sha = mb.file_sha256(kept.with_suffix(".safetensors"))
+    for name in ("teacher.json", "teacher_first_training.json"):
+        assert json.loads((records / name).read_text())["sha256"] == sha
+    runs = [json.loads(p.read_text()) for p in sorted(records.glob("*-s*.json"))]
+    assert runs and {r["setup"]["teacher_sha256"] for r in runs} == {sha}
+    meta = json.loads(kept.with_suffix(".json").read_text())
+    assert meta["metrics"]["accuracy"] == json.loads((records / "teacher.json").read_text())["test_accuracy"]
+    assert meta["data_split"]["split_seed"] == mb.TEACHER_SPLIT_SEED
