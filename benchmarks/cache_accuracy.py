@@ -82,20 +82,27 @@ def run_config(
     return build_config(raw, source="configs/cifar10/kd.yaml")
 
 
+def refuse_foreign_runs(records: dict[str, dict[str, Any]], teacher_sha256: str, out: Path) -> None:
+    """Stop, before anything trains, if a stored run was made with another teacher or on another split."""
+    other_teacher = sorted(name for name, r in records.items() if r["teacher_sha256"] != teacher_sha256)
+    if other_teacher:
+        raise SystemExit(
+            f"{out}: {other_teacher} were distilled from another teacher: move the stored runs away"
+        )
+    other_split = sorted(name for name, r in records.items() if r.get("split_seed") != TEACHER_SPLIT_SEED)
+    if other_split:
+        raise SystemExit(
+            f"{out}: {other_split} were trained on another train/validation split than the teacher's "
+            f"(split seed {TEACHER_SPLIT_SEED}): delete them to run them again on the teacher's split"
+        )
+
+
 def run_one(
     row: str, seed: int, teacher: dict[str, Any], out: Path, runs: Path, args: argparse.Namespace
 ) -> None:
     """Run one (row, seed) unless its JSON exists; write the JSON."""
     path = out / f"{row}-s{seed}.json"
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored["teacher_sha256"] != teacher["sha256"]:
-            raise SystemExit(f"{path} was distilled from another teacher: move the stored runs away")
-        if stored.get("split_seed") != TEACHER_SPLIT_SEED:
-            raise SystemExit(
-                f"{path} was trained on split seed {stored.get('split_seed')}, not the teacher's "
-                f"({TEACHER_SPLIT_SEED}): delete it to run it again on the teacher's split"
-            )
+    if path.is_file():  # checked by refuse_foreign_runs
         return
     run_dir = runs / f"{row}-s{seed}"
     cfg = run_config(
@@ -198,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     out, runs = results_root / NAME, runs / NAME
     if not args.table:
         teacher = teacher_part(args, out, runs, not args.no_progress)  # checked, or trained here (resumable)
+        refuse_foreign_runs(load_records(out), teacher["sha256"], out)
         for seed in args.seeds:
             for row in args.rows:
                 run_one(row, seed, teacher, out, runs, args)

@@ -1,6 +1,6 @@
 """benchmarks/cache_accuracy.py: the rows' configs, the quick form end to end, resumable runs, the table."""
 
-import argparse
+import hashlib
 import json
 import re
 import sys
@@ -64,18 +64,22 @@ def test_quick_end_to_end_then_skipped_and_the_table_quotes_the_jsons(tmp_path, 
     assert re.search(r"Missing runs: online-s1, cache-k1-s1, cache-k4-s1, cache-k16-s1\.", section)
 
 
-def test_a_stored_run_from_another_split_or_teacher_is_refused(tmp_path):
-    out = tmp_path / "results"
-    out.mkdir()
-    teacher = {"sha256": "abc", "checkpoint": str(tmp_path / "teacher")}
-    args = argparse.Namespace(quick=False, no_progress=True)
-    stored = {"row": "online", "seed": 1, "teacher_sha256": "abc", "split_seed": 1}
-    (out / "online-s1.json").write_text(json.dumps(stored))
-    with pytest.raises(SystemExit, match=r"split seed 1, not the teacher's \(0\)"):
-        ca.run_one("online", 1, teacher, out, tmp_path / "runs", args)
-    (out / "online-s1.json").write_text(json.dumps({**stored, "split_seed": 0, "teacher_sha256": "other"}))
-    with pytest.raises(SystemExit, match="another teacher"):
-        ca.run_one("online", 1, teacher, out, tmp_path / "runs", args)
-    (out / "online-s1.json").write_text(json.dumps({**stored, "split_seed": 0}))
-    ca.run_one("online", 1, teacher, out, tmp_path / "runs", args)  # a matching run is skipped
-    assert not (tmp_path / "runs").exists()
+def test_a_stored_run_from_another_split_or_teacher_is_refused_before_anything_trains(tmp_path):
+    base = tmp_path / "kept" / "teacher"
+    base.parent.mkdir(parents=True)
+    base.with_suffix(".safetensors").write_bytes(b"weights")
+    base.with_suffix(".json").write_text("{}")
+    sha = hashlib.sha256(b"weights").hexdigest()
+    out = tmp_path / "results" / ca.NAME
+    out.mkdir(parents=True)
+    good = {"row": "online", "seed": 0, "teacher_sha256": sha, "split_seed": 0}
+    (out / "online-s0.json").write_text(json.dumps(good))
+    argv = ["--teacher-checkpoint", str(base), "--out", str(tmp_path / "results"), "--no-progress"]
+    argv += ["--seeds", "0", "1"]
+    (out / "cache-k4-s1.json").write_text(json.dumps({**good, "split_seed": 1}))
+    with pytest.raises(SystemExit, match=r"\['cache-k4-s1'\] were trained on another train/validation split"):
+        ca.main(argv)
+    (out / "cache-k4-s1.json").write_text(json.dumps({**good, "teacher_sha256": "other"}))
+    with pytest.raises(SystemExit, match=r"\['cache-k4-s1'\] were distilled from another teacher"):
+        ca.main(argv)
+    assert not (tmp_path / "runs").exists()  # nothing trained: cache-k1-s0 comes first in the plan
