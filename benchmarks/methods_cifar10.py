@@ -43,6 +43,7 @@ from kdkit.config import ExperimentConfig, build_config, load_yaml
 from kdkit.console import make_console
 from kdkit.errors import ConfigError
 from kdkit.experiment import run_experiment
+from kdkit.train_state import NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "cifar10"
@@ -267,7 +268,20 @@ def run_one(
         return json.loads(path.read_text())
     cfg, overrides = run_config(method, seed, setup, checkpoint_base(teacher["checkpoint"]), progress)
     print(f"[{NAME}] {name}: {overrides['config']} with {json.dumps(overrides)}", flush=True)
-    summary, wall, resumed = execute(cfg, runs_dir / name, progress)
+    t0 = time.perf_counter()
+    try:
+        summary, wall, resumed = execute(cfg, runs_dir / name, progress)
+    # A run that diverges is a result of the method under this budget: it is stored and the table goes on.
+    except NonFiniteLossError as err:
+        rec = {
+            "name": name, "method": method, "seed": seed, "setup": asdict(setup), "overrides": overrides,
+            "diverged": str(err), "wall_seconds": time.perf_counter() - t0, "run_dir": str(runs_dir / name),
+            "command": command(), "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine_id": machine_id(),
+        }  # fmt: skip
+        print(f"[{NAME}] {name} diverged: {err}", flush=True)
+        atomic_write_text(path, json.dumps(rec, indent=2))
+        return rec
     role = "student_scratch" if method == "scratch" else "student_kd"
     rec = {
         "name": name,
@@ -301,8 +315,11 @@ def _stats(values: list[float]) -> dict[str, Any]:
 def aggregate(results: list[dict[str, Any]], wanted: list[tuple[str, int]]) -> dict[str, Any]:
     """Return per-method rows (accuracy mean and spread, delta vs scratch, minutes per run) and what is missing."""
     rows: dict[str, Any] = {}
+    diverged = [r for r in results if "diverged" in r]
     for method in ALL:
-        recs = sorted((r for r in results if r["method"] == method), key=lambda r: r["seed"])
+        recs = sorted(
+            (r for r in results if r["method"] == method and "diverged" not in r), key=lambda r: r["seed"]
+        )
         if not recs:
             continue
         rows[method] = {
@@ -327,7 +344,14 @@ def aggregate(results: list[dict[str, Any]], wanted: list[tuple[str, int]]) -> d
             "met": delta >= 0.5,
             "seeds": min(rows["kd"]["accuracy"]["n"], rows["scratch"]["accuracy"]["n"]),
         }
-    return {"rows": rows, "missing": missing, "kd_target": verdict}
+    return {
+        "rows": rows,
+        "missing": missing,
+        "kd_target": verdict,
+        "diverged": {
+            r["name"]: r["diverged"] for r in sorted(diverged, key=lambda r: (r["seed"], r["name"]))
+        },
+    }
 
 
 def gain_clears_spread(row: dict[str, Any], scratch: dict[str, Any] | None) -> str:
@@ -403,7 +427,9 @@ def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
     # added since (dist, ab and ofd came after the first table) is missing from a table that never ran it. A
     # --quick table is counted against its own plan only.
     quick = bool(s.get("quick"))
+    diverged = agg.get("diverged") or {}
     done = {(m, int(seed)) for m, row in agg["rows"].items() for seed in row["per_seed"]}
+    done |= {(n.rsplit("-s", 1)[0], int(n.rsplit("-s", 1)[1])) for n in diverged}
     seeds = sorted({sd for _, sd in done} | set(DEFAULT_SEEDS))
     missing = list(agg["missing"]) + [
         f"{m}-s{sd}"
@@ -411,8 +437,15 @@ def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
         for m in ALL
         if (m, sd) not in done and f"{m}-s{sd}" not in agg["missing"]
     ]
+    if diverged:
+        lines.append(
+            "Diverged runs (kdkit stopped them when a loss term became non-finite; they are in no mean above): "
+            + "; ".join(f"{n}: {why.split(';')[0]}" for n, why in diverged.items())
+            + "."
+        )
     lines.append("Missing runs: " + (", ".join(missing) if missing else "none") + ".")
-    never = [] if quick else [m for m in ALL if m not in agg["rows"]]
+    tried = set(agg["rows"]) | {m for m, _ in done}
+    never = [] if quick else [m for m in ALL if m not in tried]
     if never:
         lines.append(
             f"Methods of `configs/cifar10/` with no run against this teacher: {', '.join(never)}. Runs of them "
@@ -570,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         "teacher": teacher,
         "machine": machine(),
         "machines": machines_of(results),
-        "precision": results[0]["precision"] if results else None,
+        "precision": next((r["precision"] for r in results if "precision" in r), None),
         "date": dt.date.today().isoformat(),
         "commands": list(dict.fromkeys(r["command"] for r in sorted(results, key=lambda r: r["finished"]))),
         "invocation_minutes": (time.perf_counter() - t0) / 60,

@@ -192,3 +192,41 @@ def test_the_kept_cifar_teacher_is_the_one_the_3_seed_table_was_made_with():
     meta = json.loads(kept.with_suffix(".json").read_text())
     assert meta["metrics"]["accuracy"] == json.loads((records / "teacher.json").read_text())["test_accuracy"]
     assert meta["data_split"]["split_seed"] == mb.TEACHER_SPLIT_SEED
+
+
+def test_a_diverged_run_is_stored_and_named_in_the_table_not_averaged(tmp_path, monkeypatch):
+    def diverge(cfg, run_dir, progress):
+        raise mb.NonFiniteLossError(
+            "phase 'student_kd': loss term(s) ['fsp'] became non-finite at step 58; lower"
+        )
+
+    monkeypatch.setattr(mb, "execute", diverge)
+    setup = mb.Setup(mb.DEFAULT_EPOCHS, "resnet8", 128, "abc", False)
+    teacher = {"checkpoint": str(tmp_path / "teacher")}
+    rec = mb.run_one("fsp", 2, setup, teacher, tmp_path, tmp_path / "runs", False)
+    assert json.loads((tmp_path / "fsp-s2.json").read_text()) == rec and "step 58" in rec["diverged"]
+    assert (
+        mb.run_one("fsp", 2, setup, teacher, tmp_path, tmp_path / "runs", False) == rec
+    )  # stored: not again
+
+    def run(method, seed, acc):
+        model = {"accuracy": acc, "train_seconds": 60.0}
+        return {"name": f"{method}-s{seed}", "method": method, "seed": seed, "model": model}
+
+    finished = [run("scratch", 2, 0.75), run("fsp", 0, 0.46), run("fsp", 1, 0.45)]
+    results = [{**r, "wall_seconds": 90.0, "resumed": False} for r in finished] + [rec]
+    agg = mb.aggregate(results, [("scratch", 2), ("fsp", 0), ("fsp", 1), ("fsp", 2)])
+    assert agg["missing"] == [] and agg["diverged"] == {"fsp-s2": rec["diverged"]}
+    assert agg["rows"]["fsp"]["accuracy"]["n"] == 2 and agg["rows"]["fsp"]["accuracy"]["mean"] == 0.455
+    info = {"setup": mb.asdict(setup), "teacher": {"source": "trained here", "model": {"name": "resnet56"}}}
+    info["teacher"].update(recipe={"epochs": 10}, wall_seconds=60.0)
+    info.update(machines={}, machine={}, precision="bf16", date="2026-12-05", commands=["python x"])
+    monkeypatch.setattr(mb, "machines_line", lambda *a: "Machine: test.")
+    text = mb.markdown(agg, info)
+    assert (
+        "Diverged runs (kdkit stopped them when a loss term became non-finite; they are in no mean above): "
+        in text
+    )
+    assert "fsp-s2: phase 'student_kd': loss term(s) ['fsp'] became non-finite at step 58." in text
+    assert "fsp-s2" not in text.split("Missing runs:")[1]
+    assert "with no run against this teacher" in text and ", fsp" not in text.split("no run against")[1]
