@@ -1,8 +1,8 @@
 """Every distillation method of configs/cifar10/ on CIFAR-10, one teacher, one student, one budget.
 
-    python benchmarks/methods_cifar10.py --teacher-checkpoint benchmarks/runs/speed/cifar/checkpoints/teacher
+    python benchmarks/methods_cifar10.py --teacher-checkpoint benchmarks/teachers/cifar10-resnet56/teacher
     python benchmarks/methods_cifar10.py                  # trains the resnet56 teacher first (resumable)
-    python benchmarks/methods_cifar10.py --methods kd fitnet --seeds 0
+    python benchmarks/methods_cifar10.py --methods kd fitnet --seeds 0 --out /tmp/kd-fitnet
     python benchmarks/methods_cifar10.py --estimate 20    # time 20 steps of a few methods, project run times
     python benchmarks/methods_cifar10.py --quick          # tiny subset, 1 epoch, 3 methods, a temp dir (tests)
 
@@ -14,10 +14,13 @@ epochs, so that each stage keeps its share of training.
 Everything else (losses, weights, augmentation, optimiser, teacher outputs) is what the config says.
 
 Runs go through kdkit's `run_experiment` in-process, one run directory each under
-benchmarks/runs/methods_cifar10/ (resumed with resume=True if interrupted). Each finished run writes
-benchmarks/results/methods_cifar10/<method>-s<seed>.json, with the command that made it, and is skipped
-when the benchmark runs again; so the benchmark can run in parts. The aggregate goes to
-benchmarks/results/methods_cifar10.json and a table to benchmarks/RESULTS.md.
+benchmarks/runs/methods_3seeds/methods_cifar10/ (resumed with resume=True if interrupted). Each finished run
+writes benchmarks/results/methods_3seeds/methods_cifar10/<method>-s<seed>.json, with the command that made it,
+and is skipped when the benchmark runs again; so the benchmark can run in parts. The aggregate goes to
+benchmarks/results/methods_3seeds/methods_cifar10.json and the table to the `methods` section of
+benchmarks/RESULTS.md. The teacher of that table is kept in benchmarks/teachers/cifar10-resnet56/. A results
+directory given with --out (other teachers, other budgets) gets its own aggregate and stays out of RESULTS.md;
+`render_table(<out>)` renders it.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from kdkit.train_state import NonFiniteLossError
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "cifar10"
 NAME = "methods_cifar10"
+MAIN_TABLE = "methods_3seeds"  # the results and runs subdirectory of the table in RESULTS.md
 METHODS = [
     "kd",
     "dkd",
@@ -517,12 +521,15 @@ def estimate(args: argparse.Namespace, out_root: Path, teacher: Path, progress: 
     return 0
 
 
-def render_stored(results_root: Path = ROOT / "benchmarks" / "results", name: str = NAME) -> str:
-    """Return the section of a stored aggregate (benchmarks/results/<name>.json), without training.
-
-    `name` may be one kept apart with --out (methods_intel/methods_cifar10, methods_ofd/methods_cifar10)."""
-    doc = json.loads((results_root / f"{name}.json").read_text())
+def render_table(out_root: Path, name: str = NAME) -> str:
+    """Return the section of the aggregate stored in `out_root` (an --out directory), without training."""
+    doc = json.loads((out_root / f"{name}.json").read_text())
     return markdown(doc, doc)
+
+
+def render_stored(results_root: Path = ROOT / "benchmarks" / "results") -> str:
+    """Return the `methods` section of RESULTS.md from the stored aggregate of its table."""
+    return render_table(results_root / MAIN_TABLE)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -547,25 +554,31 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         default=None,
-        help="results directory (default benchmarks/results; else no RESULTS.md)",
+        help=f"results directory (default benchmarks/results/{MAIN_TABLE}, the table of RESULTS.md; "
+        "any other directory stays out of RESULTS.md)",
     )
-    ap.add_argument("--runs-dir", type=Path, default=None, help="run directories (default benchmarks/runs)")
+    ap.add_argument(
+        "--runs-dir", type=Path, default=None, help=f"run directories (default benchmarks/runs/{MAIN_TABLE})"
+    )
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     progress = not args.no_progress
     if args.epochs is not None and args.epochs < 1:
         ap.error("--epochs must be at least 1")
 
+    main_results = ROOT / "benchmarks" / "results" / MAIN_TABLE
     if args.quick:
         base = Path(tempfile.mkdtemp(prefix="kdkit-methods-quick-"))
         results_root, runs_root = args.out or base / "results", args.runs_dir or base / "runs"
     else:
-        results_root = args.out or ROOT / "benchmarks" / "results"
-        runs_root = args.runs_dir or ROOT / "benchmarks" / "runs"
+        results_root = args.out or main_results
+        runs_root = args.runs_dir or ROOT / "benchmarks" / "runs" / MAIN_TABLE
     if args.estimate is not None:
         if not args.teacher_checkpoint:
             ap.error("--estimate times the real teacher: pass --teacher-checkpoint")
-        return estimate(args, results_root, checkpoint_base(args.teacher_checkpoint), progress)
+        # The estimate is not a table: it goes to benchmarks/results/methods_cifar10_estimate.json unless --out.
+        estimate_root = args.out or ROOT / "benchmarks" / "results"
+        return estimate(args, estimate_root, checkpoint_base(args.teacher_checkpoint), progress)
 
     name = f"{NAME}_quick" if args.quick else NAME
     out, runs_dir = results_root / name, runs_root / name
@@ -611,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {**info, **agg, "runs": {r["name"]: r for r in results}}
     atomic_write_text(results_root / f"{name}.json", json.dumps(doc, indent=2))
     section = markdown(agg, info)
-    if not args.quick and args.out is None:  # results kept elsewhere (--out) stay out of RESULTS.md
+    if not args.quick and results_root.resolve() == main_results.resolve():  # other --out: not in RESULTS.md
         update_results_md(section, ROOT / "benchmarks" / "RESULTS.md", MARKS)
     print(section)
     print(f"results: {results_root / f'{name}.json'}")

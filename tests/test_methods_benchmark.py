@@ -130,7 +130,7 @@ def test_quick_benchmark_end_to_end_and_parts_are_skipped_when_run_again(tmp_pat
 
 
 def test_missing_runs_count_todays_methods_in_a_full_table_and_only_the_plan_in_a_quick_one():
-    doc = json.loads((ROOT / "benchmarks/results/methods_cifar10.json").read_text())
+    doc = json.loads((ROOT / "benchmarks/results/methods_2seeds/methods_cifar10.json").read_text())
     assert doc["missing"] == []  # stored before dist, ab and ofd existed
     full = mb.markdown(doc, doc)
     third = ", ".join(f"{m}-s2" for m in mb.ALL)  # the third seed the issue asks of every method
@@ -151,7 +151,7 @@ def test_the_gain_column_says_whether_the_gain_exceeds_twice_its_spread():
     close = {**row(0.7590, 0.004), "delta_vs_scratch": 0.009}
     assert mb.gain_clears_spread(close, scratch) == "no (2 x 0.50)"  # 0.9 < 1.0
     assert mb.gain_clears_spread({**row(0.78, None), "delta_vs_scratch": 0.03}, scratch) == "n/a (1 seed)"
-    doc = json.loads((ROOT / "benchmarks/results/methods_cifar10.json").read_text())
+    doc = json.loads((ROOT / "benchmarks/results/methods_2seeds/methods_cifar10.json").read_text())
     kd = next(ln for ln in mb.markdown(doc, doc).splitlines() if ln.startswith("| kd |"))
     assert kd.split("|")[5].strip() == mb.gain_clears_spread(doc["rows"]["kd"], doc["rows"]["scratch"])
 
@@ -230,3 +230,39 @@ def test_a_diverged_run_is_stored_and_named_in_the_table_not_averaged(tmp_path, 
     assert "fsp-s2: phase 'student_kd': loss term(s) ['fsp'] became non-finite at step 58." in text
     assert "fsp-s2" not in text.split("Missing runs:")[1]
     assert "with no run against this teacher" in text and ", fsp" not in text.split("no run against")[1]
+
+
+def test_the_default_results_directory_is_the_table_of_results_md_and_any_other_stays_out(
+    tmp_path, monkeypatch
+):
+    # The 3-seed table is the `methods` section: its directory (the default --out, however it is spelled)
+    # updates RESULTS.md; an --out elsewhere keeps its aggregate to itself.
+    monkeypatch.setattr(mb, "ROOT", tmp_path)
+    teacher = {"source": "trained here with kdkit", "sha256": "abc", "checkpoint": "t", "test_accuracy": 0.8}
+    teacher.update(model={"name": "resnet56"}, recipe={"epochs": 10}, wall_seconds=60.0)
+    monkeypatch.setattr(mb, "teacher_part", lambda args, out, runs_dir, progress: teacher)
+
+    def fake_run(method, seed, setup, teacher, out, runs_dir, progress):
+        rec = {"name": f"{method}-s{seed}", "method": method, "seed": seed, "setup": mb.asdict(setup)}
+        rec.update(overrides={"data.split_seed": 0}, model={"accuracy": 0.75, "train_seconds": 60.0})
+        rec.update(wall_seconds=90.0, resumed=False, command="python x", finished="2026-12-05T00:00:00+00:00")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{rec['name']}.json").write_text(json.dumps(rec))
+        return rec
+
+    monkeypatch.setattr(mb, "run_one", fake_run)
+    written: list[Path] = []
+    monkeypatch.setattr(mb, "update_results_md", lambda section, md, marks: written.append(md))
+    assert mb.main(["--methods", "scratch", "--seeds", "0", "--no-progress"]) == 0
+    table = tmp_path / "benchmarks" / "results" / mb.MAIN_TABLE
+    assert (table / "methods_cifar10" / "scratch-s0.json").is_file() and written == [
+        tmp_path / "benchmarks" / "RESULTS.md"
+    ]
+    assert mb.render_stored(tmp_path / "benchmarks" / "results") == mb.render_table(table)
+    spelled = tmp_path / "benchmarks" / "results" / ".." / "results" / mb.MAIN_TABLE
+    assert mb.main(["--methods", "scratch", "--seeds", "0", "--out", str(spelled), "--no-progress"]) == 0
+    assert len(written) == 2
+    other = tmp_path / "elsewhere"
+    assert mb.main(["--methods", "scratch", "--seeds", "0", "--out", str(other), "--no-progress"]) == 0
+    assert len(written) == 2 and (other / "methods_cifar10.json").is_file()
+    assert "| scratch | 75.00% (75.00) | 1 seed |" in mb.render_table(other)
