@@ -352,9 +352,10 @@ def aggregate(results: list[dict[str, Any]], wanted: list[tuple[str, int]]) -> d
         "rows": rows,
         "missing": missing,
         "kd_target": verdict,
-        "diverged": {
-            r["name"]: r["diverged"] for r in sorted(diverged, key=lambda r: (r["seed"], r["name"]))
-        },
+        "diverged": [
+            {"name": r["name"], "method": r["method"], "seed": r["seed"], "error": r["diverged"]}
+            for r in sorted(diverged, key=lambda r: (r["seed"], r["name"]))
+        ],
     }
 
 
@@ -431,9 +432,9 @@ def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
     # added since (dist, ab and ofd came after the first table) is missing from a table that never ran it. A
     # --quick table is counted against its own plan only.
     quick = bool(s.get("quick"))
-    diverged = agg.get("diverged") or {}
+    diverged = agg.get("diverged") or []
     done = {(m, int(seed)) for m, row in agg["rows"].items() for seed in row["per_seed"]}
-    done |= {(n.rsplit("-s", 1)[0], int(n.rsplit("-s", 1)[1])) for n in diverged}
+    done |= {(d["method"], d["seed"]) for d in diverged}
     seeds = sorted({sd for _, sd in done} | set(DEFAULT_SEEDS))
     missing = list(agg["missing"]) + [
         f"{m}-s{sd}"
@@ -444,7 +445,7 @@ def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
     if diverged:
         lines.append(
             "Diverged runs (kdkit stopped them when a loss term became non-finite; they are in no mean above): "
-            + "; ".join(f"{n}: {why.split(';')[0]}" for n, why in diverged.items())
+            + "; ".join(f"{d['name']}: {d['error'].split(';')[0]}" for d in diverged)
             + "."
         )
     lines.append("Missing runs: " + (", ".join(missing) if missing else "none") + ".")

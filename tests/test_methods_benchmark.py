@@ -216,7 +216,9 @@ def test_a_diverged_run_is_stored_and_named_in_the_table_not_averaged(tmp_path, 
     finished = [run("scratch", 2, 0.75), run("fsp", 0, 0.46), run("fsp", 1, 0.45)]
     results = [{**r, "wall_seconds": 90.0, "resumed": False} for r in finished] + [rec]
     agg = mb.aggregate(results, [("scratch", 2), ("fsp", 0), ("fsp", 1), ("fsp", 2)])
-    assert agg["missing"] == [] and agg["diverged"] == {"fsp-s2": rec["diverged"]}
+    assert agg["missing"] == [] and agg["diverged"] == [
+        {"name": "fsp-s2", "method": "fsp", "seed": 2, "error": rec["diverged"]}
+    ]
     assert agg["rows"]["fsp"]["accuracy"]["n"] == 2 and agg["rows"]["fsp"]["accuracy"]["mean"] == 0.455
     info = {"setup": mb.asdict(setup), "teacher": {"source": "trained here", "model": {"name": "resnet56"}}}
     info["teacher"].update(recipe={"epochs": 10}, wall_seconds=60.0)
