@@ -43,6 +43,7 @@ from methods_cifar10 import (
     command,
     execute,
     quick_data,
+    refuse_other_split,
     teacher_part,
 )
 
@@ -89,12 +90,9 @@ def refuse_foreign_runs(records: dict[str, dict[str, Any]], teacher_sha256: str,
         raise SystemExit(
             f"{out}: {other_teacher} were distilled from another teacher: move the stored runs away"
         )
-    other_split = sorted(name for name, r in records.items() if r.get("split_seed") != TEACHER_SPLIT_SEED)
-    if other_split:
-        raise SystemExit(
-            f"{out}: {other_split} were trained on another train/validation split than the teacher's "
-            f"(split seed {TEACHER_SPLIT_SEED}): delete them to run them again on the teacher's split"
-        )
+    refuse_other_split(
+        out, sorted(n for n, r in records.items() if r.get("split_seed") != TEACHER_SPLIT_SEED)
+    )
 
 
 def run_one(

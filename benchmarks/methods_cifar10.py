@@ -102,6 +102,15 @@ def split_seed_of(result: dict[str, Any]) -> int:
     return result["overrides"].get("data.split_seed", result["seed"])
 
 
+def refuse_other_split(out: Path, names: list[str]) -> None:
+    """Stop (before anything trains) if `names`, stored runs in `out`, used another split than the teacher's."""
+    if names:
+        raise SystemExit(
+            f"{out}: {names} were trained on another train/validation split than the teacher's "
+            f"(split seed {TEACHER_SPLIT_SEED}): delete them to run them again on the teacher's split"
+        )
+
+
 def checkpoint_base(path: str | Path) -> Path:
     """Return a checkpoint's base path (without .safetensors/.json)."""
     p = Path(path)
@@ -596,12 +605,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{out} holds results of another setup ({other[:5]}...; this one is {asdict(setup)}): "
             "pass --out/--runs-dir elsewhere or delete them"
         )
-    other_split = sorted(r["name"] for r in stored if split_seed_of(r) != TEACHER_SPLIT_SEED)
-    if other_split:
-        raise SystemExit(
-            f"{out} holds runs trained on another train/validation split than the teacher's "
-            f"(split seed {TEACHER_SPLIT_SEED}): {other_split}; delete them to run them again on the teacher's split"
-        )
+    refuse_other_split(out, sorted(r["name"] for r in stored if split_seed_of(r) != TEACHER_SPLIT_SEED))
     for method, seed in plan(methods, seeds):
         run_one(method, seed, setup, teacher, out, runs_dir, progress)
 
