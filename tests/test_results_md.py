@@ -165,3 +165,21 @@ def test_every_figure_of_the_hinton_gap_table_is_in_the_file_it_cites():
     assert text.count(row) == 1
     _, bad = gap_table_figures_not_stored(text.replace(row, row.replace("| 117 |", "| 124; 117 |")))
     assert bad == [("fp32 instead of bf16", [124])]
+
+
+def test_the_code_or_teacher_probe_quoted_in_the_methods_notes_is_its_stored_json():
+    """Both trees give the same epoch-2 validation accuracy per method, and the note quotes those figures."""
+    doc = json.loads((RESULTS / "methods_3seeds" / "code_or_teacher_probe.json").read_text())
+    text = RESULTS_MD.read_text()
+    quoted = {"fsp": "FSP", "fitnet": "FitNet"}
+    for method, label in quoted.items():
+        last = [r["epochs"][-1] for r in doc["runs"].values() if r["config"] == method]
+        assert len(last) == 2 and {r["epoch"] for r in last} == {2}, method
+        for key in ("val_accuracy", "train_accuracy", "loss"):  # the same training, not just the same score
+            assert last[0][key] == last[1][key], (method, key)
+        pct = f"{last[0]['val_accuracy'] * 100:.2f}%"
+        assert f"{label} {pct} and {pct}" in " ".join(text.split()), method
+    assert (
+        doc["teacher_sha256"]
+        == json.loads((RESULTS / "methods_3seeds" / "methods_cifar10" / "teacher.json").read_text())["sha256"]
+    )
