@@ -1,4 +1,5 @@
-"""The CIFAR-10 methods benchmark: run order, shared overrides, the quick mode end to end, resumable parts."""
+"""The CIFAR-10 methods benchmark and its table: run order, shared overrides, the quick mode end to end,
+resumable parts, aggregation and rendering."""
 
 import argparse
 import json
@@ -11,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import methods_cifar10 as mb  # noqa: E402
+import methods_table as mt  # noqa: E402
 
 
 def _stat(path: Path) -> tuple[int, int] | None:
@@ -132,12 +134,12 @@ def test_quick_benchmark_end_to_end_and_parts_are_skipped_when_run_again(tmp_pat
 def test_missing_runs_count_todays_methods_in_a_full_table_and_only_the_plan_in_a_quick_one():
     doc = json.loads((ROOT / "benchmarks/results/methods_2seeds/methods_cifar10.json").read_text())
     assert doc["missing"] == []  # stored before dist, ab and ofd existed
-    full = mb.markdown(doc, doc)
+    full = mt.markdown(doc, doc)
     third = ", ".join(f"{m}-s2" for m in mb.ALL)  # the third seed the issue asks of every method
     assert f"Missing runs: dist-s0, ab-s0, ofd-s0, dist-s1, ab-s1, ofd-s1, {third}." in full
     assert "with no run against this teacher: dist, ab, ofd." in full
     quick = {**doc, "setup": {**doc["setup"], "quick": True}}
-    text = mb.markdown(doc, quick)
+    text = mt.markdown(doc, quick)
     assert "Missing runs: none." in text and "with no run against this teacher" not in text
 
 
@@ -147,13 +149,13 @@ def test_the_gain_column_says_whether_the_gain_exceeds_twice_its_spread():
 
     scratch = row(0.75, 0.003)
     clear = {**row(0.78, 0.004), "delta_vs_scratch": 0.03}
-    assert mb.gain_clears_spread(clear, scratch) == "yes (2 x 0.50)"  # 3.0 > 2 x hypot(0.3, 0.4) = 1.0
+    assert mt.gain_clears_spread(clear, scratch) == "yes (2 x 0.50)"  # 3.0 > 2 x hypot(0.3, 0.4) = 1.0
     close = {**row(0.7590, 0.004), "delta_vs_scratch": 0.009}
-    assert mb.gain_clears_spread(close, scratch) == "no (2 x 0.50)"  # 0.9 < 1.0
-    assert mb.gain_clears_spread({**row(0.78, None), "delta_vs_scratch": 0.03}, scratch) == "n/a (1 seed)"
+    assert mt.gain_clears_spread(close, scratch) == "no (2 x 0.50)"  # 0.9 < 1.0
+    assert mt.gain_clears_spread({**row(0.78, None), "delta_vs_scratch": 0.03}, scratch) == "n/a (1 seed)"
     doc = json.loads((ROOT / "benchmarks/results/methods_2seeds/methods_cifar10.json").read_text())
-    kd = next(ln for ln in mb.markdown(doc, doc).splitlines() if ln.startswith("| kd |"))
-    assert kd.split("|")[5].strip() == mb.gain_clears_spread(doc["rows"]["kd"], doc["rows"]["scratch"])
+    kd = next(ln for ln in mt.markdown(doc, doc).splitlines() if ln.startswith("| kd |"))
+    assert kd.split("|")[5].strip() == mt.gain_clears_spread(doc["rows"]["kd"], doc["rows"]["scratch"])
 
 
 def test_a_moved_teacher_keeps_its_stored_record_and_is_read_from_where_it_is_now(tmp_path):
@@ -215,7 +217,7 @@ def test_a_diverged_run_is_stored_and_named_in_the_table_not_averaged(tmp_path, 
 
     finished = [run("scratch", 2, 0.75), run("fsp", 0, 0.46), run("fsp", 1, 0.45)]
     results = [{**r, "wall_seconds": 90.0, "resumed": False} for r in finished] + [rec]
-    agg = mb.aggregate(results, [("scratch", 2), ("fsp", 0), ("fsp", 1), ("fsp", 2)])
+    agg = mt.aggregate(results, [("scratch", 2), ("fsp", 0), ("fsp", 1), ("fsp", 2)])
     assert agg["missing"] == [] and agg["diverged"] == [
         {"name": "fsp-s2", "method": "fsp", "seed": 2, "error": rec["diverged"]}
     ]
@@ -223,8 +225,8 @@ def test_a_diverged_run_is_stored_and_named_in_the_table_not_averaged(tmp_path, 
     info = {"setup": mb.asdict(setup), "teacher": {"source": "trained here", "model": {"name": "resnet56"}}}
     info["teacher"].update(recipe={"epochs": 10}, wall_seconds=60.0)
     info.update(machines={}, machine={}, precision="bf16", date="2026-12-05", commands=["python x"])
-    monkeypatch.setattr(mb, "machines_line", lambda *a: "Machine: test.")
-    text = mb.markdown(agg, info)
+    monkeypatch.setattr(mt, "machines_line", lambda *a: "Machine: test.")
+    text = mt.markdown(agg, info)
     assert (
         "Diverged runs (kdkit stopped them when a loss term became non-finite; they are in no mean above): "
         in text
@@ -260,11 +262,11 @@ def test_the_default_results_directory_is_the_table_of_results_md_and_any_other_
     assert (table / "methods_cifar10" / "scratch-s0.json").is_file() and written == [
         tmp_path / "benchmarks" / "RESULTS.md"
     ]
-    assert mb.render_stored(tmp_path / "benchmarks" / "results") == mb.render_table(table)
+    assert mb.render_stored(tmp_path / "benchmarks" / "results") == mt.render_table(table)
     spelled = tmp_path / "benchmarks" / "results" / ".." / "results" / mb.MAIN_TABLE
     assert mb.main(["--methods", "scratch", "--seeds", "0", "--out", str(spelled), "--no-progress"]) == 0
     assert len(written) == 2
     other = tmp_path / "elsewhere"
     assert mb.main(["--methods", "scratch", "--seeds", "0", "--out", str(other), "--no-progress"]) == 0
     assert len(written) == 2 and (other / "methods_cifar10.json").is_file()
-    assert "| scratch | 75.00% (75.00) | 1 seed |" in mb.render_table(other)
+    assert "| scratch | 75.00% (75.00) | 1 seed |" in mt.render_table(other)

@@ -67,9 +67,9 @@ def test_section_equals_its_render_from_the_stored_jsons(name):
 def test_earlier_cifar_tables_quoted_outside_the_marks_equal_their_render(results_dir):
     """The earlier CIFAR tables (other teachers, kept apart with `--out`) are quoted outside the marks."""
     text = RESULTS_MD.read_text()
-    import methods_cifar10
+    import methods_table
 
-    got = methods_cifar10.render_table(RESULTS / results_dir).splitlines()
+    got = methods_table.render_table(RESULTS / results_dir).splitlines()
     table = [ln for ln in got if ln.startswith("|")]
     assert len(table) >= 4
     assert "\n".join(table) in text, results_dir
@@ -81,14 +81,14 @@ def test_earlier_cifar_tables_quoted_outside_the_marks_equal_their_render(result
 
 def test_the_methods_table_has_three_seeds_of_every_method_and_names_the_diverged_run():
     """Issue 29: every method of configs/cifar10/ against one teacher for 3 seeds; fsp-s2 diverged and says so."""
-    import methods_cifar10
+    import methods_table
 
     section = marked(RESULTS_MD.read_text(), "methods")
     rows = {
         ln.split(" | ")[0][2:]: ln for ln in section.splitlines() if ln.startswith("| ") and "---" not in ln
     }
     rows.pop("method")
-    assert list(rows) == methods_cifar10.ALL
+    assert list(rows) == methods_table.ALL
     for method, row in rows.items():
         assert ("(2 seeds)" if method == "fsp" else "(3 seeds)") in row, row
     assert "Missing runs: none." in section
