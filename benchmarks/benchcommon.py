@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,32 @@ ROOT = Path(__file__).resolve().parents[1]
 def shown_path(path: Path) -> Path:
     """Return a path as the README's commands give it: relative to the repository when inside it."""
     return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+def positive_minutes(text: str) -> float:
+    """Parse a --max-minutes value: a number of minutes above 0 (argparse type)."""
+    try:
+        minutes = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes, got {text!r}") from None
+    if not minutes > 0:
+        raise argparse.ArgumentTypeError(f"expected minutes above 0, got {text}")
+    return minutes
+
+
+class RunBudget:
+    """When a resumable benchmark stops starting runs: once `minutes` have passed since it began (None: never).
+
+    The run in progress always finishes (a run cut short would be resumed later, and its wall time would cover
+    only its last part), so a sitting that must end by a given time passes that time less the longest run.
+    """
+
+    def __init__(self, minutes: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.minutes, self.clock, self.start = minutes, clock, clock()
+
+    def spent(self) -> bool:
+        """Return True when no new run should start."""
+        return self.minutes is not None and self.clock() - self.start >= self.minutes * 60
 
 
 def machine() -> dict[str, Any]:

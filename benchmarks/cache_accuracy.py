@@ -2,6 +2,7 @@
 
     python benchmarks/cache_accuracy.py --teacher-checkpoint benchmarks/teachers/cifar10-resnet56/teacher  # resumable
     python benchmarks/cache_accuracy.py                 # trains the resnet56 teacher first (as methods_cifar10.py)
+    python benchmarks/cache_accuracy.py --teacher-checkpoint ... --max-minutes 90  # start no run after 90 min
     python benchmarks/cache_accuracy.py --table         # rebuild the table from the stored runs only
     python benchmarks/cache_accuracy.py --quick         # tiny subset, 1 epoch, in a temporary directory (tests)
 
@@ -34,7 +35,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchcommon import machine_id, update_results_md
+from benchcommon import RunBudget, machine_id, positive_minutes, update_results_md
 from methods_cifar10 import (
     CONFIGS,
     ROOT,
@@ -193,8 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny subset, 1 epoch, in a temporary directory")
     ap.add_argument("--table", action="store_true", help="rebuild the table from the stored runs only")
     ap.add_argument("--out", type=Path, default=None, help="results directory (else benchmarks/results)")
+    ap.add_argument(
+        "--max-minutes",
+        type=positive_minutes,
+        default=None,
+        help="start no new run after this many minutes (the run in progress finishes); the rest stay missing",
+    )
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    budget = RunBudget(args.max_minutes)
     base = Path(tempfile.mkdtemp(prefix="kdkit-cache-accuracy-")) if args.quick and args.out is None else None
     results_root = base / "results" if base else (args.out or ROOT / "benchmarks" / "results")
     runs = (
@@ -204,9 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table:
         teacher = teacher_part(args, out, runs, not args.no_progress)  # checked, or trained here (resumable)
         refuse_foreign_runs(load_records(out), teacher["sha256"], out)
-        for seed in args.seeds:
-            for row in args.rows:
-                run_one(row, seed, teacher, out, runs, args)
+        pending = [(r, sd) for sd in args.seeds for r in args.rows if not (out / f"{r}-s{sd}.json").is_file()]
+        for row, seed in pending:
+            if budget.spent():
+                left = ", ".join(f"{r}-s{sd}" for r, sd in pending[pending.index((row, seed)) :])
+                print(f"[{NAME}] --max-minutes {args.max_minutes:g} spent: no new run started ({left} left)")
+                break
+            run_one(row, seed, teacher, out, runs, args)
     section = table(load_records(out), tuple(args.seeds))
     if not args.quick and args.out is None:
         update_results_md(section, ROOT / "benchmarks" / "RESULTS.md", MARKS)

@@ -3,6 +3,7 @@
     python benchmarks/methods_cifar10.py --teacher-checkpoint benchmarks/teachers/cifar10-resnet56/teacher
     python benchmarks/methods_cifar10.py                  # trains the resnet56 teacher first (resumable)
     python benchmarks/methods_cifar10.py --methods kd fitnet --seeds 0 --out /tmp/kd-fitnet
+    python benchmarks/methods_cifar10.py --teacher-checkpoint ... --max-minutes 120  # start no run after 2 h
     python benchmarks/methods_cifar10.py --estimate 20    # time 20 steps of a few methods, project run times
     python benchmarks/methods_cifar10.py --quick          # tiny subset, 1 epoch, 3 methods, a temp dir (tests)
 
@@ -38,7 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchcommon import machine, machine_id, machines_of, update_results_md
+from benchcommon import RunBudget, machine, machine_id, machines_of, positive_minutes, update_results_md
 from methods_table import ALL, DEFAULT_SEEDS, MARKS, NAME, aggregate, markdown, render_table
 
 from kdkit.checkpoint import atomic_write_text, file_sha256
@@ -390,8 +391,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--runs-dir", type=Path, default=None, help=f"run directories (default benchmarks/runs/{MAIN_TABLE})"
     )
+    ap.add_argument(
+        "--max-minutes",
+        type=positive_minutes,
+        default=None,
+        help="start no new run after this many minutes (the run in progress finishes); the rest stay missing",
+    )
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    budget = RunBudget(args.max_minutes)
     progress = not args.no_progress
     if args.epochs is not None and args.epochs < 1:
         ap.error("--epochs must be at least 1")
@@ -426,7 +434,12 @@ def main(argv: list[str] | None = None) -> int:
             "pass --out/--runs-dir elsewhere or delete them"
         )
     refuse_other_split(out, sorted(r["name"] for r in stored if split_seed_of(r) != TEACHER_SPLIT_SEED))
-    for method, seed in plan(methods, seeds):
+    pending = [(m, sd) for m, sd in plan(methods, seeds) if not (out / f"{m}-s{sd}.json").is_file()]
+    for method, seed in pending:
+        if budget.spent():
+            left = ", ".join(f"{m}-s{sd}" for m, sd in pending[pending.index((method, seed)) :])
+            print(f"[{NAME}] --max-minutes {args.max_minutes:g} spent: no new run started ({left} left)")
+            break
         run_one(method, seed, setup, teacher, out, runs_dir, progress)
 
     results = [json.loads(p.read_text()) for p in sorted(out.glob("*-s*.json"))]

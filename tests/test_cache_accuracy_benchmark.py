@@ -83,3 +83,40 @@ def test_a_stored_run_from_another_split_or_teacher_is_refused_before_anything_t
     with pytest.raises(SystemExit, match=r"\['cache-k4-s1'\] were distilled from another teacher"):
         ca.main(argv)
     assert not (tmp_path / "runs").exists()  # nothing trained: cache-k1-s0 comes first in the plan
+
+
+def test_max_minutes_starts_no_run_once_spent_and_the_rest_stay_missing(tmp_path, monkeypatch, capsys):
+    # Each run takes 30 fake minutes: with --max-minutes 45 the second run starts (30 < 45), the third does not.
+    now = [0.0]
+    started: list[tuple[str, int]] = []
+
+    def fake_run(row, seed, teacher, out, runs, args):
+        started.append((row, seed))
+        now[0] += 30 * 60
+
+    budget = ca.RunBudget
+    monkeypatch.setattr(ca, "RunBudget", lambda minutes: budget(minutes, clock=lambda: now[0]))
+    monkeypatch.setattr(
+        ca, "teacher_part", lambda args, out, runs, progress: {"sha256": "abc", "checkpoint": "t"}
+    )
+    monkeypatch.setattr(ca, "run_one", fake_run)
+    out = tmp_path / "results" / ca.NAME
+    out.mkdir(parents=True)
+    stored = {"row": "online", "seed": 0, "teacher_sha256": "abc", "split_seed": 0, "test_accuracy": 0.9}
+    stored.update(wall_seconds=60.0, train_seconds=50.0, machine_id="m", finished="2026-12-05T20:00:00")
+    stored.update(command="python x", epochs=30, student="resnet20", precision="bf16", teacher_accuracy=0.81)
+    (out / "online-s0.json").write_text(json.dumps(stored))  # stored: skipped, costs no budget
+    assert ca.main(["--out", str(tmp_path / "results"), "--no-progress", "--max-minutes", "45"]) == 0
+    assert started == [("cache-k1", 0), ("cache-k4", 0)]
+    printed = capsys.readouterr().out
+    left = "cache-k16-s0, online-s1, cache-k1-s1, cache-k4-s1, cache-k16-s1"
+    assert f"--max-minutes 45 spent: no new run started ({left} left)" in printed
+    assert f"Missing runs: cache-k1-s0, cache-k4-s0, {left}." in printed  # the fake runs stored nothing
+
+
+@pytest.mark.parametrize("bad", ["0", "-5", "soon"])
+def test_max_minutes_must_be_a_positive_number(bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        ca.main(["--max-minutes", bad, "--table"])
+    assert exc.value.code == 2
+    assert "--max-minutes" in capsys.readouterr().err

@@ -270,3 +270,26 @@ def test_the_default_results_directory_is_the_table_of_results_md_and_any_other_
     assert mb.main(["--methods", "scratch", "--seeds", "0", "--out", str(other), "--no-progress"]) == 0
     assert len(written) == 2 and (other / "methods_cifar10.json").is_file()
     assert "| scratch | 75.00% (75.00) | 1 seed |" in mt.render_table(other)
+
+
+def test_max_minutes_starts_no_run_once_spent(tmp_path, monkeypatch, capsys):
+    now = [0.0]
+    started: list[str] = []
+    teacher = {"source": "trained here with kdkit", "sha256": "abc", "checkpoint": "t", "test_accuracy": 0.8}
+    teacher.update(model={"name": "resnet56"}, recipe={"epochs": 10}, wall_seconds=60.0)
+    monkeypatch.setattr(mb, "teacher_part", lambda args, out, runs_dir, progress: teacher)
+
+    def fake_run(method, seed, setup, teacher, out, runs_dir, progress):
+        started.append(f"{method}-s{seed}")
+        now[0] += 10 * 60  # 10 fake minutes a run
+
+    budget = mb.RunBudget
+    monkeypatch.setattr(mb, "RunBudget", lambda minutes: budget(minutes, clock=lambda: now[0]))
+    monkeypatch.setattr(mb, "run_one", fake_run)
+    argv = ["--methods", "scratch", "kd", "dkd", "--seeds", "0", "--out", str(tmp_path), "--no-progress"]
+    assert mb.main([*argv, "--max-minutes", "15"]) == 0
+    assert started == ["scratch-s0", "kd-s0"]
+    assert "--max-minutes 15 spent: no new run started (dkd-s0 left)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        mb.main([*argv, "--max-minutes", "0"])
+    assert exc.value.code == 2 and "expected minutes above 0, got 0" in capsys.readouterr().err
