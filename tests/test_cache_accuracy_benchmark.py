@@ -120,3 +120,15 @@ def test_max_minutes_must_be_a_positive_number(bad, capsys):
         ca.main(["--max-minutes", bad, "--table"])
     assert exc.value.code == 2
     assert "--max-minutes" in capsys.readouterr().err
+
+
+def test_the_table_takes_the_teachers_accuracy_from_its_checkpoint_when_the_runs_did_not_record_it():
+    rec = {"row": "online", "seed": 0, "teacher_sha256": "abc", "split_seed": 0, "test_accuracy": 0.822}
+    rec.update(wall_seconds=2671.8, train_seconds=2654.3, machine_id="m", finished="2026-12-05T21:27:00")
+    rec.update(command="python x", epochs=30, student="resnet20", precision="bf16", teacher_accuracy=None)
+    reused = {"source": "reused checkpoint", "sha256": "abc", "checkpoint_metrics": {"accuracy": 0.8143}}
+    assert ca.teacher_accuracy_of(reused) == 0.8143 and ca.teacher_accuracy_of({"test_accuracy": 0.8}) == 0.8
+    assert "Teacher: sha256 abc, test accuracy 81.43%." in ca.table({"online-s0": rec}, (0,), reused)
+    other = {**reused, "sha256": "other"}  # not the runs' teacher: its accuracy is not theirs
+    assert "test accuracy not recorded." in ca.table({"online-s0": rec}, (0,), other)
+    assert "test accuracy 80.00%." in ca.table({"online-s0": {**rec, "teacher_accuracy": 0.8}}, (0,), other)
