@@ -132,9 +132,10 @@ def stored_teacher(out: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _mean_sd(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} ± {sd:.2f}"
+def _mean_sd(values: list[float], signed: bool = False) -> str:
+    """Return "mean ± sd", or the mean alone for one value (one seed has no spread)."""
+    mean = f"{statistics.fmean(values):{'+' if signed else ''}.2f}"
+    return f"{mean} ± {statistics.stdev(values):.2f}" if len(values) > 1 else mean
 
 
 def table(
@@ -177,7 +178,7 @@ def table(
         acc = [100 * r["test_accuracy"] for r in runs]
         per = ", ".join(f"s{r['seed']}: {100 * r['test_accuracy']:.2f}" for r in runs)
         gaps = [100 * (r["test_accuracy"] - online[r["seed"]]) for r in runs if r["seed"] in online]
-        vs = "-" if row == "online" else (_mean_sd(gaps) if gaps else "n/a")
+        vs = "-" if row == "online" else (_mean_sd(gaps, signed=True) if gaps else "n/a")
         wall = statistics.fmean(r["wall_seconds"] for r in runs) / 60
         train = statistics.fmean(r["train_seconds"] for r in runs) / 60
         label = "online" if row == "online" else f"cache, K = {draws_of(row)}"

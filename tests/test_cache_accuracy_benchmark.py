@@ -52,7 +52,7 @@ def test_quick_end_to_end_then_skipped_and_the_table_quotes_the_jsons(tmp_path, 
         acc = records[f"cache-k{k}-s0"]["test_accuracy"]
         (line,) = [ln for ln in text.splitlines() if ln.startswith(f"| cache, K = {k} |")]
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[3] == f"s0: {100 * acc:.2f}" and cells[4] == f"{100 * (acc - online):.2f} ± 0.00"
+        assert cells[3] == f"s0: {100 * acc:.2f}" and cells[4] == f"{100 * (acc - online):+.2f}"
     assert "Missing runs: none." in text
     assert results_md.stat().st_mtime_ns == before  # --out keeps RESULTS.md untouched
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")}
@@ -132,3 +132,8 @@ def test_the_table_takes_the_teachers_accuracy_from_its_checkpoint_when_the_runs
     other = {**reused, "sha256": "other"}  # not the runs' teacher: its accuracy is not theirs
     assert "test accuracy not recorded." in ca.table({"online-s0": rec}, (0,), other)
     assert "test accuracy 80.00%." in ca.table({"online-s0": {**rec, "teacher_accuracy": 0.8}}, (0,), other)
+
+
+def test_one_seed_shows_no_spread_and_gains_carry_their_sign():
+    assert ca._mean_sd([82.2]) == "82.20" and ca._mean_sd([0.06], signed=True) == "+0.06"
+    assert ca._mean_sd([-0.27, 0.13], signed=True) == "-0.07 ± 0.28"
