@@ -6,7 +6,7 @@ import argparse
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,15 @@ class RunBudget:
     def spent(self) -> bool:
         """Return True when no new run should start."""
         return self.minutes is not None and self.clock() - self.start >= self.minutes * 60
+
+    def runs(self, pending: list[tuple[str, int]], bench: str) -> Iterator[tuple[str, int]]:
+        """Yield the pending (name, seed) runs in order until the budget is spent; then say which are left."""
+        for i, run in enumerate(pending):
+            if self.spent():
+                left = ", ".join(f"{name}-s{seed}" for name, seed in pending[i:])
+                print(f"[{bench}] --max-minutes {self.minutes:g} spent: no new run started ({left} left)")
+                return
+            yield run
 
 
 def machine() -> dict[str, Any]:

@@ -229,11 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         teacher = teacher_part(args, out, runs, not args.no_progress)  # checked, or trained here (resumable)
         refuse_foreign_runs(load_records(out), teacher["sha256"], out)
         pending = [(r, sd) for sd in args.seeds for r in args.rows if not (out / f"{r}-s{sd}.json").is_file()]
-        for row, seed in pending:
-            if budget.spent():
-                left = ", ".join(f"{r}-s{sd}" for r, sd in pending[pending.index((row, seed)) :])
-                print(f"[{NAME}] --max-minutes {args.max_minutes:g} spent: no new run started ({left} left)")
-                break
+        for row, seed in budget.runs(pending, NAME):
             run_one(row, seed, teacher, out, runs, args)
     section = table(load_records(out), tuple(args.seeds), stored_teacher(out))
     if not args.quick and args.out is None:

@@ -435,11 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     refuse_other_split(out, sorted(r["name"] for r in stored if split_seed_of(r) != TEACHER_SPLIT_SEED))
     pending = [(m, sd) for m, sd in plan(methods, seeds) if not (out / f"{m}-s{sd}.json").is_file()]
-    for method, seed in pending:
-        if budget.spent():
-            left = ", ".join(f"{m}-s{sd}" for m, sd in pending[pending.index((method, seed)) :])
-            print(f"[{NAME}] --max-minutes {args.max_minutes:g} spent: no new run started ({left} left)")
-            break
+    for method, seed in budget.runs(pending, NAME):
         run_one(method, seed, setup, teacher, out, runs_dir, progress)
 
     results = [json.loads(p.read_text()) for p in sorted(out.glob("*-s*.json"))]

@@ -177,7 +177,7 @@ def markdown(agg: dict[str, Any], info: dict[str, Any]) -> str:
             + "."
         )
     lines.append("Missing runs: " + (", ".join(missing) if missing else "none") + ".")
-    tried = set(agg["rows"]) | {m for m, _ in done}
+    tried = {m for m, _ in done}  # finished or diverged
     never = [] if quick else [m for m in ALL if m not in tried]
     if never:
         lines.append(
