@@ -18,10 +18,10 @@ uses the teacher's train/validation split, data.split_seed=0). Each finished run
 benchmarks/results/cache_accuracy/ (skipped when present; a run directory left by an interrupted run is resumed);
 the table goes to the `cache_accuracy` section of benchmarks/RESULTS.md.
 
-Budget (an estimate from benchmarks/results/methods_cifar10_estimate.json, 2 cores, AMD EPYC, not a measurement):
-online ~1.4 min per epoch (resnet56 forward + resnet20 step), ~42 min a run; a cache run ~0.8 min per epoch plus
-~0.55 min per draw to build: K=1 ~25 min, K=4 ~27 min, K=16 ~33 min; ~2.1 h per seed, ~4.2 h for two. It runs
-over several sittings; the table says which runs are missing.
+Budget, measured at seed 0 (2 cores, AMD EPYC, AVX512-BF16, each run alone on the cores): online 44.5 min a run
+(~88 s per epoch: resnet56 forward + resnet20 step); a cache run ~53 s per epoch plus its build, ~0.7 min per draw:
+K=1 27.3 min, K=4 30.3 min, K=16 38.5 min; 2.3 h per seed, 4.7 h for two. It runs over several sittings
+(`--max-minutes`); the table says which runs are missing.
 """
 
 from __future__ import annotations
@@ -142,12 +142,14 @@ def table(
     records: dict[str, dict[str, Any]], seeds: tuple[int, ...] = SEEDS, teacher: dict[str, Any] | None = None
 ) -> str:
     """Return the section (marks included) from the stored runs: per row accuracy, its cost against online,
-    wall and training minutes per run (the wall time of a cache run includes building its cache).
+    wall and training minutes per run (the wall time of a cache run includes building its cache) and the online
+    rows' mean wall time over the row's (how many times faster the whole run is, build included).
 
     `teacher` (the stored teacher.json) gives the teacher's accuracy when the runs did not record it and it is
     the runs' teacher (same sha256)."""
     by = {row: [r for r in records.values() if r["row"] == row] for row in ROWS}
     online = {r["seed"]: r["test_accuracy"] for r in by["online"]}
+    online_wall = statistics.fmean(r["wall_seconds"] for r in by["online"]) if by["online"] else None
     machines = sorted({r["machine_id"] for r in records.values()})
     days = sorted({r["finished"][:10] for r in records.values()})
     first = next(iter(records.values()), None)
@@ -168,8 +170,8 @@ def table(
         lines += ["No run has finished yet; the budget is in benchmarks/cache_accuracy.py's docstring.", ""]
     lines += [
         "| teacher outputs | seeds | test accuracy % (mean ± sd) | per seed | vs online, same seed (points) "
-        "| wall min / run (build included) | train min / run |",
-        "|---|---|---|---|---|---|---|",
+        "| wall min / run (build included) | online wall / this wall | train min / run |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in ROWS:
         runs = sorted(by[row], key=lambda r: r["seed"])
@@ -181,8 +183,11 @@ def table(
         vs = "-" if row == "online" else (_mean_sd(gaps, signed=True) if gaps else "n/a")
         wall = statistics.fmean(r["wall_seconds"] for r in runs) / 60
         train = statistics.fmean(r["train_seconds"] for r in runs) / 60
+        speedup = f"{online_wall / 60 / wall:.2f}x" if online_wall else "n/a"
         label = "online" if row == "online" else f"cache, K = {draws_of(row)}"
-        lines.append(f"| {label} | {len(runs)} | {_mean_sd(acc)} | {per} | {vs} | {wall:.1f} | {train:.1f} |")
+        lines.append(
+            f"| {label} | {len(runs)} | {_mean_sd(acc)} | {per} | {vs} | {wall:.1f} | {speedup} | {train:.1f} |"
+        )
     missing = [f"{row}-s{s}" for s in seeds for row in ROWS if f"{row}-s{s}" not in records]
     lines += ["", "Missing runs: " + (", ".join(missing) if missing else "none") + ".", MARKS[1]]
     return "\n".join(lines)

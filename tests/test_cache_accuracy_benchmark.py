@@ -137,3 +137,22 @@ def test_the_table_takes_the_teachers_accuracy_from_its_checkpoint_when_the_runs
 def test_one_seed_shows_no_spread_and_gains_carry_their_sign():
     assert ca._mean_sd([82.2]) == "82.20" and ca._mean_sd([0.06], signed=True) == "+0.06"
     assert ca._mean_sd([-0.27, 0.13], signed=True) == "-0.07 ± 0.28"
+
+
+def test_each_row_says_how_many_times_faster_than_online_its_whole_run_is():
+    base = dict(teacher_sha256="abc", split_seed=0, train_seconds=1.0, machine_id="m", teacher_accuracy=0.8)
+    base.update(
+        command="python x", epochs=30, student="resnet20", precision="bf16", finished="2026-12-05T21:27"
+    )
+    walls = {("online", 0): 2700.0, ("online", 1): 2580.0, ("cache-k4", 0): 1800.0, ("cache-k4", 1): 1720.0}
+    records = {
+        f"{row}-s{seed}": {**base, "row": row, "seed": seed, "test_accuracy": 0.8, "wall_seconds": wall}
+        for (row, seed), wall in walls.items()
+    }
+    lines = ca.table(records, (0, 1)).splitlines()
+    (online,) = [ln for ln in lines if ln.startswith("| online |")]
+    (k4,) = [ln for ln in lines if ln.startswith("| cache, K = 4 |")]
+    assert "| 44.0 | 1.00x |" in online and "| 29.3 | 1.50x |" in k4  # 2640 s / 1760 s, means over seeds
+    only_cache = {k: v for k, v in records.items() if v["row"] != "online"}
+    (k4,) = [ln for ln in ca.table(only_cache, (0, 1)).splitlines() if ln.startswith("| cache, K = 4 |")]
+    assert "| 29.3 | n/a |" in k4
