@@ -149,7 +149,7 @@ def table(
     the runs' teacher (same sha256)."""
     by = {row: [r for r in records.values() if r["row"] == row] for row in ROWS}
     online = {r["seed"]: r["test_accuracy"] for r in by["online"]}
-    online_wall = statistics.fmean(r["wall_seconds"] for r in by["online"]) if by["online"] else None
+    online_wall_min = statistics.fmean(r["wall_seconds"] for r in by["online"]) / 60 if by["online"] else None
     machines = sorted({r["machine_id"] for r in records.values()})
     days = sorted({r["finished"][:10] for r in records.values()})
     first = next(iter(records.values()), None)
@@ -183,7 +183,7 @@ def table(
         vs = "-" if row == "online" else (_mean_sd(gaps, signed=True) if gaps else "n/a")
         wall = statistics.fmean(r["wall_seconds"] for r in runs) / 60
         train = statistics.fmean(r["train_seconds"] for r in runs) / 60
-        speedup = f"{online_wall / 60 / wall:.2f}x" if online_wall else "n/a"
+        speedup = f"{online_wall_min / wall:.2f}x" if online_wall_min else "n/a"
         label = "online" if row == "online" else f"cache, K = {draws_of(row)}"
         lines.append(
             f"| {label} | {len(runs)} | {_mean_sd(acc)} | {per} | {vs} | {wall:.1f} | {speedup} | {train:.1f} |"

@@ -188,10 +188,15 @@ def test_the_code_or_teacher_probe_quoted_in_the_methods_notes_is_its_stored_jso
 CACHE_NOTE = "### About the cache table above (issue 29)"
 
 
+def cache_note(text: str) -> str:
+    """Return the hand note under the cache_accuracy section, up to the next marked section."""
+    return text.split(CACHE_NOTE, 1)[1].split("<!-- ", 1)[0]
+
+
 def cache_note_figures_not_in_table(text: str, section: str) -> list[str]:
     """Return the figures with two decimals (accuracies, gaps, speed ratios) that the note under the
     cache_accuracy section quotes and its rendered table does not hold."""
-    note = text.split(CACHE_NOTE, 1)[1].split("<!-- ", 1)[0].replace("−", "-")
+    note = cache_note(text).replace("−", "-")
     return [f for f in re.findall(r"[+-]?\d+\.\d\dx?", note) if f not in section]
 
 
@@ -199,7 +204,7 @@ def test_every_figure_of_the_cache_notes_is_in_the_table_rendered_from_the_store
     text = RESULTS_MD.read_text()
     assert text.count(CACHE_NOTE) == 1 and text.index(CACHE_NOTE) > text.index("<!-- cache_accuracy:end -->")
     section = render("cache_accuracy")
-    figures = re.findall(r"\d+\.\d\dx?", text.split(CACHE_NOTE, 1)[1].split("<!-- ", 1)[0])
+    figures = re.findall(r"\d+\.\d\dx?", cache_note(text))
     assert len(figures) >= 8  # the note quotes the table, it does not only point at it
     assert cache_note_figures_not_in_table(text, section) == []
     doctored = text.replace(CACHE_NOTE, CACHE_NOTE + "\nK = 4 gains +9.87 points at 7.65x.")
