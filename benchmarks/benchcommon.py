@@ -33,6 +33,16 @@ def positive_minutes(text: str) -> float:
     return minutes
 
 
+def add_max_minutes_option(parser: argparse.ArgumentParser) -> None:
+    """Add the resumable benchmarks' --max-minutes option (a RunBudget's minutes; default: no limit)."""
+    parser.add_argument(
+        "--max-minutes",
+        type=positive_minutes,
+        default=None,
+        help="start no new run after this many minutes (the run in progress finishes); the rest stay missing",
+    )
+
+
 class RunBudget:
     """When a resumable benchmark stops starting runs: once `minutes` have passed since it began (None: never).
 

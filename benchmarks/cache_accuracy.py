@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchcommon import RunBudget, machine_id, positive_minutes, update_results_md
+from benchcommon import RunBudget, add_max_minutes_option, machine_id, update_results_md
 from methods_cifar10 import (
     CONFIGS,
     ROOT,
@@ -215,12 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny subset, 1 epoch, in a temporary directory")
     ap.add_argument("--table", action="store_true", help="rebuild the table from the stored runs only")
     ap.add_argument("--out", type=Path, default=None, help="results directory (else benchmarks/results)")
-    ap.add_argument(
-        "--max-minutes",
-        type=positive_minutes,
-        default=None,
-        help="start no new run after this many minutes (the run in progress finishes); the rest stay missing",
-    )
+    add_max_minutes_option(ap)
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     budget = RunBudget(args.max_minutes)

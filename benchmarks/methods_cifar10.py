@@ -39,7 +39,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchcommon import RunBudget, machine, machine_id, machines_of, positive_minutes, update_results_md
+from benchcommon import (
+    RunBudget,
+    add_max_minutes_option,
+    machine,
+    machine_id,
+    machines_of,
+    update_results_md,
+)
 from methods_table import ALL, DEFAULT_SEEDS, MARKS, NAME, aggregate, markdown, render_table
 
 from kdkit.checkpoint import atomic_write_text, file_sha256
@@ -391,12 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--runs-dir", type=Path, default=None, help=f"run directories (default benchmarks/runs/{MAIN_TABLE})"
     )
-    ap.add_argument(
-        "--max-minutes",
-        type=positive_minutes,
-        default=None,
-        help="start no new run after this many minutes (the run in progress finishes); the rest stay missing",
-    )
+    add_max_minutes_option(ap)
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     budget = RunBudget(args.max_minutes)
