@@ -87,9 +87,10 @@ def generate(
     model.eval()
     cached = use_cache and isinstance(model, GPT)
     cache = KVCache.empty(model.n_layers) if cached else None
-    if isinstance(model, GPT) and prompt.shape[1] + max_new_tokens > model.block_size:
+    context = getattr(model, "block_size", None)  # kdkit's gpt, or an hf: causal LM's context length
+    if isinstance(context, int) and prompt.shape[1] + max_new_tokens > context:
         raise ValueError(
-            f"prompt {prompt.shape[1]} + {max_new_tokens} new tokens exceed block_size {model.block_size}"
+            f"prompt {prompt.shape[1]} + {max_new_tokens} new tokens exceed block_size {context}"
         )
     out = prompt
     done = torch.zeros(len(prompt), dtype=torch.bool, device=prompt.device)

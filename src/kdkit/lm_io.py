@@ -1,4 +1,4 @@
-"""Language-model checkpoints: a GPT saved in kdkit's safetensors + JSON format with its tokenizer beside it.
+"""Language-model checkpoints: a GPT (or a run's hf: causal LM) saved in kdkit's safetensors + JSON format with its tokenizer beside it.
 
 `save_lm(path, model, tokenizer)` writes three files into the folder of `path`:
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer
+from torch import nn
 
 from kdkit.checkpoint import file_sha256, save_checkpoint
 from kdkit.data.lm_text import load_tokenizer, save_tokenizer
@@ -82,14 +83,15 @@ def save_lm(path: str | Path, model: GPT, tokenizer: Tokenizer, extra: dict[str,
     return save_checkpoint(_base(path), model.state_dict(), meta)
 
 
-def load_lm(path: str | Path) -> tuple[GPT, Tokenizer, dict[str, Any]]:
-    """Return (model, tokenizer, metadata) of a language-model checkpoint written by `save_lm`."""
+def load_lm(path: str | Path) -> tuple[nn.Module, Tokenizer, dict[str, Any]]:
+    """Return (model, tokenizer, metadata) of a language-model checkpoint: a `gpt` written by `save_lm`, or any
+    causal language model a run saved (an hf: model fine-tuned as a teacher, say)."""
     model, meta = load_model(path)
-    if meta.get("task") != TASK or not isinstance(model, GPT):
+    if meta.get("task") != TASK or not isinstance(getattr(model, "vocab_size", None), int):
         raise CheckpointError(
             f"{str(path)!r} is not a language model checkpoint (it holds a {meta['model'].get('name')!r} model "
-            f"for task {meta.get('task', 'image classification')!r}); kdkit generate needs a GPT saved with its "
-            "tokenizer"
+            f"for task {meta.get('task', 'image classification')!r}); kdkit generate needs a language model "
+            "saved with its tokenizer"
         )
     info = meta.get("tokenizer") or {}
     file = _base(path).parent / str(info.get("file", tokenizer_path(path).name))

@@ -17,14 +17,29 @@ from kdkit.models.registry import COMMON_ARGS
 
 
 def build_model(
-    spec: ModelSpec, num_classes: int, in_channels: int, image_size: int, field: str
+    spec: ModelSpec,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    field: str,
+    *,
+    causal_lm: bool = False,
 ) -> nn.Module:
-    """Return a new model from a spec (pretrained weights loaded), factory errors as config errors."""
-    return build_model_reported(spec, num_classes, in_channels, image_size, field)[0]
+    """Return a new model from a spec (pretrained weights loaded), factory errors as config errors.
+
+    `causal_lm`: the run's data is language-model text (see kdkit.models.create).
+    """
+    return build_model_reported(spec, num_classes, in_channels, image_size, field, causal_lm=causal_lm)[0]
 
 
 def build_model_reported(
-    spec: ModelSpec, num_classes: int, in_channels: int, image_size: int, field: str
+    spec: ModelSpec,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    field: str,
+    *,
+    causal_lm: bool = False,
 ) -> tuple[nn.Module, WeightsReport | None]:
     """Return a new model from a spec and, when it starts from pretrained weights, what loading them did."""
     check_data_decided_options(spec, field, dict(zip(COMMON_ARGS, (num_classes, in_channels, image_size))))
@@ -34,6 +49,7 @@ def build_model_reported(
             num_classes=num_classes,
             in_channels=in_channels,
             image_size=image_size,
+            causal_lm=causal_lm,
             **spec.options(),
         )
     except ModelError as exc:
@@ -86,6 +102,7 @@ def rebuild_model(meta: dict[str, Any], path: str | Path) -> nn.Module:
             num_classes=meta["num_classes"],
             in_channels=meta["in_channels"],
             image_size=meta["image_size"],
+            causal_lm="lm" in meta,  # saved from language-model text
             **spec.options(),
         )
     except (ModelError, ConfigError, KeyError, ValueError) as exc:

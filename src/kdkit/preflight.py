@@ -53,7 +53,7 @@ from kdkit.model_io import (
     rebuild_model,
 )
 from kdkit.models.hf import PREFIX as HF_PREFIX
-from kdkit.models.hf import load_tokenizer, resolve_hf_path
+from kdkit.models.hf import HFCausalLM, load_tokenizer, resolve_hf_path
 from kdkit.objective_builder import build_objective, logit_objective
 from kdkit.plan import CohortPhase, DistillPhase, EnsemblePhase, LoadPhase, ModelSource, Plan, TrainPhase
 from kdkit.strategies import make_plan
@@ -89,7 +89,7 @@ class _Source:
             return rebuild_model(self.meta, self.key)
         assert self.source is not None and self.source.spec is not None
         dims = bundle.num_classes, bundle.in_channels, bundle.image_size
-        return build_model(self.source.spec, *dims, field=self.source.field)
+        return build_model(self.source.spec, *dims, field=self.source.field, causal_lm=bundle.is_lm)
 
 
 def _sources(plan: Plan, cfg: ExperimentConfig, bundle: DataBundle) -> dict[str, _Source | None]:
@@ -214,8 +214,11 @@ def _check_text(
             )
 
 
-def _tokenizer_of(src: _Source | None, bundle: DataBundle) -> Any:
-    """Return the tokenizer a model was trained with: a checkpoint's own (beside it), else the data's."""
+def _tokenizer_of(src: _Source | None, bundle: DataBundle, model: nn.Module) -> Any:
+    """Return the tokenizer a model was trained with: a checkpoint's own (beside it), an hf: model's (in its
+    folder), else the data's."""
+    if (src is None or src.meta is None) and isinstance(model, HFCausalLM):
+        return load_lm_tokenizer(model.tokenizer_dir())
     if src is None or src.meta is None:
         return bundle.tokenizer
     file = tokenizer_path(src.key)
@@ -237,7 +240,9 @@ def _check_lm(
     that are not per token, modes that keep teacher outputs per sample."""
     for key, model in models.items():
         if "input_ids" not in inspect.signature(model.forward).parameters:
-            raise ConfigError(f"{key}: {type(model).__name__} is not a language model (use gpt)")
+            raise ConfigError(
+                f"{key}: {type(model).__name__} is not a language model (use gpt or an hf: causal LM)"
+            )
         context = getattr(model, "block_size", None)
         if isinstance(context, int) and context < bundle.image_size:
             raise ConfigError(
@@ -250,7 +255,7 @@ def _check_lm(
                 check_shared_vocabulary(
                     models[src.key],
                     _DataVocab(bundle.vocab_size or 0),
-                    teacher_tokenizer=_tokenizer_of(src, bundle),
+                    teacher_tokenizer=_tokenizer_of(src, bundle, models[src.key]),
                     student_tokenizer=bundle.tokenizer,
                 )
             except ModelError as exc:
@@ -267,8 +272,8 @@ def _check_lm(
             check_shared_vocabulary(
                 models[t.key],
                 models[s.key],
-                teacher_tokenizer=_tokenizer_of(t, bundle),
-                student_tokenizer=_tokenizer_of(s, bundle),
+                teacher_tokenizer=_tokenizer_of(t, bundle, models[t.key]),
+                student_tokenizer=_tokenizer_of(s, bundle, models[s.key]),
             )
         obj = phase.objective
         names = (

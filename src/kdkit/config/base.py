@@ -168,8 +168,8 @@ class LMDataConfig(_Strict):
 
     tokenizer: str | None = Field(
         None,
-        description="a tokenizer.json file or a folder holding one (hf:PATH accepted); null: train a byte-level "
-        "BPE of vocab_size on the training split",
+        description="a tokenizer.json file or a folder holding one (hf:PATH accepted); null: the teacher's when "
+        "it is an hf: model, else train a byte-level BPE of vocab_size on the training split",
     )
     vocab_size: int = Field(
         2048,

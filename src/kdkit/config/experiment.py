@@ -167,6 +167,11 @@ class ExperimentConfig(_Strict):
         # Language-model text: data.lm is always recorded (its defaults when the config has none).
         if is_lm_dataset(self.data.dataset) and self.data.lm is None:
             self.data.lm = LMDataConfig()
+        if self.data.lm is not None and self.data.lm.tokenizer is None:
+            # A pretrained hf: teacher reads text through its own tokenizer, so the data is tokenised with it.
+            teacher = self.teacher.model
+            if teacher is not None and teacher.name.startswith("hf:"):
+                self.data.lm = self.data.lm.model_copy(update={"tokenizer": teacher.name})
         if self.distill.lm is not None and not is_lm_dataset(self.data.dataset):
             raise ValueError(
                 f"distill.lm is for language-model text (tinyshakespeare, text:PATH), not {self.data.dataset!r}"

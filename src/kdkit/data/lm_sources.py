@@ -22,6 +22,8 @@ from kdkit.config import DataConfig, LMDataConfig
 from kdkit.data.lm_text import blocks, prepare_text, tokenizer_hash
 from kdkit.data.sources import data_root
 from kdkit.errors import DataError
+from kdkit.models.hf import PREFIX as HF_PREFIX
+from kdkit.models.hf import resolve_hf_path
 
 NAMED_TEXTS = {"tinyshakespeare": Path("tinyshakespeare") / "input.txt"}
 
@@ -104,8 +106,8 @@ def load_lm_splits(
     lm = cfg.lm or LMDataConfig()
     path = text_file(cfg)
     given = tokenizer if tokenizer is not None else lm.tokenizer
-    if isinstance(given, str):
-        given = given.removeprefix("hf:")
+    if isinstance(given, str) and given.startswith(f"{HF_PREFIX}:"):
+        given = resolve_hf_path(given.removeprefix(f"{HF_PREFIX}:"))  # a folder or an installed package
     data = prepare_text(path, tokenizer=given, vocab_size=lm.vocab_size, fractions=tuple(lm.split))
     classes = _vocabulary(data.tokenizer)
     b = lm.block_size

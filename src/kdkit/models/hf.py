@@ -7,6 +7,8 @@ or the import name of an installed package that ships one (its own folder or a `
 `create_hf` builds a sequence classifier with a new head sized for the data set's classes, wrapped so that
 kdkit calls it like its own models: `model(input_ids, attention_mask) -> logits`. Taps read the Hugging Face
 module paths as they are (`bert.encoder.layer.-1`): the wrapper names its inner model in `tap_root`.
+`create_hf_causal_lm` builds a causal language model (`AutoModelForCausalLM`) for language-model text, called
+`model(input_ids) -> (N, L, V)` next-token logits over the data tokenizer's V tokens.
 `load_auto` loads any other Auto class (`AutoModel`, `AutoModelForCausalLM`) the same way, and
 `load_tokenizer` the folder's tokenizer. transformers is optional (`pip install kdkit[text]`).
 """
@@ -181,6 +183,51 @@ def create_hf(path: str, num_classes: int, **kwargs: Any) -> HFClassifier:
         **kwargs,
     )
     return HFClassifier(hf, f"{PREFIX}:{path}")
+
+
+class HFCausalLM(nn.Module):
+    """A Hugging Face causal language model called like kdkit's `gpt`: `model(input_ids) -> (N, L, V)` logits.
+
+    V is the data tokenizer's vocabulary (`vocab_size`). Many checkpoints pad their embedding matrix beyond the
+    tokenizer (to a multiple of 64 or 128); those rows are no token the data can hold, so their logits are cut
+    off and teacher and student compare the same V tokens. `block_size` is the model's context length.
+    """
+
+    tap_root = "hf"
+
+    def __init__(self, hf: nn.Module, source: str, vocab_size: int) -> None:
+        super().__init__()
+        self.hf = hf
+        self.source = source  # the "hf:PATH" the model came from: its tokenizer is there too
+        self.vocab_size = vocab_size
+        config = hf.config
+        context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        self.block_size = int(context) if isinstance(context, int) else None
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Return the next-token logits (N, L, V)."""
+        logits = self.hf(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return logits[..., : self.vocab_size]
+
+    def tokenizer_dir(self) -> Path:
+        """Return the folder the model came from, which holds its tokenizer."""
+        return resolve_hf_path(self.source.removeprefix(f"{PREFIX}:"))
+
+
+def create_hf_causal_lm(path: str, vocab_size: int, **kwargs: Any) -> HFCausalLM:
+    """Return the causal language model of `hf:PATH` (its weights, its head) over `vocab_size` tokens.
+
+    Raises ModelError when the model predicts fewer tokens than the data's tokenizer holds.
+    """
+    hf = load_auto(path, "AutoModelForCausalLM", **kwargs)
+    predicted = getattr(hf.config, "vocab_size", None)
+    if not isinstance(predicted, int) or predicted < vocab_size:
+        raise ModelError(
+            f"hf:{path}: the model predicts {predicted} tokens but the data's tokenizer has {vocab_size}; "
+            "tokenise the data with the model's own tokenizer (data.lm.tokenizer: hf:PATH, the default for an "
+            "hf: teacher)"
+        )
+    return HFCausalLM(hf, f"{PREFIX}:{path}", vocab_size)
 
 
 def input_embeddings(path: str) -> Tensor:

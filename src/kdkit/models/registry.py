@@ -14,7 +14,7 @@ from torch import nn
 from kdkit.errors import ModelError
 from kdkit.models.external import create_external  # imports torchvision/timm only when asked for
 from kdkit.models.hf import PREFIX as HF_PREFIX
-from kdkit.models.hf import create_hf  # imports transformers only when asked for
+from kdkit.models.hf import create_hf, create_hf_causal_lm  # import transformers only when asked for
 from kdkit.models.module_path import create_from_module_path, is_module_path
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
@@ -101,9 +101,19 @@ def _unknown_model_error(name: str) -> ModelError:
 
 
 def create(
-    name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **kwargs: Any
+    name: str,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    *,
+    causal_lm: bool = False,
+    **kwargs: Any,
 ) -> nn.Module:
-    """Build the model registered as ``name`` (or "torchvision:<name>" / "timm:<name>" / "pkg.mod:Factory")."""
+    """Build the model registered as ``name`` (or "torchvision:<name>" / "timm:<name>" / "pkg.mod:Factory").
+
+    `causal_lm`: the data is language-model text, so "hf:PATH" is the folder's causal language model over
+    `num_classes` tokens (else a sequence classifier with a new head).
+    """
     if not isinstance(name, str) or not name.strip():
         raise ModelError(f"model name must be a non-empty string, got {name!r}")
     for arg, value in zip(COMMON_ARGS, (num_classes, in_channels, image_size), strict=True):
@@ -112,6 +122,8 @@ def create(
 
     if ":" in name:
         prefix, _, ext_name = name.partition(":")
+        if prefix.lower() == HF_PREFIX and causal_lm:
+            return create_hf_causal_lm(ext_name, num_classes, **kwargs)
         if prefix.lower() == HF_PREFIX:
             return create_hf(ext_name, num_classes, **kwargs)  # a local Hugging Face folder or package
         if prefix.lower() in EXTERNAL_PREFIXES:

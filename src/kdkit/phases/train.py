@@ -47,7 +47,9 @@ def train_model(
         return done
     assert source.spec is not None
     seed_everything(seed)
-    model, weights = build_model_reported(source.spec, *ctx.dims, field=source.field)
+    model, weights = build_model_reported(
+        source.spec, *ctx.dims, field=source.field, causal_lm=ctx.bundle.is_lm
+    )
     if weights is not None:
         ctx.engine.say(f"[{role}] {weights.line()}")
         record = {**(record or {}), "pretrained": weights.record()}

@@ -1,0 +1,157 @@
+"""A pretrained Hugging Face causal LM (`hf:PATH`, a local folder) as a language-model teacher: its weights, its
+tokenizer as the data's, its padded vocabulary cut to the tokenizer's, preflight refusing another tokenizer,
+and its fine-tuned checkpoint read back by `kdkit eval` and `kdkit generate`."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from kdkit.cli import main
+from kdkit.config import ExperimentConfig
+from kdkit.errors import KdkitError, ModelError
+from kdkit.experiment import run_experiment
+from kdkit.lm_io import load_lm
+from kdkit.models import create
+from kdkit.models.hf import HFCausalLM
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+WORDS = [
+    "the",
+    "king",
+    "and",
+    "queen",
+    "of",
+    "rome",
+    "shall",
+    "speak",
+    "to",
+    "thee",
+    "my",
+    "lord",
+    "good",
+    "night",
+    "sweet",
+    "prince",
+]
+TOKENS = 300  # the tokenizer's vocabulary
+PADDED = 320  # the model's embedding rows: padded beyond the tokenizer, as many checkpoints are
+
+
+def text(n_lines=600, seed=0, words=WORDS):
+    rng = random.Random(seed)
+    lines = (" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))) for _ in range(n_lines))
+    return "\n".join(lines) + "\n"
+
+
+def bpe(corpus, vocab_size=TOKENS):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator([corpus], trainer)
+    return tok
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A local Hugging Face folder as `save_pretrained` writes it: a tiny GPT-2 and its fast tokenizer."""
+    out = tmp_path_factory.mktemp("hf-gpt2")
+    tok = bpe(text())
+    assert tok.get_vocab_size() == TOKENS
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(out)
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=PADDED, n_layer=2, n_embd=32, n_head=2, n_positions=64, bos_token_id=0, eos_token_id=0
+    )
+    transformers.GPT2LMHeadModel(config).save_pretrained(out, safe_serialization=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("hf-lm-text") / "input.txt"
+    path.write_text(text(seed=1))
+    return path
+
+
+def cfg(folder, text_file, teacher_epochs=1, **data_lm):
+    train = {"epochs": 1, "batch_size": 16, "optimizer": "adamw", "lr": 3e-3, "schedule": "constant"}
+    raw = {
+        "name": "hf-teacher",
+        "seed": 0,
+        "data": {"dataset": f"text:{text_file}", "lm": {"block_size": 32, **data_lm}},
+        "teacher": {"model": {"name": f"hf:{folder}"}, "train": {**train, "epochs": teacher_epochs}},
+        "student": {"model": {"name": "gpt", "n_layers": 1, "d_model": 16, "n_heads": 2, "block_size": 32},
+                    "train": train},
+        "distill": {"loss": "forward_kl", "temperature": 1.0, "alpha": 0.5, "beta": 0.5},
+        "runtime": {"eval_batch_size": 32, "precision": "fp32"},
+    }  # fmt: skip
+    return ExperimentConfig.model_validate(raw)
+
+
+def test_the_folders_weights_predict_the_tokenizers_tokens_and_a_smaller_model_is_refused(folder):
+    model = create(f"hf:{folder}", num_classes=TOKENS, causal_lm=True)
+    assert isinstance(model, HFCausalLM) and model.vocab_size == TOKENS and model.block_size == 64
+    reference = transformers.GPT2LMHeadModel.from_pretrained(folder, use_safetensors=True).eval()
+    ids = torch.randint(0, TOKENS, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got, want = model.eval()(ids), reference(input_ids=ids).logits
+    assert want.shape == (2, 10, PADDED) and got.shape == (2, 10, TOKENS)
+    assert torch.equal(got, want[..., :TOKENS])  # the saved weights, the padded rows cut off
+    # Without causal_lm the same folder is a sequence classifier with a new head (image or sentence data).
+    assert not isinstance(create(f"hf:{folder}", num_classes=2), HFCausalLM)
+    with pytest.raises(
+        ModelError, match=f"predicts {PADDED} tokens but the data's tokenizer has {PADDED + 1}"
+    ):
+        create(f"hf:{folder}", num_classes=PADDED + 1, causal_lm=True)
+
+
+def test_an_hf_teacher_is_fine_tuned_on_its_own_tokenizer_distilled_and_read_back(
+    folder, text_file, tmp_path, capsys
+):
+    config = cfg(folder, text_file)
+    assert config.data.lm.tokenizer == f"hf:{folder}"  # the teacher's tokenizer tokenises the data
+    before = run_experiment(cfg(folder, text_file, teacher_epochs=0), tmp_path / "as-is")["models"]["teacher"]
+    summary = run_experiment(config, tmp_path / "run")
+    models, run = summary["models"], tmp_path / "run"
+    assert list(models) == ["teacher", "student_scratch", "student_kd"]
+    # The untrained tiny GPT-2 is about uniform over the 300 tokens; one epoch of fine-tuning is far below it.
+    assert 200 < before["perplexity"] < 400 and models["teacher"]["perplexity"] < before["perplexity"] / 4
+    assert models["student_kd"]["perplexity"] < 300
+    # The fine-tuned teacher is a kdkit checkpoint with the tokenizer beside it: eval and generate read it.
+    model, tok, meta = load_lm(run / "checkpoints" / "teacher")
+    assert isinstance(model, HFCausalLM) and meta["model"]["name"] == f"hf:{folder}"
+    assert tok.get_vocab() == bpe(text()).get_vocab()
+    capsys.readouterr()
+    assert main(["eval", str(run / "checkpoints" / "teacher")]) == 0
+    ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ev["perplexity"] == pytest.approx(models["teacher"]["perplexity"], rel=1e-4)
+    assert main(["generate", str(run / "checkpoints" / "teacher"), "--prompt", "the king",
+                 "--max-new-tokens", "5", "--seed", "0"]) == 0  # fmt: skip
+    assert capsys.readouterr().out.startswith("the king")
+    # teacher.checkpoint: the fine-tuned teacher teaches another run without training again.
+    raw = cfg(folder, text_file).model_dump(mode="json")
+    raw["teacher"]["checkpoint"] = str(run / "checkpoints" / "teacher")
+    reused = run_experiment(ExperimentConfig.model_validate(raw), tmp_path / "reused")["models"]["teacher"]
+    assert reused["loaded_from"] == raw["teacher"]["checkpoint"]
+    assert reused["perplexity"] == pytest.approx(models["teacher"]["perplexity"], rel=1e-4)
+
+
+def test_a_data_tokenizer_other_than_the_hf_teachers_is_refused_before_anything_trains(
+    folder, text_file, tmp_path
+):
+    other = tmp_path / "other.json"
+    bpe(text(words=[w[::-1] for w in WORDS])).save(str(other))  # 300 tokens too, other merges
+    with pytest.raises(KdkitError, match=r"tokenizers differ: 300 tokens against 300; id \d+ is"):
+        run_experiment(cfg(folder, text_file, tokenizer=str(other)), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
