@@ -78,6 +78,19 @@ def folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def small_folder(tmp_path_factory, folder):
+    """A smaller GPT-2 with the same tokenizer and no padded rows: an hf: student of the `folder` teacher."""
+    out = tmp_path_factory.mktemp("hf-gpt2-small")
+    transformers.PreTrainedTokenizerFast.from_pretrained(folder).save_pretrained(out)
+    torch.manual_seed(1)
+    config = transformers.GPT2Config(
+        vocab_size=TOKENS, n_layer=1, n_embd=16, n_head=2, n_positions=64, bos_token_id=0, eos_token_id=0
+    )
+    transformers.GPT2LMHeadModel(config).save_pretrained(out, safe_serialization=True)
+    return out
+
+
+@pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("hf-lm-text") / "input.txt"
     path.write_text(text(seed=1))
@@ -155,3 +168,18 @@ def test_a_data_tokenizer_other_than_the_hf_teachers_is_refused_before_anything_
     with pytest.raises(KdkitError, match=r"tokenizers differ: 300 tokens against 300; id \d+ is"):
         run_experiment(cfg(folder, text_file, tokenizer=str(other)), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_an_hf_student_of_the_same_tokenizer_is_distilled_from_an_hf_teacher(
+    folder, small_folder, text_file, tmp_path
+):
+    raw = cfg(folder, text_file).model_dump(mode="json")
+    raw["student"]["model"] = {"name": f"hf:{small_folder}"}
+    summary = run_experiment(ExperimentConfig.model_validate(raw), tmp_path / "run")
+    models = summary["models"]
+    assert list(models) == ["teacher", "student_scratch", "student_kd"]
+    assert models["student_kd"]["params"] < models["teacher"]["params"] / 2
+    for rec in models.values():
+        assert 1 < rec["perplexity"] < 150  # trained: the untrained models are about uniform over 300 tokens
+    model, _, meta = load_lm(tmp_path / "run" / "checkpoints" / "student_kd")
+    assert isinstance(model, HFCausalLM) and meta["model"]["name"] == f"hf:{small_folder}"
