@@ -1,4 +1,5 @@
-"""Language-model checkpoints: a GPT (or a run's hf: causal LM) saved in kdkit's safetensors + JSON format with its tokenizer beside it.
+"""Language-model checkpoints: a GPT (or a run's hf: causal LM) in kdkit's safetensors + JSON format, with its
+tokenizer beside it.
 
 `save_lm(path, model, tokenizer)` writes three files into the folder of `path`:
 
