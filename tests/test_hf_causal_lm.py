@@ -3,15 +3,22 @@ tokenizer as the data's, its padded vocabulary cut to the tokenizer's, preflight
 and its fine-tuned checkpoint read back by `kdkit eval` and `kdkit generate`."""
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
+import yaml
+from safetensors.torch import load_file
 
 from kdkit.cli import main
 from kdkit.config import ExperimentConfig
 from kdkit.errors import KdkitError, ModelError
 from kdkit.experiment import run_experiment
+from kdkit.generation import Sampling, generate
 from kdkit.lm_io import load_lm
 from kdkit.models import create
 from kdkit.models.hf import HFCausalLM
@@ -129,6 +136,30 @@ def test_the_folders_weights_predict_the_tokenizers_tokens_and_a_smaller_model_i
         create(f"hf:{folder}", num_classes=PADDED + 1, causal_lm=True)
 
 
+def test_decoding_with_the_models_cache_gives_the_tokens_of_decoding_without_it(folder):
+    model = create(f"hf:{folder}", num_classes=TOKENS, causal_lm=True)
+    prompt = torch.randint(0, TOKENS, (3, 5), generator=torch.Generator().manual_seed(0))
+    for sampling in (Sampling(greedy=True), Sampling(temperature=1.0, top_k=50)):
+        with_cache = generate(model, prompt, 20, sampling, seed=0)
+        without = generate(model, prompt, 20, sampling, seed=0, use_cache=False)
+        assert with_cache.shape == (3, 25) and torch.equal(with_cache, without)
+    # With the cache each step after the prompt feeds the model one token; without it, the whole sequence.
+    fed = []
+    hook = model.hf.register_forward_pre_hook(
+        lambda _m, _a, kw: fed.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
+    generate(model, prompt, 3, Sampling(greedy=True))
+    generate(model, prompt, 3, Sampling(greedy=True), use_cache=False)
+    hook.remove()
+    assert fed == [5, 1, 1, 5, 6, 7]
+    # The cache is the model's own: its length grows by what it was fed.
+    cache = model.new_cache()
+    model(prompt, cache=cache)
+    assert cache.get_seq_length() == 5
+    with pytest.raises(ValueError, match="exceed block_size 64"):
+        generate(model, prompt, 60)
+
+
 def test_an_hf_teacher_is_fine_tuned_on_its_own_tokenizer_distilled_and_read_back(
     folder, text_file, tmp_path, capsys
 ):
@@ -183,3 +214,32 @@ def test_an_hf_student_of_the_same_tokenizer_is_distilled_from_an_hf_teacher(
         assert 1 < rec["perplexity"] < 150  # trained: the untrained models are about uniform over 300 tokens
     model, _, meta = load_lm(tmp_path / "run" / "checkpoints" / "student_kd")
     assert isinstance(model, HFCausalLM) and meta["model"]["name"] == f"hf:{small_folder}"
+
+
+def _kdkit(cfg_file, run_dir, *extra, fault=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KDKIT_FAULT")}
+    env.update({"OMP_NUM_THREADS": "1", **({"KDKIT_FAULT": fault} if fault else {})})
+    cmd = [sys.executable, "-m", "kdkit", "run", str(cfg_file), "--run-dir", str(run_dir), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_an_hf_teacher_killed_while_fine_tuning_resumes_bit_identically(folder, text_file, tmp_path):
+    raw = cfg(folder, text_file, teacher_epochs=2).model_dump(mode="json")
+    raw["runtime"].update(progress=False, tensorboard=False, threads=1, checkpoint_every_steps=4)
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(raw))
+    ref = _kdkit(cfg_file, tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    steps = json.loads((tmp_path / "ref" / "summary.json").read_text())["models"]["teacher"]["steps"]
+    assert steps >= 12  # a state every 4 steps: the kill below falls inside the phase, past a saved state
+    killed = _kdkit(cfg_file, tmp_path / "run", fault=f"step:{steps - 3}")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (tmp_path / "run" / "checkpoints" / "teacher.json").exists()
+    done = _kdkit(cfg_file, tmp_path / "run", "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[teacher] resumed at epoch" in done.stderr
+    # GPT-2 trains with dropout (0.1): the same weights need the same random draws after the resume too.
+    for role in ("teacher", "student_kd"):
+        a = load_file(str(tmp_path / "ref" / "checkpoints" / f"{role}.safetensors"))
+        b = load_file(str(tmp_path / "run" / "checkpoints" / f"{role}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), role

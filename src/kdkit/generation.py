@@ -2,8 +2,9 @@
 
 `generate(model, prompt, max_new_tokens, ...)` returns the prompt followed by the new tokens. Randomness comes
 only from the `torch.Generator` given (or a fresh one seeded by `seed`), so the same seed gives the same text.
-A model with a key/value cache (`kdkit.models.GPT`) is fed only the newest token after the prompt; any other
-model that maps ids (N, L) to logits (N, L, V) is run on the whole sequence at each step (`use_cache=False`).
+A model with a key/value cache (a `new_cache()` method and `forward(ids, cache=)`: kdkit's `gpt` and `hf:` causal
+LMs) is fed only the newest token after the prompt; any other model that maps ids (N, L) to logits (N, L, V) is
+run on the whole sequence at each step (as every model is with `use_cache=False`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-
-from kdkit.models.gpt import GPT, KVCache
 
 
 @dataclass(frozen=True)
@@ -85,8 +84,9 @@ def generate(
         generator = torch.Generator(device=prompt.device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    cached = use_cache and isinstance(model, GPT)
-    cache = KVCache.empty(model.n_layers) if cached else None
+    new_cache = getattr(model, "new_cache", None)  # kdkit's gpt and hf: causal LMs decode with a cache
+    cached = use_cache and callable(new_cache)
+    cache = new_cache() if cached else None
     context = getattr(model, "block_size", None)  # kdkit's gpt, or an hf: causal LM's context length
     if isinstance(context, int) and prompt.shape[1] + max_new_tokens > context:
         raise ValueError(

@@ -197,6 +197,10 @@ class GPT(nn.Module):
         """Return the number of transformer blocks."""
         return len(self.blocks)
 
+    def new_cache(self) -> KVCache:
+        """Return an empty key/value cache for decoding with `forward(..., cache=)`."""
+        return KVCache.empty(self.n_layers)
+
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None
     ) -> Tensor:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -203,11 +204,20 @@ class HFCausalLM(nn.Module):
         config = hf.config
         context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         self.block_size = int(context) if isinstance(context, int) else None
+        # transformers 5 names the key/value cache argument `cache`; earlier versions `past_key_values`.
+        takes = inspect.signature(hf.forward).parameters
+        self._cache_arg = "cache" if "cache" in takes else "past_key_values"
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Return the next-token logits (N, L, V)."""
-        logits = self.hf(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        return logits[..., : self.vocab_size]
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: Any = None) -> Tensor:
+        """Return the next-token logits (N, L, V); with `cache` (from `new_cache`), `input_ids` continue the
+        cached positions and the cache grows by them."""
+        decoding = {self._cache_arg: cache, "use_cache": True} if cache is not None else {"use_cache": False}
+        out = self.hf(input_ids=input_ids, attention_mask=attention_mask, **decoding)
+        return out.logits[..., : self.vocab_size]
+
+    def new_cache(self) -> Any:
+        """Return an empty key/value cache (transformers' DynamicCache) for decoding with `forward(..., cache=)`."""
+        return _transformers().DynamicCache(config=self.hf.config)
 
     def tokenizer_dir(self) -> Path:
         """Return the folder the model came from, which holds its tokenizer."""
