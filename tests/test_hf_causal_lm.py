@@ -20,8 +20,10 @@ from kdkit.errors import KdkitError, ModelError
 from kdkit.experiment import run_experiment
 from kdkit.generation import Sampling, generate
 from kdkit.lm_io import load_lm
+from kdkit.lm_modes import sequence_kd_set
 from kdkit.models import create
 from kdkit.models.hf import HFCausalLM
+from kdkit.teacher import FrozenTeacher
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -158,6 +160,31 @@ def test_decoding_with_the_models_cache_gives_the_tokens_of_decoding_without_it(
     assert cache.get_seq_length() == 5
     with pytest.raises(ValueError, match="exceed block_size 64"):
         generate(model, prompt, 60)
+
+
+def test_sequence_level_kd_from_an_hf_teacher_keeps_its_greedy_continuations(folder):
+    model = create(f"hf:{folder}", num_classes=TOKENS, causal_lm=True)
+    prompts = torch.randint(0, TOKENS, (6, 4), generator=torch.Generator().manual_seed(1))
+    ids, _, labels = sequence_kd_set(FrozenTeacher(model), prompts, 16)
+    assert ids.shape == labels.shape == (6, 16) and torch.equal(ids[:, :4], prompts)
+    with torch.no_grad():
+        greedy = model.eval()(ids).argmax(-1)
+    scored = labels != -100
+    assert int(scored.sum()) == 6 * 12 and torch.equal(greedy[scored], labels[scored])
+
+
+@pytest.mark.parametrize("mode", ["on_policy", "sequence"])
+def test_the_generating_modes_run_with_hf_models(folder, small_folder, text_file, tmp_path, mode):
+    raw = cfg(folder, text_file, teacher_epochs=0).model_dump(mode="json")
+    raw["student"]["model"] = {"name": f"hf:{small_folder}"}
+    raw["distill"]["lm"] = {
+        "mode": mode,
+        "prompt_len": 8,
+        **({"lambda_": 1.0} if mode == "on_policy" else {}),
+    }
+    models = run_experiment(ExperimentConfig.model_validate(raw), tmp_path / "run")["models"]
+    kd = models["student_kd"]
+    assert kd["lm_mode"]["mode"] == mode and kd["steps"] > 0 and 1 < kd["perplexity"] < 1000
 
 
 def test_an_hf_teacher_is_fine_tuned_on_its_own_tokenizer_distilled_and_read_back(
