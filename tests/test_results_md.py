@@ -38,6 +38,7 @@ SECTIONS = {
     "lm_shakespeare": "lm_shakespeare",
     "lm_trl_peer": "lm_trl_peer",
     "lm_loss_speed": "lm_loss_speed",
+    "hf_decode_speed": "hf_decode_speed",
     "sst2_tang": "sst2_tang",
 }
 
