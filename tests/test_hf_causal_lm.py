@@ -173,18 +173,25 @@ def test_sequence_level_kd_from_an_hf_teacher_keeps_its_greedy_continuations(fol
     assert int(scored.sum()) == 6 * 12 and torch.equal(greedy[scored], labels[scored])
 
 
-@pytest.mark.parametrize("mode", ["on_policy", "sequence"])
-def test_the_generating_modes_run_with_hf_models(folder, small_folder, text_file, tmp_path, mode):
+@pytest.mark.parametrize("mode", ["on_policy", "sequence", "topk_cache"])
+def test_the_other_distillation_modes_run_with_hf_models(folder, small_folder, text_file, tmp_path, mode):
     raw = cfg(folder, text_file, teacher_epochs=0).model_dump(mode="json")
     raw["student"]["model"] = {"name": f"hf:{small_folder}"}
-    raw["distill"]["lm"] = {
-        "mode": mode,
-        "prompt_len": 8,
-        **({"lambda_": 1.0} if mode == "on_policy" else {}),
-    }
+    if mode == "topk_cache":  # the teacher's 8 likeliest next tokens of every position, on disk
+        raw["distill"].update(teacher_outputs="cache", cache={"topk": 8})
+    else:
+        raw["distill"]["lm"] = {
+            "mode": mode,
+            "prompt_len": 8,
+            **({"lambda_": 1.0} if mode == "on_policy" else {}),
+        }
     models = run_experiment(ExperimentConfig.model_validate(raw), tmp_path / "run")["models"]
     kd = models["student_kd"]
-    assert kd["lm_mode"]["mode"] == mode and kd["steps"] > 0 and 1 < kd["perplexity"] < 1000
+    assert kd["steps"] > 0 and 1 < kd["perplexity"] < 1000
+    if mode == "topk_cache":
+        assert kd["lm_mode"]["mode"] == "supervised" and kd["lm_mode"]["cache"]["k"] == 8
+    else:
+        assert kd["lm_mode"]["mode"] == mode
 
 
 def test_an_hf_teacher_is_fine_tuned_on_its_own_tokenizer_distilled_and_read_back(
@@ -245,18 +252,27 @@ def test_an_hf_student_of_the_same_tokenizer_is_distilled_from_an_hf_teacher(
 
 def _kdkit(cfg_file, run_dir, *extra, fault=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("KDKIT_FAULT")}
-    env.update({"OMP_NUM_THREADS": "1", **({"KDKIT_FAULT": fault} if fault else {})})
+    env.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo")
+    env.update({"KDKIT_FAULT": fault} if fault else {})
     cmd = [sys.executable, "-m", "kdkit", "run", str(cfg_file), "--run-dir", str(run_dir), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_an_hf_teacher_killed_while_fine_tuning_resumes_bit_identically(folder, text_file, tmp_path):
+@pytest.fixture(scope="module")
+def reference(folder, text_file, tmp_path_factory):
+    """(directory, config file) of a command-line run, its reference run finished in `ref`."""
+    d = tmp_path_factory.mktemp("hf-lm-processes")
     raw = cfg(folder, text_file, teacher_epochs=2).model_dump(mode="json")
     raw["runtime"].update(progress=False, tensorboard=False, threads=1, checkpoint_every_steps=4)
-    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file = d / "cfg.yaml"
     cfg_file.write_text(yaml.safe_dump(raw))
-    ref = _kdkit(cfg_file, tmp_path / "ref")
+    ref = _kdkit(cfg_file, d / "ref")
     assert ref.returncode == 0, ref.stderr[-3000:]
+    return d, cfg_file
+
+
+def test_an_hf_teacher_killed_while_fine_tuning_resumes_bit_identically(reference):
+    tmp_path, cfg_file = reference
     steps = json.loads((tmp_path / "ref" / "summary.json").read_text())["models"]["teacher"]["steps"]
     assert steps >= 12  # a state every 4 steps: the kill below falls inside the phase, past a saved state
     killed = _kdkit(cfg_file, tmp_path / "run", fault=f"step:{steps - 3}")
@@ -270,3 +286,14 @@ def test_an_hf_teacher_killed_while_fine_tuning_resumes_bit_identically(folder, 
         a = load_file(str(tmp_path / "ref" / "checkpoints" / f"{role}.safetensors"))
         b = load_file(str(tmp_path / "run" / "checkpoints" / f"{role}.safetensors"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), role
+
+
+def test_two_ranks_match_one_process_with_an_hf_teacher(reference):
+    d, cfg_file = reference
+    two = _kdkit(cfg_file, d / "two", "--nproc", "2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = json.loads((d / "ref" / "summary.json").read_text())["models"]
+    both = json.loads((d / "two" / "summary.json").read_text())["models"]
+    for role in ("teacher", "student_scratch", "student_kd"):
+        assert one[role]["steps"] == both[role]["steps"] and one[role]["test_size"] == both[role]["test_size"]
+        assert abs(one[role]["perplexity"] - both[role]["perplexity"]) <= 0.02 * one[role]["perplexity"], role
