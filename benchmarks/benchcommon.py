@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -154,3 +155,15 @@ def update_results_md(section: str, path: Path, marks: tuple[str, str]) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     atomic_write_text(path, text)
+
+
+def store_and_render(
+    doc: dict[str, Any], result: Path, render: Callable[[dict[str, Any]], str], marks: tuple[str, str]
+) -> str:
+    """Write a one-file benchmark's result JSON, put its rendered section into RESULTS.md, print and return it."""
+    result.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(result, json.dumps(doc, indent=2))
+    section = render(doc)
+    update_results_md(section, ROOT / "benchmarks" / "RESULTS.md", marks)
+    print(section)
+    return section

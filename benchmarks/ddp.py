@@ -25,9 +25,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from benchcommon import machine, section_head, update_results_md  # noqa: E402
-
-from kdkit.checkpoint import atomic_write_text  # noqa: E402
+from benchcommon import machine, section_head, store_and_render  # noqa: E402
 
 TITLE = "Data parallel overhead (MNIST 1200-1200 -> 800-800, online teacher, 2 epochs on 30,000 images)"
 CFG = {
@@ -164,12 +162,7 @@ def main() -> int:
         "comm_share_of_step": ms / 1000 * steps_per_s_one,
         "wall_seconds": wall,
     }
-    out = ROOT / "benchmarks" / "results" / "ddp.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(res, indent=2))
-    section = render(res)
-    update_results_md(section, ROOT / "benchmarks" / "RESULTS.md", MARKS)
-    print(section)
+    store_and_render(res, ROOT / "benchmarks" / "results" / "ddp.json", render, MARKS)
     return 0
 
 

@@ -24,9 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from benchcommon import machine, machine_id, update_results_md
+from benchcommon import machine, machine_id, store_and_render
 
-from kdkit.checkpoint import atomic_write_text
 from kdkit.generation import Sampling, generate
 from kdkit.models import create
 
@@ -145,10 +144,7 @@ def main() -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "shape": SHAPE,
         "prompts": PROMPTS, "prompt_len": PROMPT_LEN, "new_tokens": NEW_TOKENS, "rounds": ROUNDS, "result": result,
     }  # fmt: skip
-    atomic_write_text(RESULT, json.dumps(doc, indent=2))
-    section = render(doc)
-    update_results_md(section, ROOT / "benchmarks" / "RESULTS.md", MARKS)
-    print(section)
+    store_and_render(doc, RESULT, render, MARKS)
     return 0
 
 

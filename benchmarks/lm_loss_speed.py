@@ -22,9 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from benchcommon import machine, machine_id, update_results_md
+from benchcommon import machine, machine_id, store_and_render
 
-from kdkit.checkpoint import atomic_write_text
 from kdkit.losses import token_divergences as td
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,10 +105,7 @@ def main() -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "shape": list(SHAPE), "vocab": VOCAB, "passes": PASSES, "losses": measure(),
     }  # fmt: skip
-    atomic_write_text(RESULT, json.dumps(doc, indent=2))
-    section = render(doc)
-    update_results_md(section, ROOT / "benchmarks" / "RESULTS.md", MARKS)
-    print(section)
+    store_and_render(doc, RESULT, render, MARKS)
     return 0
 
 

@@ -3,16 +3,14 @@ tokenizer as the data's, its padded vocabulary cut to the tokenizer's, preflight
 and its fine-tuned checkpoint read back by `kdkit eval` and `kdkit generate`."""
 
 import json
-import os
-import random
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from test_lm_resume_ddp import _kdkit
+from test_lm_run import lm_text
 
 from kdkit.cli import main
 from kdkit.config import ExperimentConfig
@@ -28,32 +26,8 @@ from kdkit.teacher import FrozenTeacher
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-WORDS = [
-    "the",
-    "king",
-    "and",
-    "queen",
-    "of",
-    "rome",
-    "shall",
-    "speak",
-    "to",
-    "thee",
-    "my",
-    "lord",
-    "good",
-    "night",
-    "sweet",
-    "prince",
-]
 TOKENS = 300  # the tokenizer's vocabulary
 PADDED = 320  # the model's embedding rows: padded beyond the tokenizer, as many checkpoints are
-
-
-def text(n_lines=600, seed=0, words=WORDS):
-    rng = random.Random(seed)
-    lines = (" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))) for _ in range(n_lines))
-    return "\n".join(lines) + "\n"
 
 
 def bpe(corpus, vocab_size=TOKENS):
@@ -71,38 +45,50 @@ def bpe(corpus, vocab_size=TOKENS):
     return tok
 
 
+def gpt2_folder(out, tokenizer, vocab_size, n_layer, n_embd, seed):
+    """Write a GPT-2 of random weights and a fast tokenizer as `save_pretrained` does: a local HF folder."""
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|endoftext|>"
+    ).save_pretrained(out)
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(
+        vocab_size=vocab_size,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=2,
+        n_positions=64,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    transformers.GPT2LMHeadModel(config).save_pretrained(out, safe_serialization=True)
+    return out
+
+
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """A local Hugging Face folder as `save_pretrained` writes it: a tiny GPT-2 and its fast tokenizer."""
-    out = tmp_path_factory.mktemp("hf-gpt2")
-    tok = bpe(text())
+def tokenizer():
+    tok = bpe(lm_text())
     assert tok.get_vocab_size() == TOKENS
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(out)
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        vocab_size=PADDED, n_layer=2, n_embd=32, n_head=2, n_positions=64, bos_token_id=0, eos_token_id=0
-    )
-    transformers.GPT2LMHeadModel(config).save_pretrained(out, safe_serialization=True)
-    return out
+    return tok
 
 
 @pytest.fixture(scope="module")
-def small_folder(tmp_path_factory, folder):
+def folder(tmp_path_factory, tokenizer):
+    """The teacher: a tiny GPT-2 whose embedding is padded beyond its tokenizer's 300 tokens."""
+    return gpt2_folder(tmp_path_factory.mktemp("hf-gpt2"), tokenizer, PADDED, n_layer=2, n_embd=32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory, tokenizer):
     """A smaller GPT-2 with the same tokenizer and no padded rows: an hf: student of the `folder` teacher."""
-    out = tmp_path_factory.mktemp("hf-gpt2-small")
-    transformers.PreTrainedTokenizerFast.from_pretrained(folder).save_pretrained(out)
-    torch.manual_seed(1)
-    config = transformers.GPT2Config(
-        vocab_size=TOKENS, n_layer=1, n_embd=16, n_head=2, n_positions=64, bos_token_id=0, eos_token_id=0
+    return gpt2_folder(
+        tmp_path_factory.mktemp("hf-gpt2-small"), tokenizer, TOKENS, n_layer=1, n_embd=16, seed=1
     )
-    transformers.GPT2LMHeadModel(config).save_pretrained(out, safe_serialization=True)
-    return out
 
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("hf-lm-text") / "input.txt"
-    path.write_text(text(seed=1))
+    path.write_text(lm_text(seed=1))
     return path
 
 
@@ -209,7 +195,7 @@ def test_an_hf_teacher_is_fine_tuned_on_its_own_tokenizer_distilled_and_read_bac
     # The fine-tuned teacher is a kdkit checkpoint with the tokenizer beside it: eval and generate read it.
     model, tok, meta = load_lm(run / "checkpoints" / "teacher")
     assert isinstance(model, HFCausalLM) and meta["model"]["name"] == f"hf:{folder}"
-    assert tok.get_vocab() == bpe(text()).get_vocab()
+    assert tok.get_vocab() == bpe(lm_text()).get_vocab()
     capsys.readouterr()
     assert main(["eval", str(run / "checkpoints" / "teacher")]) == 0
     ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -229,7 +215,7 @@ def test_a_data_tokenizer_other_than_the_hf_teachers_is_refused_before_anything_
     folder, text_file, tmp_path
 ):
     other = tmp_path / "other.json"
-    bpe(text(words=[w[::-1] for w in WORDS])).save(str(other))  # 300 tokens too, other merges
+    bpe(lm_text().upper()).save(str(other))  # 300 tokens too, other merges
     with pytest.raises(KdkitError, match=r"tokenizers differ: 300 tokens against 300; id \d+ is"):
         run_experiment(cfg(folder, text_file, tokenizer=str(other)), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -248,14 +234,6 @@ def test_an_hf_student_of_the_same_tokenizer_is_distilled_from_an_hf_teacher(
         assert 1 < rec["perplexity"] < 150  # trained: the untrained models are about uniform over 300 tokens
     model, _, meta = load_lm(tmp_path / "run" / "checkpoints" / "student_kd")
     assert isinstance(model, HFCausalLM) and meta["model"]["name"] == f"hf:{small_folder}"
-
-
-def _kdkit(cfg_file, run_dir, *extra, fault=None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KDKIT_FAULT")}
-    env.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo")
-    env.update({"KDKIT_FAULT": fault} if fault else {})
-    cmd = [sys.executable, "-m", "kdkit", "run", str(cfg_file), "--run-dir", str(run_dir), *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")
