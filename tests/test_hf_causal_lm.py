@@ -159,12 +159,17 @@ def test_sequence_level_kd_from_an_hf_teacher_keeps_its_greedy_continuations(fol
     assert int(scored.sum()) == 6 * 12 and torch.equal(greedy[scored], labels[scored])
 
 
-@pytest.mark.parametrize("mode", ["on_policy", "sequence", "topk_cache"])
+@pytest.mark.parametrize("mode", ["on_policy", "sequence", "topk_cache", "hidden_states"])
 def test_the_other_distillation_modes_run_with_hf_models(folder, small_folder, text_file, tmp_path, mode):
     raw = cfg(folder, text_file, teacher_epochs=0).model_dump(mode="json")
     raw["student"]["model"] = {"name": f"hf:{small_folder}"}
     if mode == "topk_cache":  # the teacher's 8 likeliest next tokens of every position, on disk
         raw["distill"].update(teacher_outputs="cache", cache={"topk": 8})
+    elif mode == "hidden_states":  # the last GPT-2 blocks, widths 16 and 32: a per-token adapter
+        block = {"student": "transformer.h.-1", "teacher": "transformer.h.-1"}
+        raw["distill"] = {
+            "terms": [{"loss": "forward_kl", "weight": 1.0}, {"loss": "fitnet", "weight": 1.0, **block}]
+        }
     else:
         raw["distill"]["lm"] = {
             "mode": mode,
@@ -176,6 +181,9 @@ def test_the_other_distillation_modes_run_with_hf_models(folder, small_folder, t
     assert kd["steps"] > 0 and 1 < kd["perplexity"] < 1000
     if mode == "topk_cache":
         assert kd["lm_mode"]["mode"] == "supervised" and kd["lm_mode"]["cache"]["k"] == 8
+    elif mode == "hidden_states":
+        records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        assert any(r["phase"] == "student_kd" and r.get("loss.fitnet", 0) > 0 for r in records)
     else:
         assert kd["lm_mode"]["mode"] == mode
 

@@ -233,6 +233,11 @@ def _dry_run(objective: Objective, tensors: dict[str, Tensor], field: str) -> No
     objective.train()
 
 
+def hidden_state_losses(terms: list[TermConfig]) -> list[str]:
+    """Return the losses among `terms` that read module outputs (hidden states, feature maps), not logits."""
+    return [tc.loss for tc in terms if tc.loss in TERMS and TERMS[tc.loss].reads_features]
+
+
 def logit_objective(terms: list[TermConfig], field: str = "distill.terms") -> Objective:
     """Return the objective of terms that read logits and labels only (no module paths, nothing to size)."""
     built = []

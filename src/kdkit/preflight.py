@@ -54,7 +54,7 @@ from kdkit.model_io import (
 )
 from kdkit.models.hf import PREFIX as HF_PREFIX
 from kdkit.models.hf import HFCausalLM, load_tokenizer, resolve_hf_path
-from kdkit.objective_builder import build_objective, logit_objective
+from kdkit.objective_builder import build_objective, hidden_state_losses, logit_objective
 from kdkit.plan import CohortPhase, DistillPhase, EnsemblePhase, LoadPhase, ModelSource, Plan, TrainPhase
 from kdkit.strategies import make_plan
 from kdkit.terms.registry import token_names
@@ -283,9 +283,12 @@ def _check_lm(
             if obj.response
             else []
         )
-        if obj.kind == "terms":
+        hidden = hidden_state_losses(list(phase.objective.terms))
+        if obj.kind == "terms" and not hidden:
             logit_objective(list(obj.terms))
-        bad = [n for n in names if n != "ce" and n not in token_names()]
+        if hidden:
+            _check_lm_hidden_states(phase, cfg, hidden)
+        bad = [n for n in names if n != "ce" and n not in token_names() and n not in hidden]
         if bad:
             raise ConfigError(
                 f"[{phase.role}] {bad[0]!r} compares one output per sample; on language-model text use a per-token "
@@ -296,6 +299,22 @@ def _check_lm(
             raise ConfigError(f"[{phase.role}] language models distil on the training text only")
     if plan.compress:
         raise ConfigError("compress: pruning, int8 and ONNX export are for image models, not language models")
+
+
+def _check_lm_hidden_states(phase: DistillPhase, cfg: ExperimentConfig, hidden: list[str]) -> None:
+    """Refuse hidden-state terms where a language model's step cannot tap both models on the same tokens."""
+    staged = [loss for loss in hidden if loss in _IMAGE_ONLY_TERMS]
+    if staged:
+        raise ConfigError(
+            f"distill.terms: {staged} train a paraphraser of the teacher's image feature maps first; a language "
+            "model has none (fitnet reads hidden states per token)"
+        )
+    lm = cfg.distill.lm
+    if phase.outputs != "online" or (lm is not None and lm.mode != "supervised"):
+        raise ConfigError(
+            f"distill.terms: {hidden} read the teacher's hidden states, which only a teacher-forced step with the "
+            "teacher online has (distill.teacher_outputs: online, distill.lm.mode: supervised)"
+        )
 
 
 def _check_lm_outputs(phase: DistillPhase, cfg: ExperimentConfig) -> None:
@@ -346,7 +365,10 @@ def check_plan(plan: Plan, cfg: ExperimentConfig, bundle: DataBundle) -> None:
             _check_text(plan, cfg, sources, models)
         if bundle.is_lm:
             _check_lm(plan, cfg, sources, models, bundle)
-        if not bundle.is_lm:  # language models take logit terms only, checked by _check_lm
+        lm_hidden = any(
+            isinstance(p, DistillPhase) and hidden_state_losses(list(p.objective.terms)) for p in plan.phases
+        )
+        if not bundle.is_lm or lm_hidden:  # a language model's logit terms are checked by _check_lm
             _check_terms(plan, sources, bundle)
     if plan.compress:
         import kdkit.compress  # noqa: F401  # optional libraries: raises, naming them and their extra

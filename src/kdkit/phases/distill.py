@@ -23,7 +23,7 @@ from kdkit.data.splits import omit_classes
 from kdkit.data.text import TextDataset, concat_text
 from kdkit.ensemble import EnsembleTeacher
 from kdkit.objective import Objective
-from kdkit.objective_builder import build_objective, logit_objective
+from kdkit.objective_builder import build_objective, hidden_state_losses, logit_objective
 from kdkit.phases.context import RunContext
 from kdkit.phases.lm_distill import lm_distill_setup, sparse_cache_setup
 from kdkit.phases.objectives import objective_of
@@ -78,7 +78,8 @@ def _terms_objective(
     first = next(iter(make_loader(transfer, ctx.bundle, 64, train=False, channels_last=ctx.cl)))
     sample = ctx.bundle.task.inputs(first, dev)  # (images,) or (token ids, attention mask)
     augment = Augment(**phase.train.augment.model_dump())
-    unlabeled = bool((transfer.labels < 0).any())
+    # A language model's -100 labels mark positions without a next token (the terms skip them), not unlabeled data.
+    unlabeled = not isinstance(transfer, LMDataset) and bool((transfer.labels < 0).any())
 
     def loader() -> Any:
         return make_loader(
@@ -188,7 +189,10 @@ def run_distill(phase: DistillPhase, ctx: RunContext) -> None:
         **warnings,
     }
     objective: Objective | Callable[[nn.Module], Objective]
-    if ctx.bundle.is_lm:
+    if ctx.bundle.is_lm and hidden_state_losses(list(phase.objective.terms)):
+        # Hidden-state terms (fitnet between blocks, say) get their adapters sized on a sample of the text.
+        objective = _terms_objective(phase, ctx, frozen, transfer, record)
+    elif ctx.bundle.is_lm:
         # Per-token terms: label -100 marks a position without a next token, which every term already skips.
         objective = lm_objective or (
             logit_objective(list(phase.objective.terms))
