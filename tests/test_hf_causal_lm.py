@@ -211,6 +211,22 @@ def test_an_hf_teacher_is_fine_tuned_on_its_own_tokenizer_distilled_and_read_bac
     assert main(["generate", str(run / "checkpoints" / "teacher"), "--prompt", "the king",
                  "--max-new-tokens", "5", "--seed", "0"]) == 0  # fmt: skip
     assert capsys.readouterr().out.startswith("the king")
+    # kdkit export-hf: the fine-tuned teacher as a Hugging Face folder that transformers loads on its own.
+    out = tmp_path / "exported"
+    assert main(["export-hf", str(run / "checkpoints" / "teacher"), str(out)]) == 0
+    exported = transformers.AutoModelForCausalLM.from_pretrained(out, use_safetensors=True).eval()
+    ids = torch.randint(0, TOKENS, (2, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(exported(input_ids=ids).logits[..., :TOKENS], model.eval()(ids))
+    assert transformers.AutoTokenizer.from_pretrained(out).get_vocab() == tok.get_vocab()
+    before = sorted(p.name for p in out.iterdir())
+    capsys.readouterr()
+    assert main(["export-hf", str(run / "checkpoints" / "teacher"), str(out)]) == 2  # nothing is overwritten
+    assert "exists and is not an empty folder" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before and not list(tmp_path.glob(".exported.partial-*"))
+    assert main(["export-hf", str(run / "checkpoints" / "student_kd"), str(tmp_path / "gpt")]) == 2
+    assert "only hf: models export to a Hugging Face folder" in capsys.readouterr().err
+    assert not (tmp_path / "gpt").exists()
     # teacher.checkpoint: the fine-tuned teacher teaches another run without training again.
     raw = cfg(folder, text_file).model_dump(mode="json")
     raw["teacher"]["checkpoint"] = str(run / "checkpoints" / "teacher")

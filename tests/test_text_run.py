@@ -175,9 +175,21 @@ def test_preflight_refuses_image_models_and_image_modes_on_sentences(folders):
     with pytest.raises(ConfigError, match="MLP reads images, but tsv:.* is sentence data"):
         plan_experiment(_cfg(folders, student={"model": {"name": "mlp"}}))
     with pytest.raises(ConfigError, match=r"\['factor_transfer'\] train a paraphraser .* on images first"):
-        plan_experiment(_cfg(folders, distill={"terms": [{"loss": "factor_transfer", "student": "mlp", "teacher": "bert.pooler"}]}))
+        plan_experiment(
+            _cfg(
+                folders,
+                distill={"terms": [{"loss": "factor_transfer", "student": "mlp", "teacher": "bert.pooler"}]},
+            )
+        )
     with pytest.raises(ConfigError, match="distill.terms\\[0\\].*(attention_transfer|4-D|maps)"):
-        plan_experiment(_cfg(folders, distill={"terms": [{"loss": "attention_transfer", "student": "mlp", "teacher": "bert.pooler"}]}))
+        plan_experiment(
+            _cfg(
+                folders,
+                distill={
+                    "terms": [{"loss": "attention_transfer", "student": "mlp", "teacher": "bert.pooler"}]
+                },
+            )
+        )
     with pytest.raises(ConfigError, match="compress: .* not yet for sentence models"):
         plan_experiment(_cfg(folders, compress={}))
     from kdkit.phases.teacher_outputs import build_teacher_cache
@@ -387,6 +399,27 @@ def test_custom_terms_on_sentences_read_hidden_states_through_adapters(folders, 
         teacher, _ = load_model(tmp_path / name / "checkpoints" / "teacher")
         student, _ = load_model(tmp_path / name / "checkpoints" / "student_kd")
         obj = build_objective(
-            list(cfg.distill.terms), student, teacher, bundle.task.inputs(batch, torch.device("cpu")), batch["labels"]
+            list(cfg.distill.terms),
+            student,
+            teacher,
+            bundle.task.inputs(batch, torch.device("cpu")),
+            batch["labels"],
         )
         assert isinstance(obj.adapters["term1"], adapter)
+
+
+def test_a_fine_tuned_hf_classifier_exports_as_a_hugging_face_folder(folders, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from kdkit.cli import main
+
+    run_experiment(_cfg(folders, phases=["teacher"]), tmp_path / "run")
+    teacher, _ = load_model(tmp_path / "run" / "checkpoints" / "teacher")
+    assert main(["export-hf", str(tmp_path / "run" / "checkpoints" / "teacher"), str(tmp_path / "hf")]) == 0
+    exported = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    enc = tok(["the film was great", "dull and boring"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        want = teacher.eval()(enc["input_ids"], enc["attention_mask"])
+        got = exported(**enc).logits
+    assert torch.equal(got, want)  # the fine-tuned weights and head, the folder's tokenizer
+    assert exported.config.id2label == {0: "0", 1: "1"}  # the run's class names

@@ -26,6 +26,7 @@ from kdkit.errors import KdkitError
 from kdkit.eval_data import eval_loader
 from kdkit.experiment import plan_experiment, run_experiment
 from kdkit.generation import Sampling, generate
+from kdkit.hf_export import export_hf
 from kdkit.lm_io import load_lm
 from kdkit.model_io import load_model
 from kdkit.models import list_models
@@ -179,6 +180,20 @@ def _add_generate_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (same seed, same text)")
 
 
+def _add_export_hf_parser(sub: Any) -> None:
+    """Add the `export-hf` subcommand."""
+    p = sub.add_parser(
+        "export-hf",
+        help="write a run's hf: model (fine-tuned teacher, distilled student) as a Hugging Face folder",
+        description="Write the hf: model of a kdkit checkpoint as transformers' save_pretrained does (config.json, "
+        "model.safetensors, the tokenizer of the folder it came from), loadable with from_pretrained(OUT).",
+    )
+    p.add_argument(
+        "checkpoint", help="model checkpoint of an hf: model (.safetensors/.json pair written by kdkit)"
+    )
+    p.add_argument("out", help="folder to write (must not exist, or be empty)")
+
+
 def _add_compress_parser(sub: Any) -> None:
     """Add the `compress` subcommand."""
     p = sub.add_parser(
@@ -270,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_distill_parser(sub)
     _add_eval_parser(sub)
     _add_generate_parser(sub)
+    _add_export_hf_parser(sub)
     _add_compress_parser(sub)
     _add_cache_parser(sub)
     _add_sweep_parser(sub)
@@ -443,6 +459,9 @@ def main(argv: list[str] | None = None) -> int:
             return _eval(args, console)
         if args.command == "generate":
             return _generate(args)
+        if args.command == "export-hf":
+            print(export_hf(args.checkpoint, args.out))
+            return 0
         if args.command == "cache":
             build_teacher_cache(load_config(args.config, args.overrides + _data_root_override(args)), console)
             return 0

@@ -108,7 +108,7 @@ def load_auto(path: str, auto_class: str = "AutoModel", **kwargs: Any) -> nn.Mod
     auto = getattr(_transformers(), auto_class, None)
     if auto is None:
         raise ModelError(f"hf:{path}: transformers has no {auto_class}")
-    with _quiet():
+    with quiet_transformers():
         try:
             if torch.get_default_device().type == "meta":
                 # Preflight builds models on the meta device: the architecture alone, no weights read.
@@ -123,7 +123,7 @@ def load_auto(path: str, auto_class: str = "AutoModel", **kwargs: Any) -> nn.Mod
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silence transformers' load report and progress bars (a new head is expected, not news)."""
     logging = _transformers().utils.logging
     level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
