@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kdkit.errors import CheckpointError
 from kdkit.model_io import load_model
-from kdkit.models.hf import PREFIX, HFCausalLM, HFClassifier, load_tokenizer, quiet_transformers
+from kdkit.models.hf import HFClassifier, HFModel, quiet_transformers
 
 
 def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
@@ -26,7 +26,7 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
             f"{str(out)!r} exists and is not an empty folder; kdkit overwrites nothing: name a new one"
         )
     model, meta = load_model(checkpoint)
-    if not isinstance(model, (HFCausalLM, HFClassifier)):
+    if not isinstance(model, HFModel):
         raise CheckpointError(
             f"{str(checkpoint)!r} holds a {meta['model'].get('name')!r} model; only hf: models export to a Hugging "
             "Face folder (kdkit compress exports image and sentence students to ONNX and int8)"
@@ -36,7 +36,7 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
         if len(classes) == model.hf.config.num_labels:
             model.hf.config.id2label = dict(enumerate(classes))
             model.hf.config.label2id = {name: i for i, name in enumerate(classes)}
-    tokenizer = load_tokenizer(model.source.removeprefix(f"{PREFIX}:"))
+    tokenizer = model.tokenizer()
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     try:

@@ -218,7 +218,7 @@ def _tokenizer_of(src: _Source | None, bundle: DataBundle, model: nn.Module) -> 
     """Return the tokenizer a model was trained with: a checkpoint's own (beside it), an hf: model's (in its
     folder), else the data's."""
     if (src is None or src.meta is None) and isinstance(model, HFCausalLM):
-        return load_lm_tokenizer(model.tokenizer_dir())
+        return load_lm_tokenizer(model.folder())
     if src is None or src.meta is None:
         return bundle.tokenizer
     file = tokenizer_path(src.key)

@@ -149,11 +149,11 @@ def load_tokenizer(path: str) -> Any:
     return tok
 
 
-class HFClassifier(nn.Module):
-    """A Hugging Face sequence classifier called like kdkit's models: `model(input_ids, attention_mask) -> logits`.
+class HFModel(nn.Module):
+    """A transformers model `hf` wrapped for kdkit, with the "hf:PATH" it came from (`source`).
 
-    `hf` is the transformers model; tap paths resolve inside it (`tap_root`), so `bert.encoder.layer.-1` reads
-    the last encoder layer. `classifier` is the head (a Linear for BERT-like models).
+    Tap paths resolve inside the transformers model (`tap_root`), so `bert.encoder.layer.-1` reads the last
+    encoder layer. The source folder holds the tokenizer the model reads text with.
     """
 
     tap_root = "hf"
@@ -161,17 +161,28 @@ class HFClassifier(nn.Module):
     def __init__(self, hf: nn.Module, source: str) -> None:
         super().__init__()
         self.hf = hf
-        self.source = source  # the "hf:PATH" the model came from: its tokenizer is there too
+        self.source = source
+
+    def folder(self) -> Path:
+        """Return the Hugging Face folder the model came from."""
+        return resolve_hf_path(self.source.removeprefix(f"{PREFIX}:"))
+
+    def tokenizer(self) -> Any:
+        """Return the (transformers, fast) tokenizer of the folder the model came from."""
+        return load_tokenizer(self.source.removeprefix(f"{PREFIX}:"))
+
+
+class HFClassifier(HFModel):
+    """A Hugging Face sequence classifier called like kdkit's models: `model(input_ids, attention_mask) -> logits`.
+
+    `classifier` is the head (a Linear for BERT-like models).
+    """
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Return the classification logits (N, C)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         return self.hf(input_ids=input_ids, attention_mask=attention_mask).logits
-
-    def tokenizer(self) -> Any:
-        """Return the tokenizer of the folder the model came from."""
-        return load_tokenizer(self.source.removeprefix(f"{PREFIX}:"))
 
 
 def create_hf(path: str, num_classes: int, **kwargs: Any) -> HFClassifier:
@@ -186,7 +197,7 @@ def create_hf(path: str, num_classes: int, **kwargs: Any) -> HFClassifier:
     return HFClassifier(hf, f"{PREFIX}:{path}")
 
 
-class HFCausalLM(nn.Module):
+class HFCausalLM(HFModel):
     """A Hugging Face causal language model called like kdkit's `gpt`: `model(input_ids) -> (N, L, V)` logits.
 
     V is the data tokenizer's vocabulary (`vocab_size`). Many checkpoints pad their embedding matrix beyond the
@@ -194,12 +205,8 @@ class HFCausalLM(nn.Module):
     off and teacher and student compare the same V tokens. `block_size` is the model's context length.
     """
 
-    tap_root = "hf"
-
     def __init__(self, hf: nn.Module, source: str, vocab_size: int) -> None:
-        super().__init__()
-        self.hf = hf
-        self.source = source  # the "hf:PATH" the model came from: its tokenizer is there too
+        super().__init__(hf, source)
         self.vocab_size = vocab_size
         config = hf.config
         context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -218,10 +225,6 @@ class HFCausalLM(nn.Module):
     def new_cache(self) -> Any:
         """Return an empty key/value cache (transformers' DynamicCache) for decoding with `forward(..., cache=)`."""
         return _transformers().DynamicCache(config=self.hf.config)
-
-    def tokenizer_dir(self) -> Path:
-        """Return the folder the model came from, which holds its tokenizer."""
-        return resolve_hf_path(self.source.removeprefix(f"{PREFIX}:"))
 
 
 def create_hf_causal_lm(path: str, vocab_size: int, **kwargs: Any) -> HFCausalLM:
